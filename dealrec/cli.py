@@ -1,0 +1,31 @@
+"""The ``dealrec`` command line.
+
+Each command lives beside the code it drives and is registered here, one line each.
+A ``DealrecError`` becomes one line on stderr and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from dealrec import __version__
+from dealrec.errors import DealrecError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DealrecError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="dealrec")
+def main():
+    """Prune the fine-tuning set of an LLM-based recommender (DEALRec)."""
+
+
+# ---- command registry: one line per command module -------------------------------------

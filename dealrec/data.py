@@ -1,0 +1,332 @@
+"""The ground floor: samples table, item catalogue and evaluation splits (read, validate, write).
+
+Layout of a prepared data folder (written by ``dealrec prepare``)::
+
+    DIR/samples/part-00000.parquet ...   sample_id int64, user int64, history list<int32>, target int32
+    DIR/items.parquet                    item int32, title string, [categories list<string>, ...]
+    DIR/eval/valid.parquet               user int64, history list<int32>, targets list<int32>
+    DIR/eval/test.parquet                same; history = training + validation items
+    DIR/manifest.json                    source hashes, counts, options
+
+Item id 0 is padding; real items are 1..n_items. Every model sizes its item tables
+``n_items + 1``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dealrec.errors import DealrecError, InputError
+
+SAMPLES_SCHEMA = pa.schema([
+    ("sample_id", pa.int64()),
+    ("user", pa.int64()),
+    ("history", pa.list_(pa.int32())),
+    ("target", pa.int32()),
+])
+EVAL_SCHEMA = pa.schema([
+    ("user", pa.int64()),
+    ("history", pa.list_(pa.int32())),
+    ("targets", pa.list_(pa.int32())),
+])
+SPLITS = ("valid", "test")
+DEFAULT_SHARD_SIZE = 16384
+
+
+# ----------------------------------------------------------------------------- files
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
+    """Write to a temporary name beside ``path`` and rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; move it to ``out`` only if the block succeeds.
+
+    A crash or an error leaves ``out`` as it was (absent, or the previous complete result).
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DealrecError(f"{out}: already exists (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "x")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+# ----------------------------------------------------------------------------- samples
+
+def samples_table(sample_id, user, histories: Sequence[Sequence[int]], target) -> pa.Table:
+    return pa.table({
+        "sample_id": pa.array(np.asarray(sample_id, dtype=np.int64)),
+        "user": pa.array(np.asarray(user, dtype=np.int64)),
+        "history": pa.array([np.asarray(h, dtype=np.int32) for h in histories],
+                            type=pa.list_(pa.int32())),
+        "target": pa.array(np.asarray(target, dtype=np.int32)),
+    }, schema=SAMPLES_SCHEMA)
+
+
+def write_samples(table: pa.Table, out_dir: str | Path,
+                  shard_size: int = DEFAULT_SHARD_SIZE) -> list[Path]:
+    """Write the samples table as Parquet shards ``part-NNNNN.parquet`` of ``shard_size`` rows."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = table.cast(SAMPLES_SCHEMA)
+    paths = []
+    n = table.num_rows
+    for i, start in enumerate(range(0, max(n, 1), shard_size)):
+        path = out_dir / f"part-{i:05d}.parquet"
+        write_parquet_atomic(table.slice(start, shard_size), path)
+        paths.append(path)
+    return paths
+
+
+def shard_paths(path: str | Path) -> list[Path]:
+    """The Parquet files behind ``path``: the file itself, or a folder's ``*.parquet`` in name order."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise InputError(path, "no .parquet files in this folder")
+        return files
+    if not path.exists():
+        raise InputError(path, "no such file or folder")
+    return [path]
+
+
+def read_table(path: str | Path, required: Sequence[str] = (), what: str = "table") -> pa.Table:
+    """Read one Parquet file or a folder of shards, checking that ``required`` columns exist."""
+    tables = []
+    for p in shard_paths(path):
+        try:
+            t = pq.read_table(p)
+        except Exception as e:  # pyarrow raises several types for a corrupt file
+            raise InputError(p, f"not a readable Parquet {what}: {str(e).splitlines()[0]}") from None
+        missing = [c for c in required if c not in t.column_names]
+        if missing:
+            raise InputError(p, f"missing column{'s' if len(missing) > 1 else ''} "
+                                f"{', '.join(missing)} (has: {', '.join(t.column_names)})",
+                             field=missing[0])
+        tables.append(t)
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+@dataclass
+class Samples:
+    """Training samples in memory: ragged histories as Python lists of int32 arrays."""
+
+    sample_id: np.ndarray  # int64 [N]
+    user: np.ndarray       # int64 [N]
+    history: list          # list of np.int32 arrays, oldest first
+    target: np.ndarray     # int32 [N]
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def subset(self, idx) -> "Samples":
+        idx = np.asarray(idx)
+        return Samples(self.sample_id[idx], self.user[idx],
+                       [self.history[i] for i in idx], self.target[idx])
+
+    def sequences(self) -> list:
+        """Each sample's full sequence: history followed by target."""
+        return [np.append(h, np.int32(t)) for h, t in zip(self.history, self.target)]
+
+    @classmethod
+    def from_table(cls, table: pa.Table, source: str | Path = "<table>") -> "Samples":
+        for col in ("history", "target"):
+            if col not in table.column_names:
+                raise InputError(source, f"missing column {col}", field=col)
+        n = table.num_rows
+        if "sample_id" in table.column_names:
+            sample_id = table.column("sample_id").to_numpy().astype(np.int64)
+        else:
+            sample_id = np.arange(n, dtype=np.int64)
+        if "user" in table.column_names:
+            user = table.column("user").to_numpy().astype(np.int64)
+        else:
+            user = sample_id.copy()
+        target = table.column("target").to_numpy()
+        if target.dtype.kind not in "iu":
+            raise InputError(source, f"target must be integer item ids, got {table.schema.field('target').type}",
+                             field="target")
+        hist_col = table.column("history").combine_chunks()
+        if not pa.types.is_list(hist_col.type) and not pa.types.is_large_list(hist_col.type):
+            raise InputError(source, f"history must be a list of item ids, got {hist_col.type}",
+                             field="history")
+        offsets = hist_col.offsets.to_numpy()
+        values = hist_col.flatten().to_numpy(zero_copy_only=False)
+        if len(values) and values.dtype.kind not in "iu":
+            raise InputError(source, "history must hold integer item ids", field="history")
+        values = values.astype(np.int32)
+        history = [values[offsets[i]:offsets[i + 1]] for i in range(n)]
+        if len(np.unique(sample_id)) != n:
+            raise InputError(source, "sample_id values are not unique", field="sample_id")
+        return cls(sample_id, user, history, target.astype(np.int32))
+
+    def to_table(self) -> pa.Table:
+        return samples_table(self.sample_id, self.user, self.history, self.target)
+
+
+def load_samples(path: str | Path, n_items: int | None = None) -> Samples:
+    """Load a samples table or a coreset (any Parquet with ``history`` and ``target``)."""
+    table = read_table(path, required=("history", "target"), what="samples table")
+    samples = Samples.from_table(table, path)
+    if n_items is not None:
+        check_item_range(samples, n_items, path)
+    return samples
+
+
+def check_item_range(samples: Samples, n_items: int, source) -> None:
+    bad_t = np.flatnonzero((samples.target < 1) | (samples.target > n_items))
+    if len(bad_t):
+        i = int(bad_t[0])
+        raise InputError(source, f"target item {int(samples.target[i])} is not in the item catalogue "
+                                 f"(1..{n_items})", row=i, field="target")
+    for i, h in enumerate(samples.history):
+        if len(h) and (h.min() < 1 or h.max() > n_items):
+            bad = int(h[(h < 1) | (h > n_items)][0])
+            raise InputError(source, f"history item {bad} is not in the item catalogue (1..{n_items})",
+                             row=i, field="history")
+
+
+# ----------------------------------------------------------------------------- eval splits
+
+@dataclass
+class EvalSplit:
+    """Users to evaluate: their history (items not to rank) and their ground-truth list."""
+
+    user: np.ndarray   # int64 [U]
+    history: list      # list of np.int32 arrays
+    targets: list      # list of np.int32 arrays, non-empty
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def subset(self, idx) -> "EvalSplit":
+        idx = np.asarray(idx)
+        return EvalSplit(self.user[idx], [self.history[i] for i in idx], [self.targets[i] for i in idx])
+
+    def to_table(self) -> pa.Table:
+        return pa.table({
+            "user": pa.array(np.asarray(self.user, dtype=np.int64)),
+            "history": pa.array([np.asarray(h, dtype=np.int32) for h in self.history],
+                                type=pa.list_(pa.int32())),
+            "targets": pa.array([np.asarray(t, dtype=np.int32) for t in self.targets],
+                                type=pa.list_(pa.int32())),
+        }, schema=EVAL_SCHEMA)
+
+    @classmethod
+    def from_table(cls, table: pa.Table, source="<table>") -> "EvalSplit":
+        def ragged(col):
+            arr = table.column(col).combine_chunks()
+            off = arr.offsets.to_numpy()
+            val = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int32)
+            return [val[off[i]:off[i + 1]] for i in range(table.num_rows)]
+        for col in ("user", "history", "targets"):
+            if col not in table.column_names:
+                raise InputError(source, f"missing column {col}", field=col)
+        return cls(table.column("user").to_numpy().astype(np.int64), ragged("history"), ragged("targets"))
+
+
+# ----------------------------------------------------------------------------- prepared data
+
+class PreparedData:
+    """A folder written by ``dealrec prepare``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not (self.root / "items.parquet").exists() or not (self.root / "samples").is_dir():
+            raise DealrecError(f"{self.root}: not a prepared data folder (no items.parquet or samples/; "
+                               f"run 'dealrec prepare' first)")
+        self._items = None
+        self._n_items = None
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.root / "samples"
+
+    def shard_paths(self) -> list[Path]:
+        return shard_paths(self.samples_dir)
+
+    def samples(self) -> Samples:
+        return load_samples(self.samples_dir)
+
+    @property
+    def items(self) -> pa.Table:
+        if self._items is None:
+            self._items = read_table(self.root / "items.parquet", required=("item", "title"),
+                                     what="item catalogue")
+        return self._items
+
+    @property
+    def n_items(self) -> int:
+        if self._n_items is None:
+            self._n_items = int(np.max(self.items.column("item").to_numpy())) if self.items.num_rows else 0
+        return self._n_items
+
+    def titles(self) -> list[str]:
+        """Title of every item id 0..n_items (index 0, padding, is the empty string)."""
+        out = [""] * (self.n_items + 1)
+        for item, title in zip(self.items.column("item").to_pylist(), self.items.column("title").to_pylist()):
+            out[item] = title or ""
+        return out
+
+    def eval_split(self, split: str) -> EvalSplit:
+        if split not in SPLITS:
+            raise DealrecError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
+        path = self.root / "eval" / f"{split}.parquet"
+        return EvalSplit.from_table(read_table(path, what="evaluation split"), path)
+
+    def manifest(self) -> dict:
+        path = self.root / "manifest.json"
+        return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,130 @@
+"""The one evaluator of the project: full ranking with the paper's protocol.
+
+Protocol (see the Games data README): every user with a non-empty ground-truth list is
+evaluated; all items are ranked except those already in the user's history (and padding,
+id 0); the ground truth is the whole list (duplicates counted once). Recall@K is the
+share of the ground truth in the top K; NDCG@K divides DCG@K by the ideal DCG over
+min(|truth|, K) positions. Metrics are means over users.
+
+Two entry points:
+
+- ``evaluate_scorer(score_fn, split, n_items)`` for models that score every item
+  (surrogates, popularity, BIGRec grounding): ``score_fn(histories) -> Tensor[B, n_items + 1]``;
+- ``ranking_metrics(ranked, split)`` for models that return ranked item lists (TIGER's beam
+  search): ``ranked`` is ``[U, K]`` item ids, best first, padded with 0.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from dealrec.data import EvalSplit
+
+DEFAULT_KS = (10, 20, 50)
+
+
+def _truth_mask(targets: Sequence[np.ndarray], n_cols: int) -> torch.Tensor:
+    rows = np.repeat(np.arange(len(targets)), [len(t) for t in targets])
+    cols = np.concatenate([np.asarray(t, dtype=np.int64) for t in targets]) if len(targets) else np.zeros(0, np.int64)
+    mask = torch.zeros(len(targets), n_cols, dtype=torch.bool)
+    mask[torch.from_numpy(rows), torch.from_numpy(cols)] = True
+    mask[:, 0] = False  # padding is never a ground-truth item
+    return mask
+
+
+def _metric_sums(ranked: torch.Tensor, truth: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
+    """Sums over users of recall@k and ndcg@k; ``ranked`` [B, >=max(ks)] item ids, ``truth`` [B, n] bool."""
+    hits = torch.gather(truth, 1, ranked.clamp(min=0)).double()
+    hits[ranked <= 0] = 0.0
+    n_truth = truth.sum(1).double()
+    max_k = max(ks)
+    discounts = 1.0 / torch.log2(torch.arange(2, max_k + 2, dtype=torch.float64))
+    ideal_cum = torch.cumsum(discounts, 0)
+    out = {}
+    for k in ks:
+        h = hits[:, :k]
+        out[f"recall@{k}"] = float((h.sum(1) / n_truth).sum())
+        dcg = (h * discounts[:h.shape[1]]).sum(1)
+        idcg = ideal_cum[(torch.clamp(n_truth, max=k) - 1).long()]
+        out[f"ndcg@{k}"] = float((dcg / idcg).sum())
+    return out
+
+
+def _keep_nonempty(split: EvalSplit) -> EvalSplit:
+    keep = [i for i, t in enumerate(split.targets) if len(np.unique(t[t > 0])) > 0]
+    return split if len(keep) == len(split) else split.subset(keep)
+
+
+def _ordered(sums: dict[str, float], n_users: int, ks: Sequence[int]) -> dict[str, float]:
+    out = {}
+    for k in ks:
+        out[f"recall@{k}"] = sums[f"recall@{k}"] / max(n_users, 1)
+        out[f"ndcg@{k}"] = sums[f"ndcg@{k}"] / max(n_users, 1)
+    return out
+
+
+def ranking_metrics(ranked: np.ndarray | torch.Tensor, split: EvalSplit,
+                    ks: Sequence[int] = DEFAULT_KS, n_items: int | None = None) -> dict[str, float]:
+    """Metrics from ranked lists (row i ranks for ``split`` user i; 0 pads a short list).
+
+    History items in a list are dropped before cutting at K, as in full ranking.
+    """
+    ranked = torch.as_tensor(np.asarray(ranked), dtype=torch.long)
+    if ranked.shape[0] != len(split):
+        raise ValueError(f"{ranked.shape[0]} ranked lists for {len(split)} users")
+    keep = [i for i, t in enumerate(split.targets) if len(t[t > 0]) > 0]
+    ranked = ranked[keep]
+    split = split.subset(keep)
+    n_cols = int(max(ranked.max().item() if ranked.numel() else 0,
+                     max((int(t.max()) for t in split.targets), default=0),
+                     max((int(h.max()) for h in split.history if len(h)), default=0),
+                     n_items or 0)) + 1
+    seen = _truth_mask(split.history, n_cols)
+    in_hist = torch.gather(seen, 1, ranked.clamp(min=0)) & (ranked > 0)
+    # stable compaction: history items move to the end as padding
+    ranked = torch.where(in_hist, torch.zeros_like(ranked), ranked)
+    order = torch.argsort((ranked <= 0).int(), dim=1, stable=True)
+    ranked = torch.gather(ranked, 1, order)
+    max_k = max(ks)
+    if ranked.shape[1] < max_k:
+        ranked = torch.cat([ranked, torch.zeros(ranked.shape[0], max_k - ranked.shape[1], dtype=torch.long)], 1)
+    sums = _metric_sums(ranked[:, :max_k], _truth_mask(split.targets, n_cols), ks)
+    return _ordered(sums, len(split), ks)
+
+
+@torch.no_grad()
+def evaluate_scorer(score_fn: Callable[[list], torch.Tensor], split: EvalSplit, n_items: int,
+                    ks: Sequence[int] = DEFAULT_KS, batch_size: int = 1024) -> dict[str, float]:
+    """Full-ranking metrics of a model that scores all items for a batch of histories."""
+    split = _keep_nonempty(split)
+    max_k = max(ks)
+    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    for start in range(0, len(split), batch_size):
+        hist = split.history[start:start + batch_size]
+        truth = _truth_mask(split.targets[start:start + batch_size], n_items + 1)
+        scores = torch.as_tensor(score_fn(hist)).float().clone()
+        if scores.shape != (len(hist), n_items + 1):
+            raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected ({len(hist)}, {n_items + 1})")
+        scores[_truth_mask(hist, n_items + 1)] = -torch.inf
+        scores[:, 0] = -torch.inf
+        ranked = torch.topk(scores, max_k, dim=1).indices
+        for key, v in _metric_sums(ranked, truth, ks).items():
+            sums[key] += v
+    return _ordered(sums, len(split), ks)
+
+
+def popularity_scorer(train_sequences: Sequence[np.ndarray], n_items: int) -> Callable[[list], torch.Tensor]:
+    """Most-popular baseline: an item's score is its count in the training sequences."""
+    counts = np.bincount(np.concatenate(list(train_sequences)).astype(np.int64), minlength=n_items + 1)
+    row = torch.from_numpy(counts[:n_items + 1].astype(np.float32))
+
+    def score(histories):
+        return row.unsqueeze(0).expand(len(histories), -1)
+    return score
+
+
+def format_metrics(metrics: dict[str, float], ks: Sequence[int] = DEFAULT_KS) -> str:
+    return "  ".join(f"R@{k} {metrics[f'recall@{k}']:.4f} N@{k} {metrics[f'ndcg@{k}']:.4f}" for k in ks
+                     if f"recall@{k}" in metrics)

@@ -1,0 +1,1 @@
+"""Consumers of a coreset: BIGRec (LoRA on a causal LM) and TIGER (generative retrieval)."""

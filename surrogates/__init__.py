@@ -1,0 +1,1 @@
+"""Small sequential recommenders that stand in for the LLM when scoring influence."""
