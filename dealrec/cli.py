@@ -29,3 +29,8 @@ def main():
 
 
 # ---- command registry: one line per command module -------------------------------------
+
+
+@main.group()
+def finetune():
+    """Fine-tune a downstream recommender (TIGER, BIGRec) on a samples table or coreset."""
