@@ -1,0 +1,262 @@
+"""SASRec (Kang & McAuley, 2018): next-item prediction with causal self-attention.
+
+A sample is a user's sequence ``history + [target]``. The model reads
+``[BOS] + history`` and predicts, at every position, the next item of the sequence, so a
+sample with an empty history still has one real prediction (BOS -> target).
+
+Padding invariance is exact by construction: sequences are padded on the RIGHT, attention
+is causal (a real position never sees a padded one), positions are counted from the start
+of the (truncated) sequence, and losses are computed only at real positions. A sample's
+loss therefore does not depend on the batch it sits in or on how much padding it gets.
+
+Losses:
+
+- ``ce`` (default): full-softmax cross-entropy over all items at every position;
+- ``bce``: the DEALRec reference's binary cross-entropy with one sampled negative per
+  position. Negatives are a hash of (seed, sample_id, position, round), never fresh random
+  draws, so ``sample_losses`` is a pure function of the parameters and the batch.
+
+Attention uses plain ``nn.Linear`` modules for q/k/v/out (not ``nn.MultiheadAttention``,
+whose fused path skips module hooks): influence hooks the last block's ``out``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dealrec.data import Samples
+from dealrec.errors import DealrecError
+from surrogates.base import SURROGATES, Surrogate, SurrogateConfig
+
+LOSSES = ("ce", "bce")
+POSITIONS = ("from_start", "from_end")
+
+
+@dataclass
+class SASRecConfig(SurrogateConfig):
+    hidden: int = 64
+    n_blocks: int = 2
+    n_heads: int = 2
+    ffn_hidden: int = 256
+    dropout: float = 0.3
+    loss: str = "ce"                 # "ce" (full softmax) or "bce" (one sampled negative)
+    positions: str = "from_start"    # position ids counted from the sequence start or its end
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise DealrecError(f"unknown SASRec loss {self.loss!r} (choose from {', '.join(LOSSES)})")
+        if self.positions not in POSITIONS:
+            raise DealrecError(f"unknown positions {self.positions!r} (choose from {', '.join(POSITIONS)})")
+        if self.hidden % self.n_heads:
+            raise DealrecError(f"hidden ({self.hidden}) must be a multiple of n_heads ({self.n_heads})")
+        if self.max_len < 1:
+            raise DealrecError("max_len must be at least 1")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, hidden: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, hidden)  # the influence block of the last layer
+        self.attn_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, h = x.shape
+        d = h // self.n_heads
+
+        def heads(y):
+            return y.view(b, t, self.n_heads, d).transpose(1, 2)  # [B, heads, T, d]
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+        future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+        att = att.masked_fill(future, float("-inf")).softmax(-1)
+        y = self.attn_dropout(att) @ v
+        return self.out(y.transpose(1, 2).reshape(b, t, h))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block (stable without warm-up at small sizes)."""
+
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(cfg.hidden)
+        self.attn = CausalSelfAttention(cfg.hidden, cfg.n_heads, cfg.dropout)
+        self.ln_ffn = nn.LayerNorm(cfg.hidden)
+        self.ffn_in = nn.Linear(cfg.hidden, cfg.ffn_hidden)
+        self.ffn_out = nn.Linear(cfg.ffn_hidden, cfg.hidden)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.ln_attn(x)))
+        return x + self.dropout(self.ffn_out(self.dropout(F.gelu(self.ffn_in(self.ln_ffn(x))))))
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a well-spread hash of uint64 values (wrapping arithmetic)."""
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def hashed_negatives(seed: int, sample_id: np.ndarray, labels: np.ndarray, n_items: int,
+                     round_: int = 0) -> np.ndarray:
+    """One negative item per position, a pure function of (seed, round, sample_id, position).
+
+    ``labels`` is [B, T] (0 = padding); the negative never equals the label it is paired with.
+    """
+    b, t = labels.shape
+    pos = np.arange(t, dtype=np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        key = _mix64(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(round_))
+        h = _mix64(key ^ _mix64(sample_id.astype(np.uint64)[:, None] * np.uint64(1 << 8) + pos))
+    neg = (h % np.uint64(n_items)).astype(np.int64) + 1
+    clash = neg == labels
+    neg[clash] = neg[clash] % n_items + 1  # the next item id, wrapping around
+    neg[labels == 0] = 0
+    return neg
+
+
+class SASRec(Surrogate):
+    name = "sasrec"
+    config_class = SASRecConfig
+
+    def __init__(self, config: SASRecConfig):
+        super().__init__(config)
+        cfg = config
+        if cfg.n_items < 1:
+            raise DealrecError("SASRec needs n_items >= 1")
+        self.bos = cfg.n_items + 1
+        # ids: 0 padding, 1..n_items items, n_items + 1 the begin-of-sequence token.
+        # The same table scores the next item (tied input/output embeddings).
+        self.item_emb = nn.Embedding(cfg.n_items + 2, cfg.hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
+        self.ln_final = nn.LayerNorm(cfg.hidden)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # A private generator: the initial weights depend on the seed only, not on global state.
+        gen = torch.Generator().manual_seed(self.config.seed)
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    module.weight.normal_(0.0, self.config.init_std, generator=gen)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    module.bias.zero_()
+            self.item_emb.weight[0].zero_()
+
+    # ---- batches -------------------------------------------------------------------------
+
+    def _pad(self, rows: list[np.ndarray]) -> torch.Tensor:
+        width = max(1, max(len(r) for r in rows)) if rows else 1
+        out = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = r
+        return torch.from_numpy(out)
+
+    def collate(self, samples: Samples, negative_round: int = 0) -> dict[str, torch.Tensor]:
+        """Training batch: ``input_ids`` = [BOS] + history, ``labels`` = history + [target].
+
+        Both keep the most recent ``max_len`` positions. ``negative_round`` changes the
+        hashed negatives of the ``bce`` loss (the trainer passes the epoch); scoring uses 0.
+        """
+        L = self.config.max_len
+        inputs, labels = [], []
+        for hist, target in zip(samples.history, samples.target):
+            seq = np.append(np.asarray(hist, dtype=np.int64), np.int64(target))
+            inputs.append(np.concatenate([[self.bos], seq[:-1]])[-L:])
+            labels.append(seq[-L:])
+        batch = {
+            "input_ids": self._pad(inputs),
+            "labels": self._pad(labels),
+            "sample_id": torch.as_tensor(np.asarray(samples.sample_id, dtype=np.int64)),
+        }
+        if self.config.loss == "bce":
+            negs = hashed_negatives(self.config.seed, np.asarray(samples.sample_id), batch["labels"].numpy(),
+                                    self.config.n_items, negative_round)
+            batch["negatives"] = torch.from_numpy(negs)
+        return batch
+
+    def collate_histories(self, histories: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        L = self.config.max_len
+        inputs = [np.concatenate([[self.bos], np.asarray(h, dtype=np.int64)])[-L:] for h in histories]
+        return {"input_ids": self._pad(inputs),
+                "lengths": torch.as_tensor([len(x) for x in inputs], dtype=torch.long)}
+
+    # ---- model -------------------------------------------------------------------------------
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, T, hidden] states; position t summarises input tokens 0..t."""
+        b, t = input_ids.shape
+        if self.config.positions == "from_start":
+            pos = torch.arange(t, device=input_ids.device).expand(b, t)
+        else:
+            lengths = (input_ids > 0).sum(1, keepdim=True)
+            pos = (lengths - 1 - torch.arange(t, device=input_ids.device)).clamp(min=0)
+        x = self.emb_dropout(self.item_emb(input_ids) + self.pos_emb(pos))
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_final(x)
+
+    def _item_table(self) -> torch.Tensor:
+        return self.item_emb.weight[: self.config.n_items + 1]  # padding + real items, no BOS
+
+    def position_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss at every real position, flattened, and the batch row each belongs to."""
+        labels = batch["labels"]
+        states = self.hidden_states(batch["input_ids"])
+        real = labels > 0
+        rows = real.nonzero()[:, 0]
+        h = states[real]            # [N, hidden]: only real positions ever reach the loss
+        y = labels[real]
+        table = self._item_table()
+        if self.config.loss == "ce":
+            logits = h @ table.T
+            logits[:, 0] = float("-inf")  # padding is never a candidate
+            losses = F.cross_entropy(logits, y, reduction="none")
+        else:
+            neg = batch["negatives"][real]
+            pos_logit = (h * table[y]).sum(-1)
+            neg_logit = (h * table[neg]).sum(-1)
+            losses = F.softplus(-pos_logit) + F.softplus(neg_logit)
+        return losses, rows
+
+    def sample_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        losses, rows = self.position_losses(batch)
+        n = batch["labels"].shape[0]
+        sums = torch.zeros(n, dtype=losses.dtype, device=losses.device).index_add(0, rows, losses)
+        counts = (batch["labels"] > 0).sum(1).clamp(min=1)
+        return sums / counts
+
+    def training_loss(self, batch: dict[str, torch.Tensor], weighting: str = "position") -> torch.Tensor:
+        """``position``: every predicted item weighs the same (the usual SASRec objective);
+        ``sample``: every sample weighs the same (the quantity influence is defined on)."""
+        if weighting == "sample":
+            return self.sample_losses(batch).mean()
+        losses, _ = self.position_losses(batch)
+        return losses.mean()
+
+    def full_sort_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        states = self.hidden_states(batch["input_ids"])
+        last = states[torch.arange(states.shape[0]), batch["lengths"] - 1]
+        scores = last @ self._item_table().T
+        scores[:, 0] = float("-inf")
+        return scores
+
+    def influence_block(self) -> nn.Linear:
+        return self.blocks[-1].attn.out
+
+
+SURROGATES[SASRec.name] = SASRec
