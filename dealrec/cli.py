@@ -34,3 +34,4 @@ def main():
 @main.group()
 def finetune():
     """Fine-tune a downstream recommender (TIGER, BIGRec) on a samples table or coreset."""
+from dealrec.prepare import prepare_command; main.add_command(prepare_command)  # noqa: E402
