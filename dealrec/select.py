@@ -391,3 +391,184 @@ def _coreset_rows(samples_tbl: pa.Table, selected_scores: pa.Table, selected: np
             continue
         coreset = coreset.append_column(name, sc.column(name))
     return coreset
+
+
+# ----------------------------------------------------------------------------- command
+
+SCORES_FILE = "scores.parquet"
+CORESET_FILE = "coreset.parquet"
+MANIFEST_FILE = "manifest.json"
+PLOT_FILE = "selection.png"
+
+
+def read_manifest(run) -> dict:
+    import json
+    from pathlib import Path
+
+    path = Path(run) / MANIFEST_FILE
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise InputError(path, f"not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(path, "not a JSON object")
+    return manifest
+
+
+def manifest_path(manifest: dict, key: str, run) -> "str | None":
+    """The folder that ``manifest`` records under ``key`` (``data``, ``surrogate``).
+
+    Accepts ``{key: "DIR"}``, ``{key: {"path"|"dir": "DIR", ...}}`` and the same under an
+    ``inputs`` section; a relative path is tried against the working folder, then ``run``.
+    """
+    from pathlib import Path
+
+    def lookup(section):
+        v = section.get(key) if isinstance(section, dict) else None
+        if isinstance(v, str):
+            return v
+        if isinstance(v, dict):
+            for k in ("path", "dir", "root", "out"):
+                if isinstance(v.get(k), str):
+                    return v[k]
+        return None
+
+    value = lookup(manifest) or lookup(manifest.get("inputs"))
+    if value is None:
+        return None
+    p = Path(value)
+    if not p.is_absolute() and not p.exists() and (Path(run) / p).exists():
+        p = Path(run) / p
+    return str(p)
+
+
+def run_select(run=None, method: str = "dealrec", n: int = DEFAULT_N, lam: float = DEFAULT_LAMBDA,
+               k: int = DEFAULT_K, hard_prune: float = DEFAULT_HARD_PRUNE, seed: int = 0, data=None,
+               surrogate=None, out=None, plot: bool = True, progress: bool = True) -> dict:
+    """``dealrec select``: read RUN's scores (and samples), select, write scores/coreset/manifest/plot.
+
+    Returns the manifest's ``selection`` section.
+    """
+    import time
+    from pathlib import Path
+
+    from dealrec.data import PreparedData, load_samples, read_table, sha256_file, write_json_atomic, \
+        write_parquet_atomic
+
+    t0 = time.time()
+    SelectionConfig(method)  # unknown method -> one-line error before any work
+    if run is None and out is None:
+        raise DealrecError("give a RUN folder (or --out for a fresh run)")
+    out = Path(out if out is not None else run)
+    run = Path(run) if run is not None else out
+    manifest = read_manifest(run)
+    scores_path = run / SCORES_FILE
+    data = data or manifest_path(manifest, "data", run)
+    if data is None:
+        raise DealrecError(f"no data folder: {run / MANIFEST_FILE} names none; pass --data DIR")
+    prepared = PreparedData(data)
+    samples_tbl = read_table(prepared.samples_dir, required=("sample_id", "history", "target"),
+                             what="samples table")
+
+    needs = METHOD_COLUMNS[method]
+    if scores_path.exists():
+        scores = read_table(scores_path, required=("sample_id",), what="scores table")
+    elif needs and method not in BASELINE_METHODS:
+        raise InputError(scores_path, f"no such file; --method {method} needs the scores of "
+                                      f"'dealrec score' (columns sample_id, {', '.join(needs)})")
+    else:
+        scores = pa.table({"sample_id": samples_tbl.column("sample_id")})
+    # stale selection columns of an earlier run are replaced, never mixed in
+    scores = scores.select([c for c in scores.column_names if c not in ("score", "stratum", "selected")])
+
+    inputs = {"data": str(prepared.root), "samples_sha256": [sha256_file(p) for p in prepared.shard_paths()]}
+    if scores_path.exists():
+        inputs["scores_sha256"] = sha256_file(scores_path)
+    if method in BASELINE_METHODS:
+        from dealrec.baselines import baseline_scores
+        from surrogates.base import load_surrogate
+
+        surrogate = surrogate or manifest_path(manifest, "surrogate", run)
+        if surrogate is None:
+            raise DealrecError(f"--method {method} scores samples with a trained surrogate: "
+                               f"{run / MANIFEST_FILE} names none; pass --surrogate DIR")
+        model = load_surrogate(surrogate)
+        samples = load_samples(prepared.samples_dir)
+        t_base = time.time()
+        cols = baseline_scores(method, model, samples, progress=progress)
+        inputs.update({"surrogate": str(surrogate),
+                       "surrogate_sha256": sha256_file(Path(surrogate) / "model.safetensors"),
+                       "baseline_seconds": round(time.time() - t_base, 3)})
+        scores = _join_by_sample_id(scores, samples.sample_id, cols, str(scores_path))
+
+    result = select_coreset(scores, samples_tbl, method, n, lam, k, hard_prune, seed, source=str(scores_path))
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(result.scores, out / SCORES_FILE)
+    write_parquet_atomic(result.coreset, out / CORESET_FILE)
+    section = {**result.summary, "inputs": inputs,
+               "outputs": {"scores": SCORES_FILE, "coreset": CORESET_FILE},
+               "seconds": None}
+    if plot:
+        from dealrec.plots import plot_selection
+
+        plot_selection(result, out / PLOT_FILE)
+        section["outputs"]["plot"] = PLOT_FILE
+    section["seconds"] = round(time.time() - t0, 3)
+    manifest = read_manifest(out)  # re-read: only our section changes
+    manifest["selection"] = section
+    write_json_atomic(out / MANIFEST_FILE, manifest)
+    return section
+
+
+BASELINE_METHODS = ("el2n", "grand", "ccs")
+
+
+def _join_by_sample_id(scores: pa.Table, sample_id: np.ndarray, cols: dict, source: str) -> pa.Table:
+    """Add baseline columns (aligned with ``sample_id``) to ``scores`` by sample_id."""
+    sid = scores.column("sample_id").to_numpy().astype(np.int64)
+    _check_same_samples(sid, np.asarray(sample_id, dtype=np.int64), source)
+    pos = np.argsort(sample_id)
+    rows = pos[np.searchsorted(np.asarray(sample_id)[pos], sid)]
+    for name, values in cols.items():
+        arr = pa.array(np.asarray(values, dtype=np.float64)[rows], pa.float64())
+        if name in scores.column_names:
+            scores = scores.set_column(scores.column_names.index(name), name, arr)
+        else:
+            scores = scores.append_column(name, arr)
+    return scores
+
+
+def _select_command():
+    import click
+
+    @click.command("select")
+    @click.argument("run", required=False, type=click.Path(file_okay=False))
+    @click.option("--method", type=click.Choice(METHODS), default="dealrec", show_default=True,
+                  help="dealrec; ablations influence, effort, greedy; baselines random, grand, el2n, ccs.")
+    @click.option("--n", "n", type=int, default=DEFAULT_N, show_default=True, help="Coreset size.")
+    @click.option("--lambda", "lam", type=float, default=DEFAULT_LAMBDA, show_default=True,
+                  help="Weight of the effort score.")
+    @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Number of strata.")
+    @click.option("--hard-prune", type=float, default=DEFAULT_HARD_PRUNE, show_default=True,
+                  help="Share of the highest scores dropped before stratifying.")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--data", type=click.Path(file_okay=False), default=None,
+                  help="Prepared data folder (default: the one RUN/manifest.json names).")
+    @click.option("--surrogate", type=click.Path(file_okay=False), default=None,
+                  help="Trained surrogate for el2n/grand/ccs (default: the one the manifest names).")
+    @click.option("--out", type=click.Path(file_okay=False), default=None,
+                  help="Write here instead of RUN (e.g. --method random --data DATA --out RUN).")
+    @click.option("--no-plot", is_flag=True, help="Skip RUN/selection.png.")
+    def select_cmd(run, method, n, lam, k, hard_prune, seed, data, surrogate, out, no_plot):
+        """Select a coreset from RUN/scores.parquet; write scores, coreset, manifest and a plot."""
+        section = run_select(run, method, n, lam, k, hard_prune, seed, data, surrogate, out, plot=not no_plot)
+        where = out or run
+        click.echo(f"selected {section['n_selected']} of {section['n_samples']} samples "
+                   f"(method {method}, seed {seed}) -> {where}/{CORESET_FILE}")
+
+    return select_cmd
+
+
+select_command = _select_command()

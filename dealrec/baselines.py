@@ -1,0 +1,129 @@
+"""Per-sample scores of the pruning baselines, from a trained surrogate (docs/selection.md).
+
+- EL2N (Paul et al., NeurIPS 2021): ``|| softmax(f(x)) - onehot(y) ||_2`` at every position
+  the sample is trained on, averaged over the sample's positions.
+- GraNd (same paper): ``|| grad_theta L(s) ||_2`` of the sample's own loss
+  (``sample_losses``) over the surrogate's trainable parameters (all of them by default).
+
+CCS (Zheng et al., ICLR 2023) needs no score of its own: it stratifies EL2N
+(``dealrec.select``, method ``ccs``).
+
+Both use nothing but the surrogate contract (``collate``, ``collate_histories``,
+``full_sort_scores``, ``sample_losses``), so they serve every surrogate. Scores come back
+aligned with the rows of the given samples; each sample's value does not depend on which
+other samples share its batch (the surrogates are padding-invariant and eval mode is
+deterministic).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dealrec.data import Samples
+from dealrec.errors import DealrecError
+
+BASELINE_COLUMNS = {"el2n": "el2n", "ccs": "el2n", "grand": "grand"}
+
+
+def prediction_positions(samples: Samples, max_len: int | None) -> tuple[np.ndarray, list, np.ndarray]:
+    """Every (sample row, prefix, next item) the sample is trained on.
+
+    A sample's sequence ``s = history + [target]`` of length T is trained on predicting
+    ``s[t]`` from ``s[:t]`` for the last ``max_len`` positions t (t = 0 is the empty
+    prefix: a sample with an empty history still has its one prediction).
+    """
+    rows, prefixes, labels = [], [], []
+    for i, seq in enumerate(samples.sequences()):
+        first = 0 if max_len is None else max(0, len(seq) - max_len)
+        for t in range(first, len(seq)):
+            rows.append(i)
+            prefixes.append(seq[:t])
+            labels.append(int(seq[t]))
+    return np.asarray(rows, dtype=np.int64), prefixes, np.asarray(labels, dtype=np.int64)
+
+
+@torch.no_grad()
+def el2n_scores(model, samples: Samples, batch_size: int = 512, progress: bool = True) -> np.ndarray:
+    """EL2N of every sample (float64 [N]), mean over its positions of ``||softmax - onehot||_2``.
+
+    Predictions come from ``full_sort_scores`` on each prefix, so the probabilities are over
+    all real items (padding has score -inf and probability 0).
+    """
+    model.eval()
+    max_len = getattr(getattr(model, "config", None), "max_len", None)
+    rows, prefixes, labels = prediction_positions(samples, max_len)
+    per_position = np.zeros(len(rows), dtype=np.float64)
+    # longest prefixes together: less padding, and the batching never changes a value
+    order = np.argsort([len(p) for p in prefixes], kind="stable")
+    bar = tqdm(total=len(order), desc="EL2N", unit="pos", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        scores = model.full_sort_scores(model.collate_histories([prefixes[j] for j in idx])).float()
+        prob = torch.softmax(scores, dim=-1)
+        y = torch.from_numpy(labels[idx])
+        if int(y.max()) >= prob.shape[1] or int(y.min()) < 1:
+            raise DealrecError(f"item id {int(y.max())} is outside the surrogate's catalogue "
+                               f"(1..{prob.shape[1] - 1}): was it trained on this data?")
+        # ||p - e_y||^2 = ||p||^2 - 2 p_y + 1, formed without an [B, V] one-hot
+        p_y = prob.gather(1, y[:, None])[:, 0].double()
+        sq = (prob.double() ** 2).sum(1) - 2 * p_y + 1
+        per_position[idx] = sq.clamp(min=0).sqrt().numpy()
+        bar.update(len(idx))
+    bar.close()
+    sums = np.bincount(rows, weights=per_position, minlength=len(samples))
+    counts = np.bincount(rows, minlength=len(samples))
+    return sums / np.maximum(counts, 1)
+
+
+def _trainable(model, param_names: Sequence[str] | None) -> tuple[list[str], list[torch.Tensor]]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if param_names is not None:
+        wanted = tuple(param_names)
+        named = [(n, p) for n, p in named if n.startswith(wanted)]
+        if not named:
+            raise DealrecError(f"no trainable parameter of the surrogate starts with {', '.join(wanted)}")
+    return [n for n, _ in named], [p for _, p in named]
+
+
+def grand_scores(model, samples: Samples, batch_size: int = 8, param_names: Sequence[str] | None = None,
+                 progress: bool = True) -> np.ndarray:
+    """GraNd of every sample (float64 [N]): the L2 norm of ``grad sample_losses(s)``.
+
+    Per-sample gradients come from one batched backward pass per batch: autograd's
+    ``is_grads_batched`` vmaps the backward over the rows of an identity matrix, so row b
+    is exactly the gradient of sample b's loss (the other samples get zero weight). The
+    cost of each vmapped backward is that of the whole batch, so small batches are faster;
+    ``param_names`` restricts the norm to parameters whose names start with one of them.
+    """
+    model.eval()
+    names, params = _trainable(model, param_names)
+    out = np.zeros(len(samples), dtype=np.float64)
+    bar = tqdm(total=len(samples), desc="GraNd", unit="sample", disable=not progress)
+    for start in range(0, len(samples), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(samples)))
+        batch = model.collate(samples.subset(idx))
+        losses = model.sample_losses(batch)
+        eye = torch.eye(len(idx), dtype=losses.dtype)
+        grads = torch.autograd.grad(losses, params, grad_outputs=eye, is_grads_batched=True,
+                                    allow_unused=True)
+        sq = torch.zeros(len(idx), dtype=torch.float64)
+        for g in grads:
+            if g is not None:
+                sq += g.reshape(len(idx), -1).double().pow(2).sum(1)
+        out[idx] = sq.sqrt().numpy()
+        bar.update(len(idx))
+    bar.close()
+    return out
+
+
+def baseline_scores(method: str, model, samples: Samples, progress: bool = True, **kwargs) -> dict[str, np.ndarray]:
+    """The score column a baseline method needs, as ``{column: values aligned with samples}``."""
+    if method not in BASELINE_COLUMNS:
+        raise DealrecError(f"{method!r} is not a surrogate-scored baseline (choose from "
+                           f"{', '.join(BASELINE_COLUMNS)})")
+    col = BASELINE_COLUMNS[method]
+    fn = el2n_scores if col == "el2n" else grand_scores
+    return {col: fn(model, samples, progress=progress, **kwargs)}
