@@ -1,0 +1,514 @@
+"""BIGRec (Bao et al., "A Bi-Step Grounding Paradigm for Large Language Models in
+Recommendation Systems"): LoRA fine-tuning of a local causal LM on a coreset, then
+generation and grounding, evaluated with the project's one evaluator.
+
+Step 1, fine-tune: each sample (history titles -> target title) becomes an alpaca prompt
+(``finetune.prompts``); LoRA adapters on the attention projections are trained with AdamW,
+a batch of 128 by gradient accumulation, early stopping on the validation loss.
+
+Step 2, ground: for every evaluation user, beam search (4 beams) writes a title; the
+generated text and every catalogue title are embedded by the BASE model (adapters off) as
+the last layer's hidden state at the last token, with left padding; all items are ranked
+by L2 distance. Items sharing a title share one embedding, hence one distance.
+
+Output folder (written atomically)::
+
+    OUT/adapter/adapter_model.safetensors, adapter_config.json   the LoRA adapter (peft)
+    OUT/manifest.json                                            parameters, inputs, losses, timings
+    OUT/metrics.json                                             valid/test metrics, steps, seconds
+    OUT/generations/{valid,test}.parquet                         user, generated text
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import click
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dealrec.data import EvalSplit, PreparedData, atomic_output_dir, check_item_range, load_samples, \
+    sha256_file, shard_paths, write_json_atomic
+from dealrec.errors import DealrecError
+from dealrec.evaluate import DEFAULT_KS, evaluate_scorer, format_metrics
+from finetune.llm import attach_lora, load_causal_lm, pick_device, pick_dtype
+from finetune.prompts import DOMAIN_TEMPLATES, LOSS_ON, PromptTemplate, encode_example, encode_prompt
+
+
+@dataclass
+class BigrecConfig:
+    """Fine-tuning and evaluation settings; the defaults are the paper's where it gives them."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] | None = None   # None: q_proj/v_proj or the model's fused qkv
+    lr: float = 1e-4
+    batch_size: int = 128                           # samples per optimizer step
+    micro_batch_size: int = 4                       # samples per forward pass (accumulated)
+    epochs: int = 50
+    patience: int = 3                               # epochs without a better validation loss
+    warmup_steps: int = 20                          # linear warmup, at most 10% of the planned steps
+    max_grad_norm: float = 1.0
+    max_tokens: int = 512                           # per example, the paper's budget
+    loss_on: str = "all"                            # "all": the whole prompt (alpaca-lora's default)
+    valid_loss_samples: int = 512                   # validation users for the early-stopping loss
+    max_steps: int | None = None
+    max_users: int | None = None                    # evaluation users per split (quick runs)
+    num_beams: int = 4
+    max_new_tokens: int | None = None               # None: the longest catalogue title, at most 64
+    eval_batch_size: int = 16                       # prompts per beam search call
+    embed_batch_size: int = 64
+    domain: str = "games"
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    adapter: str | None = None
+
+
+# ----------------------------------------------------------------------------- batches and losses
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str,
+              labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
+    """Pad token id lists to one tensor; ``position_ids`` count real tokens only (left padding safe)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    lab = torch.full((len(sequences), width), -100, dtype=torch.long) if labels is not None else None
+    for i, s in enumerate(sequences):
+        sl = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[i, sl] = torch.tensor(s, dtype=torch.long)
+        mask[i, sl] = 1
+        if lab is not None:
+            lab[i, sl] = torch.tensor(labels[i], dtype=torch.long)
+    out = {"input_ids": ids, "attention_mask": mask,
+           "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+    if lab is not None:
+        out["labels"] = lab
+    return out
+
+
+def n_loss_tokens(examples: Sequence[dict]) -> int:
+    # the first token is never predicted
+    return sum(sum(1 for lab in ex["labels"][1:] if lab != -100) for ex in examples)
+
+
+def token_loss_sum(model, examples: Sequence[dict], pad_id: int, device) -> torch.Tensor:
+    """Sum of next-token cross-entropies over the label tokens of ``examples``."""
+    batch = pad_batch([ex["input_ids"] for ex in examples], pad_id, "right",
+                      [ex["labels"] for ex in examples])
+    batch = {k: v.to(device) for k, v in batch.items()}
+    labels = batch.pop("labels")
+    logits = model(**batch).logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                           ignore_index=-100, reduction="sum")
+
+
+@torch.no_grad()
+def mean_token_loss(model, examples: Sequence[dict], pad_id: int, device, micro_batch_size: int) -> float:
+    model.eval()
+    total, count = 0.0, n_loss_tokens(examples)
+    for start in range(0, len(examples), micro_batch_size):
+        total += float(token_loss_sum(model, examples[start:start + micro_batch_size], pad_id, device))
+    return total / max(count, 1)
+
+
+def train_step(model, optimizer, batch: Sequence[dict], cfg: BigrecConfig, pad_id: int, device) -> float:
+    """One optimizer step on ``batch`` by accumulation over micro-batches.
+
+    Every micro-batch's token-loss sum is divided by the token count of the WHOLE batch, so the
+    gradient is the batch's mean token loss whatever the micro-batch size.
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    count = max(n_loss_tokens(batch), 1)
+    total = 0.0
+    for start in range(0, len(batch), cfg.micro_batch_size):
+        loss = token_loss_sum(model, batch[start:start + cfg.micro_batch_size], pad_id, device) / count
+        loss.backward()
+        total += float(loss.detach())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+    optimizer.step()
+    return total
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    epochs: float = 0.0
+    best_valid_loss: float = math.inf
+    best_epoch: float = 0.0
+    stopped: str = "epochs"
+    train_losses: list = field(default_factory=list)   # mean loss of each optimizer step
+    valid_losses: list = field(default_factory=list)   # (epochs, loss) at each evaluation
+
+
+def train_lora(model, train_examples: list[dict], valid_examples: list[dict], cfg: BigrecConfig,
+               pad_id: int, device) -> TrainResult:
+    """A flat training loop with early stopping; the model ends with its best adapter weights."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
+    planned = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        planned = min(planned, cfg.max_steps)
+    warmup = min(cfg.warmup_steps, planned // 10)
+    rng = np.random.default_rng(cfg.seed)
+    result = TrainResult()
+    best_state = None
+    bad_epochs = 0
+    bar = tqdm(total=planned, desc="fine-tune", unit="step", leave=False)
+    for epoch in range(cfg.epochs):
+        order = rng.permutation(len(train_examples))
+        for start in range(0, len(order), cfg.batch_size):
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (result.steps + 1) / (warmup + 1)) if warmup else cfg.lr
+            batch = [train_examples[i] for i in order[start:start + cfg.batch_size]]
+            loss = train_step(model, optimizer, batch, cfg, pad_id, device)
+            result.steps += 1
+            result.epochs = epoch + min(start + cfg.batch_size, len(order)) / len(order)
+            result.train_losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if cfg.max_steps is not None and result.steps >= cfg.max_steps:
+                result.stopped = "max_steps"
+                break
+        valid_loss = mean_token_loss(model, valid_examples, pad_id, device, cfg.micro_batch_size)
+        result.valid_losses.append([round(result.epochs, 4), valid_loss])
+        if valid_loss < result.best_valid_loss:
+            result.best_valid_loss, result.best_epoch = valid_loss, result.epochs
+            best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        if result.stopped == "max_steps":
+            break
+        if bad_epochs >= cfg.patience:
+            result.stopped = "early_stopping"
+            break
+    bar.close()
+    if best_state is not None:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in best_state:
+                    p.copy_(best_state[n])
+    model.eval()
+    return result
+
+
+# ----------------------------------------------------------------------------- generation and grounding
+
+def _adapters_off(model):
+    """Context in which a peft model behaves as its base model."""
+    import contextlib
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def generate_titles(model, tokenizer, prompts: Sequence[Sequence[int]], num_beams: int,
+                    max_new_tokens: int, batch_size: int, device, desc: str = "generate") -> list[str]:
+    """Beam search from each prompt (left padded, in batches); the best beam's text."""
+    model.eval()
+    out: list[str] = [""] * len(prompts)
+    # similar lengths together: less padding, same results (each row is independent)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+        idx = order[start:start + batch_size]
+        batch = pad_batch([prompts[i] for i in idx], tokenizer.pad_token_id, "left")
+        width = batch["input_ids"].shape[1]
+        seqs = model.generate(input_ids=batch["input_ids"].to(device),
+                              attention_mask=batch["attention_mask"].to(device),
+                              num_beams=num_beams, num_return_sequences=1, do_sample=False,
+                              max_new_tokens=max_new_tokens, early_stopping=True,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        for row, i in enumerate(idx):
+            text = tokenizer.decode(seqs[row, width:], skip_special_tokens=True)
+            out[i] = text.split("\n", 1)[0].strip()
+    return out
+
+
+def _text_ids(tokenizer, text: str) -> list[int]:
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids = bos + ids
+    return ids if ids else [tokenizer.eos_token_id]  # an empty text still needs one token
+
+
+@torch.no_grad()
+def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int, device,
+                desc: str = "embed") -> torch.Tensor:
+    """Last-layer hidden state at the last token of each text (left padding), float32 [N, d]."""
+    model.eval()
+    ids = [_text_ids(tokenizer, t) for t in texts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = None
+    with _adapters_off(model):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+            idx = order[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in pad_batch([ids[i] for i in idx], tokenizer.pad_token_id,
+                                                            "left").items()}
+            hidden = model(**batch, output_hidden_states=True).hidden_states[-1][:, -1].float()
+            if out is None:
+                out = torch.empty(len(ids), hidden.shape[1], dtype=torch.float32)
+            out[torch.tensor(idx)] = hidden.cpu()
+    return out
+
+
+@dataclass
+class Catalogue:
+    """Item titles for grounding: one embedding per distinct title, and each item's title row."""
+
+    title_embeddings: torch.Tensor   # [T, d], one row per distinct title
+    item_to_title: torch.Tensor      # long [n_items + 1]: item id -> row of title_embeddings
+
+    @classmethod
+    def build(cls, model, tokenizer, titles: Sequence[str], template: PromptTemplate,
+              batch_size: int, device) -> "Catalogue":
+        distinct = sorted(set(titles[1:]))
+        row = {t: i for i, t in enumerate(distinct)}
+        item_to_title = torch.tensor([row.get(t, 0) for t in titles], dtype=torch.long)
+        emb = embed_texts(model, tokenizer, [template.render_output(t) for t in distinct], batch_size,
+                          device, desc="embed catalogue")
+        return cls(emb, item_to_title)
+
+    def scores(self, generated_embeddings: torch.Tensor) -> torch.Tensor:
+        """Negative L2 distance from each generated text to every item: [B, n_items + 1]."""
+        dist = torch.cdist(generated_embeddings.double(), self.title_embeddings.double())
+        return (-dist[:, self.item_to_title]).float()
+
+
+def nonempty_users(split: EvalSplit, max_users: int | None, seed: int) -> EvalSplit:
+    """Users with a ground truth (as the evaluator counts them), at most ``max_users`` at random."""
+    keep = np.array([i for i, t in enumerate(split.targets) if len(np.unique(t[t > 0])) > 0], dtype=np.int64)
+    if max_users is not None and len(keep) > max_users:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, max_users, replace=False))
+    return split.subset(keep)
+
+
+def grounded_metrics(catalogue: Catalogue, generated_embeddings: torch.Tensor, split: EvalSplit,
+                     n_items: int, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """The evaluator over grounded scores; ``split`` holds only users with a ground truth, in order."""
+    cursor = 0
+
+    def score_fn(histories):
+        nonlocal cursor
+        rows = generated_embeddings[cursor:cursor + len(histories)]
+        if len(rows) != len(histories) or any(h is not split.history[cursor + j] for j, h in enumerate(histories)):
+            raise RuntimeError("evaluator batches do not follow the split's order")
+        cursor += len(histories)
+        return catalogue.scores(rows)
+
+    metrics = evaluate_scorer(score_fn, split, n_items, ks=ks)
+    if cursor != len(split):
+        raise RuntimeError(f"evaluator scored {cursor} of {len(split)} users")
+    return metrics
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _titles_of(ids, titles: Sequence[str]) -> list[str]:
+    return [titles[int(i)] for i in ids]
+
+
+def _package_versions() -> dict[str, str]:
+    import peft
+    import transformers
+    from dealrec import __version__
+    return {"dealrec": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+
+
+def _llm_fingerprint(llm: Path) -> dict:
+    files = {}
+    for p in sorted(llm.iterdir()):
+        if p.suffix == ".json" or p.name.startswith("tokenizer"):
+            files[p.name] = sha256_file(p)
+    return files
+
+
+def run_bigrec(llm: str | Path, data: str | Path, train: str | Path, out: str | Path,
+               cfg: BigrecConfig, overwrite: bool = False) -> dict:
+    """Fine-tune, generate, ground and evaluate; returns the metrics written to OUT/metrics.json."""
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    llm, data, train, out = Path(llm), Path(data), Path(train), Path(out)
+    if out.exists() and not overwrite:
+        raise DealrecError(f"{out}: already exists (pass --overwrite to replace it)")
+    if cfg.loss_on not in LOSS_ON:
+        raise DealrecError(f"--loss-on must be one of {', '.join(LOSS_ON)}")
+    if cfg.domain not in DOMAIN_TEMPLATES:
+        raise DealrecError(f"unknown domain {cfg.domain!r} (choose from {', '.join(DOMAIN_TEMPLATES)})")
+    if cfg.batch_size < 1 or cfg.micro_batch_size < 1:
+        raise DealrecError("--batch-size and --micro-batch-size must be at least 1")
+    template = DOMAIN_TEMPLATES[cfg.domain]
+
+    # Every input is checked before anything is written or any model is trained.
+    prepared = PreparedData(data)
+    titles = prepared.titles()
+    samples = load_samples(train)
+    if len(samples) == 0:
+        raise DealrecError(f"{train}: no samples")
+    check_item_range(samples, prepared.n_items, train)
+    splits = {name: nonempty_users(prepared.eval_split(name), cfg.max_users, cfg.seed)
+              for name in ("valid", "test")}
+    device = pick_device(cfg.device)
+    model, tokenizer = load_causal_lm(llm, device, pick_dtype(cfg.dtype, device))
+    pad_id = tokenizer.pad_token_id
+    timings["load"] = time.perf_counter() - t_start
+
+    t = time.perf_counter()
+    train_examples = [encode_example(tokenizer, _titles_of(h, titles), titles[int(y)], template,
+                                     cfg.max_tokens, cfg.loss_on)
+                      for h, y in tqdm(zip(samples.history, samples.target), total=len(samples),
+                                       desc="encode", unit="sample", leave=False)]
+    valid = splits["valid"]
+    loss_users = valid if len(valid) <= cfg.valid_loss_samples else \
+        valid.subset(np.sort(np.random.default_rng(cfg.seed + 1).choice(len(valid), cfg.valid_loss_samples,
+                                                                        replace=False)))
+    valid_examples = [encode_example(tokenizer, _titles_of(h, titles), titles[int(y[0])], template,
+                                     cfg.max_tokens, cfg.loss_on)
+                      for h, y in zip(loss_users.history, loss_users.targets)]
+    if not valid_examples:
+        raise DealrecError(f"{data}: the validation split has no user with a ground truth "
+                           f"(needed for early stopping)")
+    timings["encode"] = time.perf_counter() - t
+
+    # Catalogue embeddings come from the base model, before any adapter exists.
+    t = time.perf_counter()
+    catalogue = Catalogue.build(model, tokenizer, titles, template, cfg.embed_batch_size, device)
+    timings["embed_catalogue"] = time.perf_counter() - t
+    max_new_tokens = cfg.max_new_tokens
+    if max_new_tokens is None:
+        longest = max(len(tokenizer(template.render_output(tt), add_special_tokens=False)["input_ids"])
+                      for tt in set(titles[1:]))
+        max_new_tokens = min(longest + 1, 64)
+
+    torch.manual_seed(cfg.seed)
+    model = attach_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, cfg.adapter)
+    lora_config = model.peft_config["default"]
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    t = time.perf_counter()
+    result = train_lora(model, train_examples, valid_examples, cfg, pad_id, device)
+    timings["train"] = time.perf_counter() - t
+    click.echo(f"fine-tuned {result.steps} steps ({result.epochs:.2f} epochs, {result.stopped}); "
+               f"best validation loss {result.best_valid_loss:.4f}", err=True)
+
+    metrics: dict = {}
+    generations: dict[str, list[str]] = {}
+    for name, split in splits.items():
+        t = time.perf_counter()
+        prompts = [encode_prompt(tokenizer, _titles_of(h, titles), template, cfg.max_tokens - max_new_tokens)
+                   for h in split.history]
+        generations[name] = generate_titles(model, tokenizer, prompts, cfg.num_beams, max_new_tokens,
+                                            cfg.eval_batch_size, device, desc=f"generate {name}")
+        timings[f"generate_{name}"] = time.perf_counter() - t
+        t = time.perf_counter()
+        gen_emb = embed_texts(model, tokenizer, generations[name], cfg.embed_batch_size, device,
+                              desc=f"embed {name}")
+        metrics[name] = grounded_metrics(catalogue, gen_emb, split, prepared.n_items)
+        timings[f"ground_{name}"] = time.perf_counter() - t
+        click.echo(f"{name} ({len(split)} users): {format_metrics(metrics[name])}", err=True)
+
+    metrics.update({"epochs": round(result.epochs, 4), "steps": result.steps,
+                    "seconds": round(time.perf_counter() - t_start, 2),
+                    "train_samples": len(samples), "eval_users": {k: len(v) for k, v in splits.items()}})
+    manifest = {
+        "method": "bigrec",
+        "config": {**asdict(cfg), "max_new_tokens": max_new_tokens},
+        "lora": {"r": lora_config.r, "alpha": lora_config.lora_alpha, "dropout": lora_config.lora_dropout,
+                 "target_modules": sorted(lora_config.target_modules), "trainable_parameters": n_trainable},
+        "template": asdict(template),
+        "inputs": {"llm": str(llm.resolve()), "llm_files": _llm_fingerprint(llm),
+                   "data": str(data.resolve()), "data_manifest": prepared.manifest(),
+                   "train": {str(p): sha256_file(p) for p in shard_paths(train)},
+                   "adapter": cfg.adapter},
+        "training": {"steps": result.steps, "epochs": result.epochs, "stopped": result.stopped,
+                     "best_valid_loss": result.best_valid_loss, "best_epoch": result.best_epoch,
+                     "valid_losses": result.valid_losses, "train_losses": result.train_losses,
+                     "valid_loss_users": len(valid_examples)},
+        "device": str(device),
+        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "versions": _package_versions(),
+    }
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        (tmp / "generations").mkdir()
+        for name, split in splits.items():
+            pq.write_table(pa.table({"user": pa.array(split.user, pa.int64()),
+                                     "generated": pa.array(generations[name], pa.string())}),
+                           tmp / "generations" / f"{name}.parquet")
+        write_json_atomic(tmp / "manifest.json", manifest)
+        write_json_atomic(tmp / "metrics.json", metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- the command
+
+@click.command("bigrec")
+@click.option("--llm", required=True, type=click.Path(path_type=Path),
+              help="Local HuggingFace causal-LM folder (config.json, weights, tokenizer).")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Prepared data folder (items and evaluation splits).")
+@click.option("--train", "train_path", required=True, type=click.Path(path_type=Path),
+              help="Coreset or samples table (Parquet file or folder with history and target).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--adapter", type=click.Path(path_type=Path), default=None,
+              help="Existing LoRA adapter folder to continue training from.")
+@click.option("--r", "r", default=8, show_default=True, help="LoRA rank.")
+@click.option("--alpha", default=16, show_default=True, help="LoRA alpha.")
+@click.option("--dropout", default=0.05, show_default=True, help="LoRA dropout.")
+@click.option("--target-modules", default=None,
+              help="Comma-separated modules to adapt [default: q_proj,v_proj, or the fused qkv projection].")
+@click.option("--lr", default=1e-4, show_default=True, help="Learning rate (AdamW).")
+@click.option("--batch-size", default=128, show_default=True, help="Samples per optimizer step.")
+@click.option("--micro-batch-size", default=4, show_default=True,
+              help="Samples per forward pass; gradients accumulate up to --batch-size.")
+@click.option("--epochs", default=50, show_default=True, help="Most epochs (early stopping may end sooner).")
+@click.option("--patience", default=3, show_default=True,
+              help="Stop after this many epochs without a better validation loss.")
+@click.option("--loss-on", type=click.Choice(LOSS_ON), default="all", show_default=True,
+              help="Train on the whole prompt or on the response only.")
+@click.option("--max-tokens", default=512, show_default=True,
+              help="Token budget per example; the oldest history titles are dropped whole.")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
+@click.option("--max-users", type=int, default=None, help="Evaluate at most this many users per split.")
+@click.option("--valid-loss-samples", default=512, show_default=True,
+              help="Validation users whose loss drives early stopping.")
+@click.option("--num-beams", default=4, show_default=True)
+@click.option("--max-new-tokens", type=int, default=None,
+              help="Generated tokens per user [default: the longest title's length, at most 64].")
+@click.option("--eval-batch-size", default=16, show_default=True, help="Prompts per beam search call.")
+@click.option("--domain", type=click.Choice(sorted(DOMAIN_TEMPLATES)), default="games", show_default=True,
+              help="Prompt wording.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="auto: bfloat16 on a GPU that has it, else float32.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def bigrec_command(llm, data, train_path, out, adapter, r, alpha, dropout, target_modules, lr, batch_size,
+                   micro_batch_size, epochs, patience, loss_on, max_tokens, max_steps, max_users,
+                   valid_loss_samples, num_beams, max_new_tokens, eval_batch_size, domain, device, dtype,
+                   seed, overwrite):
+    """BIGRec: LoRA fine-tune a local causal LM on TRAIN, ground its generations, evaluate."""
+    cfg = BigrecConfig(
+        r=r, alpha=alpha, dropout=dropout,
+        target_modules=tuple(m.strip() for m in target_modules.split(",") if m.strip()) if target_modules else None,
+        lr=lr, batch_size=batch_size, micro_batch_size=micro_batch_size, epochs=epochs, patience=patience,
+        max_tokens=max_tokens, loss_on=loss_on, valid_loss_samples=valid_loss_samples, max_steps=max_steps,
+        max_users=max_users, num_beams=num_beams, max_new_tokens=max_new_tokens,
+        eval_batch_size=eval_batch_size, domain=domain, seed=seed, device=device, dtype=dtype,
+        adapter=str(adapter) if adapter else None)
+    metrics = run_bigrec(llm, data, train_path, out, cfg, overwrite=overwrite)
+    click.echo(json.dumps({k: metrics[k] for k in ("valid", "test", "steps", "epochs", "seconds")}))
