@@ -35,5 +35,7 @@ def main():
 def finetune():
     """Fine-tune a downstream recommender (TIGER, BIGRec) on a samples table or coreset."""
 from dealrec.prepare import prepare_command; main.add_command(prepare_command)  # noqa: E402
+
+from finetune.bigrec import bigrec_command; finetune.add_command(bigrec_command, "bigrec")  # noqa: E402
 from dealrec.select import select_command; main.add_command(select_command)  # noqa: E402
 from dealrec.export import export_command; main.add_command(export_command)  # noqa: E402
