@@ -118,10 +118,17 @@ def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = N
 
 # ============================================================================= release format
 
-def _lines(path: Path):
-    """(line number, decoded text) for every line; undecodable bytes are bad input."""
-    with open(path, "rb") as f:
+def _lines(path: Path, desc: str | None = None):
+    """(line number, decoded text) for every line; undecodable bytes are bad input.
+
+    With ``desc``, big files show a progress bar (in bytes).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=desc, leave=False,
+                                     disable=desc is None or size < 50 * PROGRESS_MIN_ROWS) as bar:
         for n, raw in enumerate(f, start=1):
+            if n % 10000 == 0:
+                bar.update(f.tell() - bar.n)
             try:
                 text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as e:
@@ -149,24 +156,20 @@ def read_sequence_file(path: Path, users_must_have_items: bool) -> list[tuple[in
                                "and items.jsonl)")
     rows = []
     seen: dict[int, int] = {}
-    size = path.stat().st_size
-    with tqdm(total=size, unit="B", unit_scale=True, desc=f"read {path.name}", leave=False,
-              disable=size < 50 * PROGRESS_MIN_ROWS) as bar:
-        for n, text in _lines(path):
-            bar.update(len(text.encode("utf-8")))
-            tokens = text.split()
-            if not tokens:
-                continue
-            user = _parse_id(tokens[0], path, n, "user")
-            items = [_parse_id(t, path, n, "item", i) for i, t in enumerate(tokens[1:], start=1)]
-            if users_must_have_items and not items:
-                raise InputError(path, f"user {user} has no items (every training line needs at least one)",
-                                 line=n, field="item")
-            if user in seen:
-                raise InputError(path, f"user {user} appears twice (first on line {seen[user]})",
-                                 line=n, field="user")
-            seen[user] = n
-            rows.append((n, user, items))
+    for n, text in _lines(path, desc=f"read {path.name}"):
+        tokens = text.split()
+        if not tokens:
+            continue
+        user = _parse_id(tokens[0], path, n, "user")
+        items = [_parse_id(t, path, n, "item", i) for i, t in enumerate(tokens[1:], start=1)]
+        if users_must_have_items and not items:
+            raise InputError(path, f"user {user} has no items (every training line needs at least one)",
+                             line=n, field="item")
+        if user in seen:
+            raise InputError(path, f"user {user} appears twice (first on line {seen[user]})",
+                             line=n, field="user")
+        seen[user] = n
+        rows.append((n, user, items))
     if not rows:
         raise InputError(path, "empty file (no user lines)")
     return rows
@@ -352,31 +355,27 @@ def _read_jsonl(path: Path, what: str, wanted: tuple[str, ...] | None) -> tuple[
     """
     columns: dict[str, list] = {}
     lines: list[int] = []
-    size = path.stat().st_size
-    with tqdm(total=size, unit="B", unit_scale=True, desc=f"read {path.name}", leave=False,
-              disable=size < 50 * PROGRESS_MIN_ROWS) as bar:
-        for n, text in _lines(path):
-            bar.update(len(text.encode("utf-8")))
-            if not text.strip():
+    for n, text in _lines(path, desc=f"read {path.name}"):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"bad JSON: {e.msg} (column {e.colno})", line=n) from None
+        if not isinstance(obj, dict):
+            raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", line=n)
+        row = len(lines)
+        lines.append(n)
+        for key, value in obj.items():
+            if wanted is not None and key not in wanted:
                 continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise InputError(path, f"bad JSON: {e.msg} (column {e.colno})", line=n) from None
-            if not isinstance(obj, dict):
-                raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", line=n)
-            row = len(lines)
-            lines.append(n)
-            for key, value in obj.items():
-                if wanted is not None and key not in wanted:
-                    continue
-                col = columns.get(key)
-                if col is None:
-                    col = columns[key] = [None] * row   # a key first seen late: earlier rows lack it
-                col.append(value)
-            for col in columns.values():
-                if len(col) == row:
-                    col.append(None)
+            col = columns.get(key)
+            if col is None:
+                col = columns[key] = [None] * row   # a key first seen late: earlier rows lack it
+            col.append(value)
+        for col in columns.values():
+            if len(col) == row:
+                col.append(None)
     if not lines:
         raise InputError(path, f"empty file (no {what})")
     locate = _line_locator(np.asarray(lines))
@@ -476,11 +475,14 @@ def _numeric_column(arr: pa.Array, name: str, path: Path, locate: Locate, as_flo
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 continue
         else:
+            # Arrow refused the column: find the first value that is not a number, in Python.
+            values = []
             for i, v in enumerate(arr.to_pylist()):
                 try:
-                    float(v)
+                    values.append(float(v))
                 except ValueError:
                     raise InputError(path, f"{name} {v!r} is not a number", field=name, **locate(i)) from None
+            arr = pa.array(values, pa.float64())
     if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
         raise InputError(path, f"{name} must be numeric, the column has type {arr.type}", field=name)
     x = arr.to_numpy(zero_copy_only=False)
@@ -641,6 +643,9 @@ def read_log_and_split(path: Path, options: PrepareOptions) -> Prepared:
     """Filter an interaction log and split it by global timestamp into per-user sequences."""
     log = read_interaction_log(path)
     n_rows = len(log.timestamp)
+    stages = tqdm(total=4, desc=f"prepare {path.name}", leave=False, disable=n_rows < PROGRESS_MIN_ROWS,
+                  bar_format="{desc}(step {n}/{total} done, {elapsed})")
+    stages.set_description(f"prepare {path.name}: filtering")
     counts: dict = {"log_rows": n_rows}
     rows = np.arange(n_rows, dtype=np.int64)
     if options.min_rating is not None:
@@ -659,6 +664,8 @@ def read_log_and_split(path: Path, options: PrepareOptions) -> Prepared:
 
     # The paper's split: all interactions in time order, cut at the 80% and 90% positions.
     # A stable sort keeps file order among equal timestamps, so the result is deterministic.
+    stages.update()
+    stages.set_description(f"prepare {path.name}: splitting by time")
     rows = rows[np.argsort(log.timestamp[rows], kind="stable")]
     n = len(rows)
     cut_train = int(math.floor(n * options.split[0] + 1e-9))
@@ -680,6 +687,8 @@ def read_log_and_split(path: Path, options: PrepareOptions) -> Prepared:
         raise DealrecError(f"{path}: no user has an interaction in the training period")
 
     # Dense ids in order of first appearance in time; 0 stays free for padding.
+    stages.update()
+    stages.set_description(f"prepare {path.name}: building sequences")
     uid, user_source = _codes(log.user.take(pa.array(rows)))
     iid, item_source = _codes(log.item.take(pa.array(rows)))
     uid, iid = uid + 1, iid + 1
@@ -688,6 +697,8 @@ def read_log_and_split(path: Path, options: PrepareOptions) -> Prepared:
         raise DealrecError(f"{path}: {n_items} items do not fit int32 item ids")
     seqs = [_split_by_user(uid[period == p], iid[period == p], n_users) for p in range(3)]
 
+    stages.update()
+    stages.set_description(f"prepare {path.name}: item catalogue")
     notes = []
     items = {"item": pa.array(np.arange(1, n_items + 1, dtype=np.int32))}
     if options.items_file:
@@ -705,6 +716,8 @@ def read_log_and_split(path: Path, options: PrepareOptions) -> Prepared:
         items["categories"] = pa.array([[]] * n_items, pa.list_(pa.string()))
         items["source_id"] = item_source
         notes.append("no --items file: each item's title is its original id as text")
+    stages.update()
+    stages.close()
     sources = [path] + ([Path(options.items_file)] if options.items_file else [])
     return Prepared(
         users=np.arange(1, n_users + 1, dtype=np.int64),
