@@ -569,7 +569,7 @@ def read_item_catalogue(path: Path, source_ids: pa.Array, log: InteractionLog,
     if title.null_count:
         i = _first(title.is_null().to_numpy(zero_copy_only=False))
         raise InputError(path, f"item {ids[i].as_py()!r} has no title", field="title", **locate(i))
-    title = title.cast(pa.string())
+    title = _as_text(title)
 
     # Match the log's ids to the catalogue's; compare as text when one side is text (a CSV of
     # numeric ASINs, say) so that 7 and "7" meet.
