@@ -39,3 +39,4 @@ from dealrec.prepare import prepare_command; main.add_command(prepare_command)  
 from finetune.bigrec import bigrec_command; finetune.add_command(bigrec_command, "bigrec")  # noqa: E402
 from dealrec.select import select_command; main.add_command(select_command)  # noqa: E402
 from dealrec.export import export_command; main.add_command(export_command)  # noqa: E402
+from dealrec.score import score_command; main.add_command(score_command)  # noqa: E402

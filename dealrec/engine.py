@@ -1,0 +1,295 @@
+"""Shards, resumable shard outputs and the executors that run them (Ray, or in-process).
+
+The unit of work is a *shard*: a row range of the samples table (in the order the table is
+read). Shards are cut on batch boundaries that are fixed by the global row index, so every
+batch is the same whatever the shard size or the number of workers, and so is every number
+computed from it.
+
+Every shard's output is written under a temporary name and renamed into place, followed by a
+small JSON manifest holding a key (a hash of the phase, the row range, the input hashes and the
+parameters). A rerun skips a shard whose output and manifest exist with the same key; a job
+killed at any moment therefore resumes where it stopped and never reads half a file.
+
+Executors run a task function over shards and yield results as shards finish, with a tqdm bar:
+
+- ``LocalExecutor`` (``--workers 0``): in this process, in shard order;
+- ``RayExecutor``: a pool of Ray actors sized from ``ray.cluster_resources()``. With no address
+  Ray is started in this process's machine (``ray.init`` local, no dashboard); ``--ray-address``
+  joins a running cluster. Actors never take every CPU of a small machine (Ray's own tasks need
+  room), and ask for a GPU only when the cluster has one and the phase can use it.
+
+Both executors call the same task functions with the same arguments, so they write the same
+bytes (a test checks it).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from dealrec.data import write_json_atomic
+from dealrec.errors import DealrecError
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    start: int   # first row (inclusive)
+    stop: int    # last row (exclusive)
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:05d}"
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def plan_shards(n_rows: int, shard_size: int, batch_size: int) -> list[Shard]:
+    """Row ranges of ``shard_size`` rows; ``shard_size`` must be a multiple of ``batch_size`` so that
+    batches (rows ``[k * batch_size, (k + 1) * batch_size)``) never straddle two shards."""
+    if batch_size < 1 or shard_size < 1:
+        raise DealrecError("--shard-size and --batch-size must be positive")
+    if shard_size % batch_size:
+        raise DealrecError(f"--shard-size ({shard_size}) must be a multiple of --batch-size ({batch_size}) "
+                           f"so that batches are the same whatever the sharding")
+    return [Shard(i, start, min(start + shard_size, n_rows))
+            for i, start in enumerate(range(0, n_rows, shard_size))]
+
+
+def batch_ranges(shard: Shard, batch_size: int) -> list[tuple[int, int]]:
+    """The batches of a shard, as row ranges relative to the shard's first row."""
+    return [(s - shard.start, min(s + batch_size, shard.stop) - shard.start)
+            for s in range(shard.start, shard.stop, batch_size)]
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of a JSON rendering with sorted keys: the same parameters give the same key."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ShardStore:
+    """One phase's shard outputs under ``root``: ``<shard>.<suffix>`` plus ``<shard>.json``."""
+
+    def __init__(self, root: str | Path, phase: str, suffix: str):
+        self.root = Path(root)
+        self.phase = phase
+        self.suffix = suffix
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def output(self, shard: Shard) -> Path:
+        return self.root / f"{shard.name}.{self.suffix}"
+
+    def manifest(self, shard: Shard) -> Path:
+        return self.root / f"{shard.name}.json"
+
+    def key(self, shard: Shard, inputs: dict) -> str:
+        return stable_hash({"phase": self.phase, "start": shard.start, "stop": shard.stop, "inputs": inputs})
+
+    def is_done(self, shard: Shard, key: str) -> bool:
+        m = self.manifest(shard)
+        if not (m.exists() and self.output(shard).exists()):
+            return False
+        try:
+            return json.loads(m.read_text()).get("key") == key
+        except ValueError:
+            return False  # a manifest cut short by a crash: redo the shard
+
+    def temporary(self, shard: Shard) -> Path:
+        return self.root / f".{shard.name}.{self.suffix}.tmp-{os.getpid()}"
+
+    def commit(self, shard: Shard, tmp: Path, key: str, extra: dict | None = None) -> None:
+        """Rename the finished output into place, then write its manifest (the manifest marks it done)."""
+        os.replace(tmp, self.output(shard))
+        write_json_atomic(self.manifest(shard), {"key": key, "phase": self.phase, "start": shard.start,
+                                                 "stop": shard.stop, **(extra or {})})
+
+
+# ----------------------------------------------------------------------------- executors
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="shard", disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True, leave=True)
+
+
+class LocalExecutor:
+    """Runs tasks one after another in this process (``--workers 0``)."""
+
+    kind = "local"
+
+    def __init__(self, threads: int | None = None):
+        self.workers = 0
+        self.threads = threads
+
+    def describe(self) -> dict:
+        return {"executor": "local", "workers": 0}
+
+    def has_gpu(self) -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    def run(self, fn: Callable[[dict], dict], tasks: list[dict], desc: str, progress: bool = True,
+            use_gpu: bool = False) -> Iterator[dict]:
+        bar = _progress(len(tasks), desc, progress)
+        try:
+            for task in tasks:
+                result = fn(task)
+                bar.update(1)
+                yield result
+        finally:
+            bar.close()
+
+    def shutdown(self) -> None:
+        pass
+
+
+class _Actor:
+    """A Ray actor: runs task functions by name, keeping loaded models between shards."""
+
+    def __init__(self, threads: int):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+
+    def call(self, fn_path: str, task: dict) -> dict:
+        import importlib
+
+        module, name = fn_path.rsplit(":", 1)
+        return getattr(importlib.import_module(module), name)(task)
+
+
+class RayExecutor:
+    """A pool of Ray actors sized from the cluster's resources."""
+
+    kind = "ray"
+
+    def __init__(self, workers: int | None = None, address: str | None = None):
+        import ray
+
+        self.started_here = False
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+            kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                          configure_logging=True)
+            try:
+                if address:
+                    ray.init(address=address, **kwargs)
+                else:
+                    ray.init(**kwargs)
+            except Exception as e:  # connection refused, bad address, ...
+                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+                raise DealrecError(f"could not start or join {where}: {str(e).splitlines()[0]}") from None
+            self.started_here = True
+        self.ray = ray
+        resources = ray.cluster_resources()
+        self.cpus = float(resources.get("CPU", 1.0))
+        self.gpus = float(resources.get("GPU", 0.0))
+        # Leave Ray's own tasks some room: on 2 cores the pool takes at most 1.8 CPUs.
+        budget = max(0.5, self.cpus - max(0.2, 0.1 * self.cpus))
+        if workers is None:
+            workers = max(1, int(self.cpus) - 1)
+        if workers < 1:
+            raise DealrecError("a Ray pool needs --workers >= 1 (--workers 0 runs in this process)")
+        self.workers = workers
+        self.cpus_per_actor = min(1.0, budget / workers) if self.cpus <= workers + 1 else \
+            max(1.0, float(int(budget // workers)))
+        self.threads = max(1, int(self.cpus // workers))
+        self._pools: dict[bool, list] = {}
+
+    def describe(self) -> dict:
+        return {"executor": "ray", "workers": self.workers, "cluster_cpus": self.cpus, "cluster_gpus": self.gpus,
+                "cpus_per_actor": self.cpus_per_actor, "threads_per_actor": self.threads}
+
+    def has_gpu(self) -> bool:
+        return self.gpus > 0
+
+    def _pool(self, use_gpu: bool) -> list:
+        gpu = bool(use_gpu and self.gpus > 0)
+        if gpu not in self._pools:
+            actor_cls = self.ray.remote(_Actor).options(
+                num_cpus=self.cpus_per_actor, num_gpus=(min(1.0, self.gpus / self.workers) if gpu else 0))
+            self._pools[gpu] = [actor_cls.remote(self.threads) for _ in range(self.workers)]
+        return self._pools[gpu]
+
+    def run(self, fn: Callable[[dict], dict], tasks: list[dict], desc: str, progress: bool = True,
+            use_gpu: bool = False) -> Iterator[dict]:
+        fn_path = f"{fn.__module__}:{fn.__name__}"
+        actors = self._pool(use_gpu)
+        idle = list(actors)
+        pending: dict = {}
+        queue = list(tasks)
+        bar = _progress(len(tasks), desc, progress)
+        try:
+            while queue or pending:
+                while queue and idle:
+                    actor = idle.pop()
+                    pending[actor.call.remote(fn_path, queue.pop(0))] = actor
+                done, _ = self.ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    idle.append(pending.pop(ref))
+                    try:
+                        result = self.ray.get(ref)
+                    except self.ray.exceptions.RayTaskError as e:
+                        cause = e.cause if hasattr(e, "cause") else None
+                        if isinstance(cause, DealrecError):
+                            raise cause from None
+                        raise
+                    bar.update(1)
+                    yield result
+        finally:
+            bar.close()
+
+    def shutdown(self) -> None:
+        for pool in self._pools.values():
+            for actor in pool:
+                self.ray.kill(actor)
+        self._pools = {}
+        if self.started_here:
+            self.ray.shutdown()
+
+
+def make_executor(workers: int | None, address: str | None = None):
+    """``workers == 0``: in-process; otherwise Ray (local unless ``address``); ``None`` sizes the pool."""
+    if workers == 0:
+        if address:
+            raise DealrecError("--ray-address needs --workers >= 1 (or leave --workers out)")
+        return LocalExecutor()
+    return RayExecutor(workers, address)
+
+
+def run_phase(executor, fn: Callable[[dict], dict], store: ShardStore, shards: Iterable[Shard],
+              make_task: Callable[[Shard], dict], inputs: dict, desc: str, progress: bool = True,
+              use_gpu: bool = False) -> dict:
+    """Run ``fn`` over the shards not yet done; returns ``{"ran": n, "skipped": n, "seconds": s}``.
+
+    ``make_task(shard)`` gives the task dict; the executor's function must write
+    ``store.output(shard)`` through ``store.temporary``/``store.commit`` with ``task["key"]``.
+    """
+    t0 = time.perf_counter()
+    todo, skipped = [], 0
+    for shard in shards:
+        key = store.key(shard, inputs)
+        if store.is_done(shard, key):
+            skipped += 1
+            continue
+        task = make_task(shard)
+        task.update({"key": key, "store_root": str(store.root), "phase": store.phase, "suffix": store.suffix,
+                     "shard": [shard.index, shard.start, shard.stop]})
+        todo.append(task)
+    for _ in executor.run(fn, todo, desc, progress=progress, use_gpu=use_gpu):
+        pass
+    return {"ran": len(todo), "skipped": skipped, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def task_store(task: dict) -> tuple[ShardStore, Shard]:
+    """Inside a task function: the store and the shard it should write."""
+    index, start, stop = task["shard"]
+    return ShardStore(task["store_root"], task["phase"], task["suffix"]), Shard(index, start, stop)

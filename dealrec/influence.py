@@ -1,0 +1,146 @@
+"""Influence scores over one Linear block, with hooks and no per-sample gradients.
+
+For a Linear block ``y_t = W a_t (+ b)`` applied at positions ``t`` of a sample ``s``, the
+gradient of the sample's loss with respect to ``W`` is ``G_s = sum_t g_t a_t^T`` where
+``g_t = dL(s)/dy_t``. One forward pass of the whole batch and one backward pass of
+``sum_s L(s)`` give every ``(a_t, g_t)`` of every sample at once, because ``L(s)`` depends only on
+sample ``s`` (the surrogate contract). From those rows:
+
+- the mean gradient ``v = mean_s G_s = (1/N) sum_rows g_t a_t^T`` (float64 sums per fixed batch,
+  added in batch order, so the result does not depend on how batches are grouped into shards);
+- the influence ``G_s . U = sum_t g_t^T U a_t`` for ``U = H^-1 v`` reshaped like ``W``.
+
+The rows ``(a_t, g_t)`` are kept (only those with a non-zero ``g_t``: padding rows contribute
+nothing), so influence needs no second pass over the model once ``U`` is known.
+
+Only ``W`` requires a gradient while capturing (everything else is frozen), so autograd
+records nothing upstream of the block and the backward pass stops at it.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from dealrec.errors import DealrecError
+
+
+def freeze_all_but(model: nn.Module, block: nn.Linear) -> None:
+    """Let only ``block.weight`` require a gradient (bias included in nothing: the block is W)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    block.weight.requires_grad_(True)
+
+
+class LinearTaps:
+    """Forward/backward hooks on one Linear: its inputs ``a`` and the gradients ``g`` of its output.
+
+    Active only inside ``with taps.recording():`` so that Hessian-vector products (double
+    backward through the same layer) are not disturbed.
+    """
+
+    def __init__(self, block: nn.Linear):
+        if not isinstance(block, nn.Linear):
+            raise DealrecError(f"the scoring block must be a torch.nn.Linear, got {type(block).__name__}")
+        self.block = block
+        self.inputs: list[torch.Tensor] = []
+        self.grads: list[torch.Tensor] = []
+        self._active = False
+        self._handle = block.register_forward_hook(self._on_forward)
+
+    def _on_forward(self, module, inputs, output):
+        if not self._active:
+            return
+        self.inputs.append(inputs[0].detach())
+        if output.requires_grad:
+            slot = len(self.grads)
+            self.grads.append(None)  # type: ignore[arg-type]
+
+            def keep(grad, slot=slot):
+                self.grads[slot] = grad.detach()
+            output.register_hook(keep)
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator["LinearTaps"]:
+        self.inputs, self.grads = [], []
+        self._active = True
+        try:
+            yield self
+        finally:
+            self._active = False
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def rows(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(sample_index [R], a [R, d_in], g [R, d_out])`` for rows whose output gradient is non-zero.
+
+        The block's inputs must have the batch as their first dimension (``[B, ..., d_in]``).
+        """
+        if len(self.inputs) != 1 or len(self.grads) != 1 or self.grads[0] is None:
+            raise DealrecError(f"the scoring block ran {len(self.inputs)} times in one forward pass "
+                               f"(expected exactly once, with a gradient reaching it)")
+        a, g = self.inputs[0], self.grads[0]
+        if a.shape[0] != batch_size:
+            raise DealrecError(f"the scoring block's input has leading dimension {a.shape[0]}, not the "
+                               f"batch size {batch_size}: hooks need inputs shaped [batch, ..., features]")
+        a = a.reshape(batch_size, -1, a.shape[-1])
+        g = g.reshape(batch_size, -1, g.shape[-1])
+        keep = (g != 0).any(dim=-1)  # [B, T]; padding rows have g == 0 exactly and add nothing
+        sample_index = torch.arange(batch_size).unsqueeze(1).expand_as(keep)[keep]
+        return sample_index, a[keep], g[keep]
+
+
+@dataclass
+class BatchRows:
+    """What one batch contributes: its rows and its float64 gradient sum."""
+
+    losses: np.ndarray        # [B] each sample's own loss
+    sample_index: np.ndarray  # int64 [R], index of the row's sample within the batch
+    a: np.ndarray             # [R, d_in]
+    g: np.ndarray             # [R, d_out]
+    grad_sum: np.ndarray      # float64 [d_out, d_in] = sum over the batch of G_s
+
+
+def capture_batch(model, taps: LinearTaps, batch: dict) -> BatchRows:
+    """One forward and one backward pass of ``sum_s L(s)`` over the batch, recorded by the taps."""
+    with taps.recording():
+        losses = model.sample_losses(batch)
+        if losses.dim() != 1:
+            raise DealrecError(f"sample_losses must return one loss per sample, got shape {tuple(losses.shape)}")
+        if not torch.isfinite(losses).all():
+            raise DealrecError("the surrogate returned a non-finite sample loss")
+        torch.autograd.grad(losses.sum(), taps.block.weight)
+    index, a, g = taps.rows(losses.shape[0])
+    a64, g64 = a.double(), g.double()
+    return BatchRows(losses.detach().double().numpy(), index.numpy().astype(np.int64),
+                     a.numpy(), g.numpy(), (g64.T @ a64).numpy())
+
+
+def influence_from_rows(sample_index: np.ndarray, a: np.ndarray, g: np.ndarray, u: np.ndarray,
+                        n_samples: int) -> np.ndarray:
+    """``sum_t g_t^T U a_t`` for every sample, in float64 (samples without rows score 0)."""
+    a64 = torch.from_numpy(np.asarray(a, dtype=np.float64))
+    g64 = torch.from_numpy(np.asarray(g, dtype=np.float64))
+    u64 = torch.from_numpy(np.asarray(u, dtype=np.float64))
+    per_row = ((a64 @ u64.T) * g64).sum(dim=1).numpy()
+    # bincount adds in row order: the same rows in the same order give the same bits
+    return np.bincount(sample_index, weights=per_row, minlength=n_samples).astype(np.float64)
+
+
+def per_sample_gradient_loop(model, block: nn.Linear, collate, samples) -> np.ndarray:
+    """The paper's way, kept as the reference: one autograd call per sample, ``[N, d_out, d_in]``.
+
+    ``collate(samples_subset) -> batch``. Used by tests and benchmark (a), never by the engine.
+    """
+    out = np.zeros((len(samples),) + tuple(block.weight.shape), dtype=np.float64)
+    for i in range(len(samples)):
+        batch = collate(samples.subset([i]))
+        loss = model.sample_losses(batch).sum()
+        (grad,) = torch.autograd.grad(loss, block.weight)
+        out[i] = grad.double().numpy()
+    return out

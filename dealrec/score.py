@@ -1,0 +1,450 @@
+"""``dealrec score``: influence and effort of every sample, sharded, resumable, on Ray.
+
+Phases (each timed in ``RUN/manifest.json``):
+
+1. ``capture`` (shards, in parallel): one forward/backward pass of the surrogate per batch with
+   hooks on its ``influence_block()``; each shard keeps its rows ``(a_t, g_t)`` and the float64
+   gradient sum of each of its batches;
+2. ``solve`` (driver): ``v`` = the batch sums added in global batch order / N; ``U = H^-1 v`` by
+   LiSSA, CG or the exact solve over the seeded Hessian pool;
+3. ``influence`` (driver): ``sum_t g_t^T U a_t`` per sample from the kept rows (no model pass);
+4. ``effort`` (shards, in parallel): per-sample gradient norms of the target model.
+
+Everything under ``RUN/work/`` is a resumable shard output; ``RUN/scores.parquet`` (``sample_id``,
+``influence``, ``effort``) and ``RUN/manifest.json`` are written last, atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from dealrec.data import PreparedData, Samples, read_table, sha256_file, write_json_atomic, write_parquet_atomic
+from dealrec.engine import ShardStore, batch_ranges, make_executor, plan_shards, run_phase, stable_hash, task_store
+from dealrec.errors import DealrecError
+from dealrec.hvp import HvpConfig, SOLVERS
+
+SCORES_FILE = "scores.parquet"
+MANIFEST_FILE = "manifest.json"
+TARGETS = ("tiger", "bigrec", "none")
+
+
+@dataclass
+class ScoreConfig:
+    hvp: HvpConfig = field(default_factory=HvpConfig)
+    target: str = "tiger"
+    llm: str | None = None
+    adapter: str | None = None
+    target_init: str | None = None
+    effort_block: str | None = None
+    batch_size: int = 256          # surrogate batches (fixed by the global row index)
+    effort_batch_size: int = 64    # target-model batches (same rule)
+    shard_size: int = 4096
+    workers: int | None = None     # None: Ray, pool sized from the cluster; 0: in this process
+    ray_address: str | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        self.hvp.check()
+        if self.target not in TARGETS:
+            raise DealrecError(f"unknown --target {self.target!r} (choose from {', '.join(TARGETS)})")
+        if self.target == "bigrec" and not self.llm:
+            raise DealrecError("--target bigrec needs --llm DIR (a local HuggingFace causal LM folder)")
+        if self.shard_size % self.batch_size or self.shard_size % self.effort_batch_size:
+            raise DealrecError(f"--shard-size ({self.shard_size}) must be a multiple of the batch sizes "
+                               f"({self.batch_size}, {self.effort_batch_size}) so that batches never depend "
+                               f"on the sharding")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- worker side
+
+_CACHE: dict = {}
+
+
+def _cached(key, build):
+    """Keep one loaded model / table per worker process (Ray actors run many shards)."""
+    if key not in _CACHE:
+        if len(_CACHE) > 8:
+            _CACHE.clear()
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def _shard_samples(samples_dir: str, start: int, stop: int) -> Samples:
+    table = _cached(("samples", samples_dir), lambda: read_table(samples_dir, required=("sample_id", "history",
+                                                                                        "target")))
+    return Samples.from_table(table.slice(start, stop - start), samples_dir)
+
+
+def _surrogate(path: str, digest: str):
+    def build():
+        from dealrec.influence import LinearTaps, freeze_all_but
+        from surrogates.base import load_surrogate
+
+        model = load_surrogate(path).eval()
+        block = model.influence_block()
+        freeze_all_but(model, block)
+        return model, block, LinearTaps(block)
+    return _cached(("surrogate", path, digest), build)
+
+
+def capture_task(task: dict) -> dict:
+    """Phase 1 on one shard: rows and per-batch gradient sums, written as one safetensors file."""
+    from safetensors.numpy import save_file
+
+    from dealrec.influence import capture_batch
+
+    store, shard = task_store(task)
+    model, block, taps = _surrogate(task["surrogate"], task["surrogate_sha256"])
+    samples = _shard_samples(task["samples_dir"], shard.start, shard.stop)
+    index, a, g, sums, losses = [], [], [], [], []
+    for lo, hi in batch_ranges(shard, task["batch_size"]):
+        rows = capture_batch(model, taps, model.collate(samples.subset(np.arange(lo, hi))))
+        index.append(rows.sample_index + lo)
+        a.append(rows.a)
+        g.append(rows.g)
+        sums.append(rows.grad_sum)
+        losses.append(rows.losses)
+    tmp = store.temporary(shard)
+    save_file({"sample_id": samples.sample_id.astype(np.int64), "losses": np.concatenate(losses),
+               "row_sample": np.concatenate(index).astype(np.int64),
+               "a": np.ascontiguousarray(np.concatenate(a)), "g": np.ascontiguousarray(np.concatenate(g)),
+               "batch_grad_sums": np.stack(sums)}, str(tmp))
+    store.commit(shard, tmp, task["key"], {"rows": int(sum(len(x) for x in index))})
+    return {"shard": shard.index}
+
+
+def _effort_target(task: dict):
+    def build():
+        from dealrec.effort import bigrec_target, tiger_target
+
+        if task["target"] == "bigrec":
+            titles = PreparedData(task["data"]).titles()
+            return bigrec_target(task["llm"], titles, adapter=task.get("adapter"), block=task.get("effort_block"))
+        return tiger_target(task["tiger_dir"], block=task.get("effort_block"))
+    return _cached(("effort", task["target"], task.get("llm"), task.get("adapter"), task.get("tiger_dir"),
+                    task.get("effort_block")), build)
+
+
+def effort_task(task: dict) -> dict:
+    from safetensors.numpy import save_file
+
+    store, shard = task_store(task)
+    target = _effort_target(task)
+    samples = _shard_samples(task["samples_dir"], shard.start, shard.stop)
+    norms = [target.norms(samples.subset(np.arange(lo, hi)))
+             for lo, hi in batch_ranges(shard, task["batch_size"])]
+    tmp = store.temporary(shard)
+    save_file({"sample_id": samples.sample_id.astype(np.int64), "effort": np.concatenate(norms)}, str(tmp))
+    store.commit(shard, tmp, task["key"])
+    return {"shard": shard.index}
+
+
+# ----------------------------------------------------------------------------- driver side
+
+def _load_npz(path: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def surrogate_digest(surrogate_dir: Path) -> str:
+    return stable_hash([sha256_file(surrogate_dir / "model.safetensors"), sha256_file(surrogate_dir / "config.json")])
+
+
+def _package_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("dealrec", "torch", "numpy", "ray", "pyarrow", "transformers", "peft", "safetensors"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def hessian_pool_rows(n_rows: int, config: HvpConfig) -> np.ndarray:
+    """The seeded sample of rows whose Hessian every solver uses (sorted row indices)."""
+    rng = np.random.default_rng([config.seed, 0x4E55])
+    return np.sort(rng.choice(n_rows, size=min(config.hessian_samples, n_rows), replace=False))
+
+
+def solve_influence_system(surrogate_dir: Path, samples: Samples, v: np.ndarray, config: HvpConfig,
+                           collate_batch: int | None = None):
+    """``U = (H + damping * scale * I)^-1 v`` over the Hessian pool (see ``dealrec.hvp``)."""
+    from dealrec.hvp import HessianPool, solve
+    from dealrec.influence import freeze_all_but
+    from surrogates.base import load_surrogate
+
+    model = load_surrogate(surrogate_dir).eval()
+    block = model.influence_block()
+    freeze_all_but(model, block)
+    rows = hessian_pool_rows(len(samples), config)
+    step = collate_batch or config.hvp_batch
+    batches = [model.collate(samples.subset(rows[i:i + step])) for i in range(0, len(rows), step)]
+    pool = HessianPool(model, block, batches)
+    return solve(pool, v, config)
+
+
+def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: ScoreConfig,
+              progress: bool = True, executor=None) -> dict:
+    """Score every sample of the prepared ``data``; returns the manifest written to ``out``."""
+    from safetensors.numpy import load_file, save_file
+
+    from dealrec.influence import influence_from_rows
+
+    config.check()
+    t_start = time.perf_counter()
+    prepared = PreparedData(data)
+    surrogate = Path(surrogate)
+    for f in ("model.safetensors", "config.json"):
+        if not (surrogate / f).exists():
+            raise DealrecError(f"{surrogate / f}: missing (is {surrogate} a trained surrogate folder?)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+
+    samples_dir = str(prepared.samples_dir)
+    samples_sha = [sha256_file(p) for p in prepared.shard_paths()]
+    surrogate_sha = surrogate_digest(surrogate)
+    samples = Samples.from_table(read_table(samples_dir, required=("sample_id", "history", "target")), samples_dir)
+    n = len(samples)
+    if n == 0:
+        raise DealrecError(f"{samples_dir}: the samples table is empty")
+    phases: dict = {}
+    own_executor = executor is None
+    executor = executor or make_executor(config.workers, config.ray_address)
+    try:
+        # ---- 1. capture
+        shards = plan_shards(n, config.shard_size, config.batch_size)
+        cap_store = ShardStore(work / "capture", "capture", "safetensors")
+        cap_inputs = {"samples": samples_sha, "surrogate": surrogate_sha, "batch_size": config.batch_size}
+        phases["capture"] = run_phase(
+            executor, capture_task, cap_store, shards,
+            lambda s: {"samples_dir": samples_dir, "surrogate": str(surrogate), "surrogate_sha256": surrogate_sha,
+                       "batch_size": config.batch_size},
+            cap_inputs, "influence: capture", progress)
+
+        # ---- 2. mean gradient and solve
+        t0 = time.perf_counter()
+        captures = [load_file(str(cap_store.output(s))) for s in shards]
+        grad_sum = np.zeros_like(captures[0]["batch_grad_sums"][0])
+        for c in captures:
+            for batch_sum in c["batch_grad_sums"]:  # global batch order, float64
+                grad_sum += batch_sum
+        v = grad_sum / n
+        solve_store = ShardStore(work / "solve", "solve", "safetensors")
+        solve_key = stable_hash({"capture": cap_inputs, "hvp": config.hvp.to_dict(), "n": n})
+        solve_shard = plan_shards(1, 1, 1)[0]
+        if solve_store.is_done(solve_shard, solve_key):
+            u = load_file(str(solve_store.output(solve_shard)))["u"]
+            solve_summary = json.loads(solve_store.manifest(solve_shard).read_text())["summary"]
+            solve_summary["resumed"] = True
+        else:
+            result = solve_influence_system(surrogate, samples, v, config.hvp)
+            u = result.x
+            solve_summary = result.summary()
+            tmp = solve_store.temporary(solve_shard)
+            save_file({"u": np.ascontiguousarray(u), "v": np.ascontiguousarray(v)}, str(tmp))
+            solve_store.commit(solve_shard, tmp, solve_key, {"summary": solve_summary})
+        phases["solve"] = {"seconds": round(time.perf_counter() - t0, 3), "solver": config.hvp.solver}
+
+        # ---- 3. influence from the kept rows
+        t0 = time.perf_counter()
+        influence = np.concatenate([influence_from_rows(c["row_sample"], c["a"], c["g"], u, len(c["sample_id"]))
+                                    for c in captures])
+        sample_id = np.concatenate([c["sample_id"] for c in captures])
+        n_rows = int(sum(len(c["row_sample"]) for c in captures))
+        del captures
+        phases["influence"] = {"seconds": round(time.perf_counter() - t0, 3), "rows": n_rows}
+
+        # ---- 4. effort
+        effort = None
+        target_info: dict = {"target": config.target}
+        if config.target != "none":
+            t0 = time.perf_counter()
+            task_base = {"samples_dir": samples_dir, "data": str(prepared.root), "target": config.target,
+                         "batch_size": config.effort_batch_size, "effort_block": config.effort_block}
+            eff_inputs = {"samples": samples_sha, "target": config.target, "batch_size": config.effort_batch_size,
+                          "block": config.effort_block}
+            if config.target == "bigrec":
+                task_base.update({"llm": str(config.llm), "adapter": config.adapter})
+                eff_inputs.update(_folder_digest(config.llm, "llm"))
+                if config.adapter:
+                    eff_inputs.update(_folder_digest(config.adapter, "adapter"))
+            else:
+                tiger_dir, tiger_info = prepare_tiger_target(prepared, work / "tiger-init", config)
+                task_base["tiger_dir"] = str(tiger_dir)
+                eff_inputs["tiger"] = tiger_info["sha256"]
+                target_info.update(tiger_info)
+                phases["semantic_ids"] = {"seconds": tiger_info.pop("seconds")}
+            eff_store = ShardStore(work / "effort", "effort", "safetensors")
+            eff_shards = plan_shards(n, config.shard_size, config.effort_batch_size)
+            phases["effort"] = run_phase(executor, effort_task, eff_store, eff_shards,
+                                         lambda s: dict(task_base), eff_inputs, "effort", progress,
+                                         use_gpu=True)
+            parts = [load_file(str(eff_store.output(s))) for s in eff_shards]
+            if not np.array_equal(np.concatenate([p["sample_id"] for p in parts]), sample_id):
+                raise DealrecError(f"{eff_store.root}: effort shards do not line up with the samples table")
+            effort = np.concatenate([p["effort"] for p in parts])
+            target_info["effort_block"] = config.effort_block
+        executor_info = executor.describe()
+    finally:
+        if own_executor:
+            executor.shutdown()
+
+    # ---- outputs, keyed and sorted by sample_id
+    order = np.argsort(sample_id, kind="stable")
+    columns = {"sample_id": pa.array(sample_id[order], pa.int64()),
+               "influence": pa.array(influence[order], pa.float64())}
+    if effort is not None:
+        columns["effort"] = pa.array(effort[order], pa.float64())
+    write_parquet_atomic(pa.table(columns), out / SCORES_FILE)
+
+    lengths = np.asarray([len(h) for h in samples.history])
+    manifest = _read_manifest(out)
+    manifest.update({
+        "command": "dealrec score",
+        "inputs": {"data": str(prepared.root), "surrogate": str(surrogate), "samples_sha256": samples_sha,
+                   "surrogate_sha256": {"model.safetensors": sha256_file(surrogate / "model.safetensors"),
+                                        "config.json": sha256_file(surrogate / "config.json")}},
+        "parameters": config.to_dict(),
+        "seed": config.seed,
+        "hvp": solve_summary,
+        "target": target_info,
+        "executor": executor_info,
+        "counts": {"samples": n, "rows": n_rows,
+                   "influence_exactly_zero": int(np.sum(influence == 0)),
+                   "influence_exactly_zero_short_histories": int(np.sum((influence == 0) & (lengths <= 1))),
+                   "effort_exactly_zero": int(np.sum(effort == 0)) if effort is not None else None},
+        "package_versions": _package_versions(),
+        "phases": {**manifest.get("phases", {}), **phases},
+        "score_seconds": round(time.perf_counter() - t_start, 3),
+        "outputs": {"scores": SCORES_FILE},
+    })
+    write_json_atomic(out / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def _read_manifest(out: Path) -> dict:
+    path = out / MANIFEST_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {}
+
+
+def _folder_digest(path, what: str) -> dict:
+    path = Path(path)
+    if not path.is_dir():
+        raise DealrecError(f"{path}: no such folder (--{what})")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".model",
+                                                                              ".txt", ".bin"))
+    return {f"{what}_sha256": stable_hash({p.name: sha256_file(p) for p in files})}
+
+
+def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConfig) -> tuple[Path, dict]:
+    """The TIGER model at the start of fine-tuning: ``--target-init CKPT`` or a fresh one built once here."""
+    from finetune.tiger import build_tiger, load_tiger
+
+    t0 = time.perf_counter()
+    if config.target_init:
+        ckpt = Path(config.target_init)
+        load_tiger(ckpt)  # fail here, with the loader's message, rather than in every worker
+        info = {"tiger": str(ckpt), "fresh": False, **_folder_digest(ckpt, "target-init")}
+        info["sha256"] = info.pop("target-init_sha256")
+        info["seconds"] = round(time.perf_counter() - t0, 3)
+        return ckpt, info
+    marker = folder / "DONE.json"
+    key = stable_hash({"data": [sha256_file(p) for p in prepared.shard_paths()],
+                       "items": sha256_file(prepared.root / "items.parquet"), "seed": config.seed})
+    if not (marker.exists() and json.loads(marker.read_text()).get("key") == key):
+        import shutil
+        from dealrec.data import atomic_output_dir
+
+        with atomic_output_dir(folder, overwrite=True) as tmp:
+            model = build_tiger(prepared, config.seed, None)
+            model.save(tmp)
+            write_json_atomic(tmp / "DONE.json", {"key": key})
+    info = {"tiger": str(folder), "fresh": True, "sha256": key, "seconds": round(time.perf_counter() - t0, 3)}
+    return folder, info
+
+
+# ----------------------------------------------------------------------------- command
+
+def _score_options(f):
+    import click
+
+    options = [
+        click.option("--hvp", "hvp", type=click.Choice(SOLVERS), default="lissa", show_default=True,
+                     help="How H^-1 v is computed: the paper's LiSSA, conjugate gradient, or the exact solve."),
+        click.option("--damping", type=float, default=0.01, show_default=True,
+                     help="LiSSA damping; CG/exact solve (H + damping*scale*I) x = v, LiSSA's fixed point."),
+        click.option("--lissa-scale", type=float, default=25.0, show_default=True, help="LiSSA scale."),
+        click.option("--lissa-steps", type=int, default=5000, show_default=True, help="LiSSA recursion depth."),
+        click.option("--hessian-samples", type=int, default=1024, show_default=True,
+                     help="Samples in the seeded Hessian pool used by every solver."),
+        click.option("--hvp-batch", type=int, default=64, show_default=True,
+                     help="Pool minibatch size (one LiSSA step = one HVP on one minibatch)."),
+        click.option("--target", type=click.Choice(TARGETS), default="tiger", show_default=True,
+                     help="Target model of the effort score ('none': influence only)."),
+        click.option("--llm", type=click.Path(), default=None, help="Causal LM folder for --target bigrec."),
+        click.option("--adapter", type=click.Path(), default=None, help="LoRA adapter to load first (bigrec)."),
+        click.option("--target-init", type=click.Path(), default=None,
+                     help="TIGER checkpoint to start from (default: fresh for the data's semantic IDs)."),
+        click.option("--effort-block", default=None,
+                     help="Linear module (name or unique suffix) whose gradient norm is the effort."),
+        click.option("--batch-size", type=int, default=256, show_default=True, help="Surrogate batch size."),
+        click.option("--effort-batch-size", type=int, default=64, show_default=True, help="Target batch size."),
+        click.option("--workers", type=int, default=None,
+                     help="Ray workers (default: CPUs - 1); 0 runs in this process without Ray."),
+        click.option("--shard-size", type=int, default=4096, show_default=True, help="Rows per shard."),
+        click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting one."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def config_from_options(hvp, damping, lissa_scale, lissa_steps, hessian_samples, hvp_batch, target, llm, adapter,
+                        target_init, effort_block, batch_size, effort_batch_size, workers, shard_size,
+                        ray_address, seed) -> ScoreConfig:
+    return ScoreConfig(
+        hvp=HvpConfig(solver=hvp, damping=damping, scale=lissa_scale, lissa_steps=lissa_steps,
+                      hessian_samples=hessian_samples, hvp_batch=hvp_batch, seed=seed),
+        target=target, llm=llm, adapter=adapter, target_init=target_init, effort_block=effort_block,
+        batch_size=batch_size, effort_batch_size=effort_batch_size, shard_size=shard_size, workers=workers,
+        ray_address=ray_address, seed=seed)
+
+
+def _make_command():
+    import click
+
+    @click.command("score")
+    @click.argument("data", type=click.Path())
+    @click.option("--surrogate", required=True, type=click.Path(), help="Trained surrogate folder.")
+    @click.option("--out", required=True, type=click.Path(), help="Run folder (a rerun resumes it).")
+    @_score_options
+    def score_command(data, surrogate, out, quiet, **options):
+        """Influence and effort of every sample of DATA (a prepared folder) -> OUT/scores.parquet."""
+        manifest = run_score(data, surrogate, out, config_from_options(**options), progress=not quiet)
+        phases = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in manifest["phases"].items() if "seconds" in v)
+        click.echo(f"scored {manifest['counts']['samples']} samples -> {Path(out) / SCORES_FILE} ({phases})")
+    return score_command
+
+
+score_command = _make_command()
