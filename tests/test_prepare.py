@@ -69,7 +69,7 @@ def good_release(tmp_path) -> Path:
         tmp_path / "release",
         train="10 1 2 3\n11 4\n12 2 5 1 4\n",
         valid="10 5\n11\n12 3 3\n",     # user 11 has a user-only line: no validation interactions
-        test="10\n11 1 2\n12\n",
+        test="10 4\n11 1 2\n12\n",
     )
 
 
@@ -90,6 +90,7 @@ def test_release_round_trip(tmp_path):
     ]
     # The test history is training followed by validation items.
     assert rows(out / "eval" / "test.parquet") == [
+        {"user": 10, "history": [1, 2, 3, 5], "targets": [4]},
         {"user": 11, "history": [4], "targets": [1, 2]},
     ]
     items = pq.read_table(out / "items.parquet")
@@ -102,8 +103,8 @@ def test_release_round_trip(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     c = manifest["counts"]
     assert (c["users"], c["items"], c["samples"]) == (3, 5, 3)
-    assert c["interactions"] == {"train": 8, "valid": 3, "test": 2}
-    assert c["eval_users"] == {"valid": 2, "test": 1}
+    assert c["interactions"] == {"train": 8, "valid": 3, "test": 3}
+    assert c["eval_users"] == {"valid": 2, "test": 2}
     assert (c["items_with_shared_title"], c["shared_titles"]) == (2, 1)
     assert c["samples_with_empty_history"] == 1
     hashes = {s["file"]: s["sha256"] for s in manifest["sources"]}
