@@ -88,7 +88,7 @@ def _trainable(model, param_names: Sequence[str] | None) -> tuple[list[str], lis
     return [n for n, _ in named], [p for _, p in named]
 
 
-def grand_scores(model, samples: Samples, batch_size: int = 8, param_names: Sequence[str] | None = None,
+def grand_scores(model, samples: Samples, batch_size: int = 4, param_names: Sequence[str] | None = None,
                  progress: bool = True) -> np.ndarray:
     """GraNd of every sample (float64 [N]): the L2 norm of ``grad sample_losses(s)``.
 
