@@ -74,7 +74,8 @@ def write_tiger(samples: Samples, out_dir: str | Path) -> int:
 
 def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dict:
     """``dealrec export``: write the chosen exports of RUN/coreset.parquet into RUN."""
-    from dealrec.select import CORESET_FILE, manifest_path, read_manifest
+    from dealrec.data import sha256_file, write_json_atomic
+    from dealrec.select import CORESET_FILE, MANIFEST_FILE, manifest_path, read_manifest
 
     if fmt not in FORMATS:
         raise DealrecError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -98,6 +99,10 @@ def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dic
     if fmt in ("tiger", "all"):
         write_tiger(samples, run / TIGER_DIR)
         written["tiger"] = [f"{TIGER_DIR}/{TIGER_PARQUET}", f"{TIGER_DIR}/{TIGER_TEXT}"]
+    manifest = read_manifest(run)  # only the exports section changes
+    manifest["exports"] = {**manifest.get("exports", {}), **written, "n_samples": len(samples),
+                           "coreset_sha256": sha256_file(coreset_path)}
+    write_json_atomic(run / MANIFEST_FILE, manifest)
     return {"n_samples": len(samples), "files": written}
 
 
