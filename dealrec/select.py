@@ -516,7 +516,8 @@ def run_select(run=None, method: str = "dealrec", n: int = DEFAULT_N, lam: float
         plot_selection(result, out / PLOT_FILE)
         section["outputs"]["plot"] = PLOT_FILE
     section["seconds"] = round(time.time() - t0, 3)
-    manifest = read_manifest(out)  # re-read: only our section changes
+    # re-read (only our section changes); a fresh --out starts from RUN's manifest
+    manifest = read_manifest(out) if (out / MANIFEST_FILE).exists() else read_manifest(run)
     manifest["selection"] = section
     write_json_atomic(out / MANIFEST_FILE, manifest)
     return section

@@ -244,3 +244,23 @@ def test_bad_input_gives_one_line_errors(tmp_path):
 
     res = CliRunner().invoke(main, ["select", str(tmp_path / "empty"), "--no-plot"])
     assert res.exit_code == 2 and "--data" in res.output
+
+
+def test_select_into_another_folder_leaves_run_alone(tmp_path):
+    data, sid = _prepared(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    rng = np.random.default_rng(8)
+    pq.write_table(pa.table({"sample_id": sid, "influence": rng.normal(size=len(sid)),
+                             "effort": rng.random(len(sid))}), run / "scores.parquet")
+    (run / "manifest.json").write_text(json.dumps({"inputs": {"data": str(data)}, "phases": {"influence": 1}}))
+    before = (run / "scores.parquet").read_bytes()
+    for method in ("influence", "effort", "greedy"):
+        out = tmp_path / method
+        res = CliRunner().invoke(main, ["select", str(run), "--method", method, "--n", "40", "--out", str(out),
+                                        "--no-plot"])
+        assert res.exit_code == 0, res.output
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["phases"] == {"influence": 1} and manifest["selection"]["method"] == method
+        assert pq.read_table(out / "coreset.parquet").num_rows == 40
+    assert (run / "scores.parquet").read_bytes() == before and not (run / "coreset.parquet").exists()
