@@ -281,8 +281,10 @@ def method_score(table: pa.Table, method: str, lam: float, seed: int, source: st
     """The score a method ranks by, from the columns of a scores table."""
     for col in METHOD_COLUMNS[method]:
         if col not in table.column_names:
+            hint = ("; scored with --target none? then select with --method influence"
+                    if col == "effort" and "influence" in table.column_names else "")
             raise InputError(source, f"missing column {col}, needed by --method {method} "
-                                     f"(has: {', '.join(table.column_names)})", field=col)
+                                     f"(has: {', '.join(table.column_names)}){hint}", field=col)
     cols = {c: _float_column(table, c, source) for c in METHOD_COLUMNS[method]}
     if method in ("dealrec", "greedy"):
         return combine_scores(cols["influence"], cols["effort"], lam)
