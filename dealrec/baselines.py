@@ -88,14 +88,16 @@ def _trainable(model, param_names: Sequence[str] | None) -> tuple[list[str], lis
     return [n for n, _ in named], [p for _, p in named]
 
 
-def grand_scores(model, samples: Samples, batch_size: int = 4, param_names: Sequence[str] | None = None,
+def grand_scores(model, samples: Samples, batch_size: int = 1, param_names: Sequence[str] | None = None,
                  progress: bool = True) -> np.ndarray:
     """GraNd of every sample (float64 [N]): the L2 norm of ``grad sample_losses(s)``.
 
     Per-sample gradients come from one batched backward pass per batch: autograd's
     ``is_grads_batched`` vmaps the backward over the rows of an identity matrix, so row b
-    is exactly the gradient of sample b's loss (the other samples get zero weight). The
-    cost of each vmapped backward is that of the whole batch, so small batches are faster;
+    is exactly the gradient of sample b's loss (the other samples get zero weight). Each
+    vmapped backward costs a backward of the whole batch, so on a CPU the total grows with
+    the batch size and batch 1 is the fastest (benchmarks/baseline_scores.py); larger
+    batches only pay where the device runs the vmapped rows in parallel.
     ``param_names`` restricts the norm to parameters whose names start with one of them.
     """
     model.eval()
