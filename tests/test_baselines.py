@@ -29,9 +29,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _model(loss="ce", max_len=6, seed=0):
+def _model(loss="ce", max_len=6, seed=0, **fields):
     model = SASRec(SASRecConfig(n_items=N_ITEMS, max_len=max_len, hidden=8, n_heads=2, ffn_hidden=16,
-                                loss=loss, seed=seed))
+                                loss=loss, seed=seed, **fields))
     # spread the weights so the probabilities are far from uniform and the check has teeth
     with torch.no_grad():
         for p in model.parameters():
@@ -47,9 +47,10 @@ def _samples(n=24, seed=0, max_hist=9):
 
 
 def test_prediction_positions_are_the_trained_positions():
-    # with every sequence within max_len, mean -log p(next item) over the positions must equal
-    # the CE sample loss: the prefixes are exactly what the surrogate is trained on
-    model, samples = _model(max_len=12), _samples(max_hist=10)
+    # with every sequence within max_len and position ids counted from the start (so that a
+    # prefix's forward equals the training forward), mean -log p(next item) over the positions
+    # must equal the CE sample loss: the prefixes are exactly the positions trained on
+    model, samples = _model(max_len=12, positions="from_start"), _samples(max_hist=10)
     rows, prefixes, labels = prediction_positions(samples, 12)
     assert len(rows) == sum(len(h) + 1 for h in samples.history)  # an empty history still counts once
     with torch.no_grad():
