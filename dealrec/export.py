@@ -18,7 +18,6 @@ import json
 import os
 from pathlib import Path
 
-import pyarrow as pa
 
 from dealrec.data import PreparedData, SAMPLES_SCHEMA, Samples, load_samples, write_parquet_atomic
 from dealrec.errors import DealrecError
