@@ -40,3 +40,4 @@ from finetune.bigrec import bigrec_command; finetune.add_command(bigrec_command,
 from dealrec.select import select_command; main.add_command(select_command)  # noqa: E402
 from dealrec.export import export_command; main.add_command(export_command)  # noqa: E402
 from dealrec.score import score_command; main.add_command(score_command)  # noqa: E402
+from surrogates.cli import train_surrogate; main.add_command(train_surrogate)  # noqa: E402

@@ -5,9 +5,14 @@ A sample is a user's sequence ``history + [target]``. The model reads
 sample with an empty history still has one real prediction (BOS -> target).
 
 Padding invariance is exact by construction: sequences are padded on the RIGHT, attention
-is causal (a real position never sees a padded one), positions are counted from the start
-of the (truncated) sequence, and losses are computed only at real positions. A sample's
-loss therefore does not depend on the batch it sits in or on how much padding it gets.
+is causal (a real position never sees a padded one), position ids depend on the sample's
+own length only, and losses are computed only at real positions. A sample's loss therefore
+does not depend on the batch it sits in or on how much padding it gets.
+
+Position ids count back from the sample's last input token by default (``from_end``, as the
+original left-padded SASRec): the prediction of a user's most recent item, the one closest
+in time to the validation and test periods, always sits at position 0, exactly where the
+next-item query sits when scoring. ``from_start`` counts from the first token instead.
 
 Losses:
 
@@ -45,7 +50,7 @@ class SASRecConfig(SurrogateConfig):
     ffn_hidden: int = 256
     dropout: float = 0.3
     loss: str = "ce"                 # "ce" (full softmax) or "bce" (one sampled negative)
-    positions: str = "from_start"    # position ids counted from the sequence start or its end
+    positions: str = "from_end"      # position ids counted back from the last item (see below) or from the start
     init_std: float = 0.02
 
     def __post_init__(self):

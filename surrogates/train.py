@@ -1,0 +1,162 @@
+"""Train a surrogate on a prepared data folder: Adam, early stopping on validation NDCG@10.
+
+One flat loop: shuffle the samples, step Adam on each batch, evaluate the validation split
+with the project's one evaluator after every epoch, keep the best weights, stop when
+NDCG@10 has not improved for ``patience`` epochs, and report valid and test metrics of the
+best weights. Seeded: on CPU the same seed and thread count give the same model.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dealrec.data import PreparedData, Samples, atomic_output_dir, check_item_range, write_json_atomic
+from dealrec.errors import DealrecError
+from dealrec.evaluate import evaluate_scorer, format_metrics
+from surrogates.base import Surrogate, save_surrogate, surrogate_class
+
+WEIGHTINGS = ("position", "sample")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    max_epochs: int = 100
+    patience: int = 5                 # epochs without a better validation NDCG@10 before stopping
+    seed: int = 0
+    weighting: str = "position"       # "position": every predicted item weighs the same; "sample": every sample
+    max_minutes: float | None = None  # wall-clock budget; checked after each epoch
+    threads: int | None = None        # torch intra-op threads; default: the cores this process may use
+    eval_batch_size: int = 1024
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.weighting not in WEIGHTINGS:
+            raise DealrecError(f"unknown weighting {self.weighting!r} (choose from {', '.join(WEIGHTINGS)})")
+        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
+            raise DealrecError("batch_size, max_epochs and patience must be at least 1")
+        if not self.lr > 0:
+            raise DealrecError("lr must be positive")
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def evaluate_model(model: Surrogate, data: PreparedData, split: str, batch_size: int = 1024) -> dict[str, float]:
+    return evaluate_scorer(model.score_histories, data.eval_split(split), data.n_items, batch_size=batch_size)
+
+
+def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
+    """Train ``model`` in place (it ends holding the best weights); return the metrics dict."""
+    torch.set_num_threads(cfg.threads or default_threads())
+    torch.manual_seed(cfg.seed)  # dropout masks
+    shuffle_rng = np.random.default_rng(cfg.seed)
+    valid_split = data.eval_split("valid")
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_batches = math.ceil(len(samples) / cfg.batch_size)
+
+    best = {"ndcg@10": -1.0, "epoch": 0, "state": None, "valid": None}
+    history = []
+    started = time.perf_counter()
+    train_seconds = 0.0
+    latest = ""
+    epoch = 0
+    for epoch in range(1, cfg.max_epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        order = shuffle_rng.permutation(len(samples))
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not cfg.progress, leave=False,
+                   dynamic_ncols=True)
+        loss_sum = 0.0
+        for b in bar:
+            batch = model.collate(samples.subset(order[b * cfg.batch_size:(b + 1) * cfg.batch_size]),
+                                  negative_round=epoch)
+            loss = model.training_loss(batch, weighting=cfg.weighting)
+            if not torch.isfinite(loss):
+                raise DealrecError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item()
+            if b % 20 == 0 or b == n_batches - 1:
+                bar.set_postfix_str(f"loss {loss_sum / (b + 1):.4f}{latest}")
+        bar.close()
+        epoch_train_seconds = time.perf_counter() - epoch_start
+        train_seconds += epoch_train_seconds
+
+        valid = evaluate_scorer(model.score_histories, valid_split, data.n_items, batch_size=cfg.eval_batch_size)
+        improved = valid["ndcg@10"] > best["ndcg@10"]
+        if improved:
+            best.update({"ndcg@10": valid["ndcg@10"], "epoch": epoch, "valid": valid,
+                         "state": copy.deepcopy(model.state_dict())})
+        history.append({"epoch": epoch, "loss": loss_sum / n_batches, "train_seconds": epoch_train_seconds,
+                        **{f"valid_{k}": v for k, v in valid.items()}})
+        latest = f" | valid N@10 {valid['ndcg@10']:.4f} R@20 {valid['recall@20']:.4f}"
+        if cfg.progress:
+            tqdm.write(f"epoch {epoch:3d}  loss {loss_sum / n_batches:.4f}  {epoch_train_seconds:5.1f}s  "
+                       f"valid {format_metrics(valid)}{'  *' if improved else ''}")
+        if epoch - best["epoch"] >= cfg.patience:
+            break
+        if cfg.max_minutes is not None and time.perf_counter() - started > cfg.max_minutes * 60:
+            if cfg.progress:
+                tqdm.write(f"stopping: the {cfg.max_minutes:g}-minute budget is spent")
+            break
+
+    model.load_state_dict(best["state"])
+    model.eval()
+    test = evaluate_model(model, data, "test", cfg.eval_batch_size)
+    seconds = time.perf_counter() - started
+    return {
+        "valid": best["valid"],
+        "test": test,
+        "epochs": epoch,
+        "best_epoch": best["epoch"],
+        "seconds": seconds,
+        # training time only (no evaluation): what one pass of gradients over all samples costs
+        "seconds_per_epoch": train_seconds / max(epoch, 1),
+        "threads": torch.get_num_threads(),
+        "n_samples": len(samples),
+        "train_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
+        "history": history,
+    }
+
+
+def train_surrogate(data_dir: str | Path, model_name: str, out_dir: str | Path,
+                    model_fields: dict[str, Any] | None = None, train_cfg: TrainConfig | None = None,
+                    overwrite: bool = False) -> dict[str, Any]:
+    """Train a surrogate on all samples of ``data_dir`` and write ``out_dir``:
+    ``model.safetensors``, ``config.json`` and ``metrics.json`` (all or nothing)."""
+    train_cfg = train_cfg or TrainConfig()
+    data = PreparedData(data_dir)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:  # fail before training, not after
+        raise DealrecError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    samples = data.samples()
+    if len(samples) == 0:
+        raise DealrecError(f"{data.samples_dir}: no samples to train on")
+    check_item_range(samples, data.n_items, data.samples_dir)
+    cls = surrogate_class(model_name)
+    fields = {"seed": train_cfg.seed, **(model_fields or {}), "n_items": data.n_items}
+    model = cls(cls.config_class(**fields))
+    metrics = train(model, samples, data, train_cfg)
+    metrics = {"model": model_name, "data": str(Path(data_dir).resolve()), **metrics}
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        save_surrogate(model, tmp)
+        write_json_atomic(tmp / "metrics.json", metrics)
+    return metrics
