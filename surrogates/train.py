@@ -30,11 +30,11 @@ WEIGHTINGS = ("position", "sample")
 
 @dataclass
 class TrainConfig:
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 100
-    patience: int = 5                 # epochs without a better validation NDCG@10 before stopping
+    patience: int = 3                 # epochs without a better validation NDCG@10 before stopping
     seed: int = 0
     weighting: str = "position"       # "position": every predicted item weighs the same; "sample": every sample
     max_minutes: float | None = None  # wall-clock budget; checked after each epoch
