@@ -34,7 +34,7 @@ class RQVAEConfig:
     latent_dim: int = 32
     hidden_dims: tuple = (256, 128)
     beta: float = 0.25            # commitment weight
-    epochs: int = 150
+    epochs: int = 40
     batch_size: int = 1024
     lr: float = 1e-3
     kmeans_iters: int = 25
