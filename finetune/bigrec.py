@@ -72,6 +72,7 @@ class BigrecConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    threads: int = 0                                # CPU threads for torch; 0: torch's default
     adapter: str | None = None
 
 
@@ -245,6 +246,13 @@ def _text_ids(tokenizer, text: str) -> list[int]:
     return ids if ids else [tokenizer.eos_token_id]  # an empty text still needs one token
 
 
+def backbone(model):
+    """The transformer under the LM head (its output is the last layer's hidden states, final
+    norm included); computing the vocabulary logits of every position would be wasted work."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, base.base_model_prefix, base)
+
+
 @torch.no_grad()
 def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int, device,
                 desc: str = "embed") -> torch.Tensor:
@@ -258,7 +266,7 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int, device,
             idx = order[start:start + batch_size]
             batch = {k: v.to(device) for k, v in pad_batch([ids[i] for i in idx], tokenizer.pad_token_id,
                                                             "left").items()}
-            hidden = model(**batch, output_hidden_states=True).hidden_states[-1][:, -1].float()
+            hidden = backbone(model)(**batch).last_hidden_state[:, -1].float()
             if out is None:
                 out = torch.empty(len(ids), hidden.shape[1], dtype=torch.float32)
             out[torch.tensor(idx)] = hidden.cpu()
@@ -340,9 +348,20 @@ def _llm_fingerprint(llm: Path) -> dict:
 def run_bigrec(llm: str | Path, data: str | Path, train: str | Path, out: str | Path,
                cfg: BigrecConfig, overwrite: bool = False) -> dict:
     """Fine-tune, generate, ground and evaluate; returns the metrics written to OUT/metrics.json."""
+    # On a CPU shared with other jobs, torch's spinning worker threads can be many times slower
+    # than one thread: --threads sets the count for this run only.
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_bigrec(Path(llm), Path(data), Path(train), Path(out), cfg, overwrite)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig, overwrite: bool) -> dict:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    llm, data, train, out = Path(llm), Path(data), Path(train), Path(out)
     if out.exists() and not overwrite:
         raise DealrecError(f"{out}: already exists (pass --overwrite to replace it)")
     if cfg.loss_on not in LOSS_ON:
@@ -438,7 +457,7 @@ def run_bigrec(llm: str | Path, data: str | Path, train: str | Path, out: str | 
                      "best_valid_loss": result.best_valid_loss, "best_epoch": result.best_epoch,
                      "valid_losses": result.valid_losses, "train_losses": result.train_losses,
                      "valid_loss_users": len(valid_examples)},
-        "device": str(device),
+        "device": str(device), "torch_threads": torch.get_num_threads(),
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "versions": _package_versions(),
     }
@@ -495,12 +514,14 @@ def run_bigrec(llm: str | Path, data: str | Path, train: str | Path, out: str | 
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="auto: bfloat16 on a GPU that has it, else float32.")
+@click.option("--threads", default=0, show_default=True,
+              help="CPU threads for torch (0: torch's default). 1 is often fastest on a busy machine.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def bigrec_command(llm, data, train_path, out, adapter, r, alpha, dropout, target_modules, lr, batch_size,
                    micro_batch_size, epochs, patience, loss_on, max_tokens, max_steps, max_users,
                    valid_loss_samples, num_beams, max_new_tokens, eval_batch_size, domain, device, dtype,
-                   seed, overwrite):
+                   threads, seed, overwrite):
     """BIGRec: LoRA fine-tune a local causal LM on TRAIN, ground its generations, evaluate."""
     cfg = BigrecConfig(
         r=r, alpha=alpha, dropout=dropout,
@@ -508,7 +529,7 @@ def bigrec_command(llm, data, train_path, out, adapter, r, alpha, dropout, targe
         lr=lr, batch_size=batch_size, micro_batch_size=micro_batch_size, epochs=epochs, patience=patience,
         max_tokens=max_tokens, loss_on=loss_on, valid_loss_samples=valid_loss_samples, max_steps=max_steps,
         max_users=max_users, num_beams=num_beams, max_new_tokens=max_new_tokens,
-        eval_batch_size=eval_batch_size, domain=domain, seed=seed, device=device, dtype=dtype,
+        eval_batch_size=eval_batch_size, domain=domain, seed=seed, device=device, dtype=dtype, threads=threads,
         adapter=str(adapter) if adapter else None)
     metrics = run_bigrec(llm, data, train_path, out, cfg, overwrite=overwrite)
     click.echo(json.dumps({k: metrics[k] for k in ("valid", "test", "steps", "epochs", "seconds")}))
