@@ -375,6 +375,9 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
     # Every input is checked before anything is written or any model is trained.
     prepared = PreparedData(data)
     titles = prepared.titles()
+    if prepared.n_items < max(DEFAULT_KS):
+        raise DealrecError(f"{data}: {prepared.n_items} items; full-ranking metrics up to "
+                           f"@{max(DEFAULT_KS)} need at least {max(DEFAULT_KS)}")
     samples = load_samples(train)
     if len(samples) == 0:
         raise DealrecError(f"{train}: no samples")
@@ -395,7 +398,7 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
     loss_users = valid if len(valid) <= cfg.valid_loss_samples else \
         valid.subset(np.sort(np.random.default_rng(cfg.seed + 1).choice(len(valid), cfg.valid_loss_samples,
                                                                         replace=False)))
-    valid_examples = [encode_example(tokenizer, _titles_of(h, titles), titles[int(y[0])], template,
+    valid_examples = [encode_example(tokenizer, _titles_of(h, titles), titles[int(y[y > 0][0])], template,
                                      cfg.max_tokens, cfg.loss_on)
                       for h, y in zip(loss_users.history, loss_users.targets)]
     if not valid_examples:
