@@ -42,3 +42,4 @@ from dealrec.export import export_command; main.add_command(export_command)  # n
 from dealrec.score import score_command; main.add_command(score_command)  # noqa: E402
 from surrogates.cli import train_surrogate; main.add_command(train_surrogate)  # noqa: E402
 from finetune.tiger_train import tiger_command; finetune.add_command(tiger_command, "tiger")  # noqa: E402
+from dealrec.prune import prune_command; main.add_command(prune_command)  # noqa: E402

@@ -145,7 +145,7 @@ def effort_task(task: dict) -> dict:
              for lo, hi in batch_ranges(shard, task["batch_size"])]
     tmp = store.temporary(shard)
     save_file({"sample_id": samples.sample_id.astype(np.int64), "effort": np.concatenate(norms)}, str(tmp))
-    store.commit(shard, tmp, task["key"])
+    store.commit(shard, tmp, task["key"], {"target": target.info})
     return {"shard": shard.index}
 
 
@@ -283,11 +283,11 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
                 if config.adapter:
                     eff_inputs.update(_folder_digest(config.adapter, "adapter"))
             else:
-                tiger_dir, tiger_info = prepare_tiger_target(prepared, work / "tiger-init", config)
+                tiger_dir, tiger_info = prepare_tiger_target(prepared, work / "tiger-init", config, progress)
                 task_base["tiger_dir"] = str(tiger_dir)
                 eff_inputs["tiger"] = tiger_info["sha256"]
-                target_info.update(tiger_info)
                 phases["semantic_ids"] = {"seconds": tiger_info.pop("seconds")}
+                target_info.update(tiger_info)
             eff_store = ShardStore(work / "effort", "effort", "safetensors")
             eff_shards = plan_shards(n, config.shard_size, config.effort_batch_size)
             phases["effort"] = run_phase(executor, effort_task, eff_store, eff_shards,
@@ -297,7 +297,7 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
             if not np.array_equal(np.concatenate([p["sample_id"] for p in parts]), sample_id):
                 raise DealrecError(f"{eff_store.root}: effort shards do not line up with the samples table")
             effort = np.concatenate([p["effort"] for p in parts])
-            target_info["effort_block"] = config.effort_block
+            target_info.update(json.loads(eff_store.manifest(eff_shards[0]).read_text())["target"])
         executor_info = executor.describe()
     finally:
         if own_executor:
@@ -355,9 +355,10 @@ def _folder_digest(path, what: str) -> dict:
     return {f"{what}_sha256": stable_hash({p.name: sha256_file(p) for p in files})}
 
 
-def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConfig) -> tuple[Path, dict]:
+def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConfig,
+                         progress: bool = True) -> tuple[Path, dict]:
     """The TIGER model at the start of fine-tuning: ``--target-init CKPT`` or a fresh one built once here."""
-    from finetune.tiger import build_tiger, load_tiger
+    from finetune.tiger import build_tiger, load_tiger, save_tiger
 
     t0 = time.perf_counter()
     if config.target_init:
@@ -371,12 +372,11 @@ def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConf
     key = stable_hash({"data": [sha256_file(p) for p in prepared.shard_paths()],
                        "items": sha256_file(prepared.root / "items.parquet"), "seed": config.seed})
     if not (marker.exists() and json.loads(marker.read_text()).get("key") == key):
-        import shutil
         from dealrec.data import atomic_output_dir
 
         with atomic_output_dir(folder, overwrite=True) as tmp:
-            model = build_tiger(prepared, config.seed, None)
-            model.save(tmp)
+            model = build_tiger(prepared, config.seed, cache_dir=folder.parent / "embeddings", progress=progress)
+            save_tiger(model, tmp)
             write_json_atomic(tmp / "DONE.json", {"key": key})
     info = {"tiger": str(folder), "fresh": True, "sha256": key, "seconds": round(time.perf_counter() - t0, 3)}
     return folder, info

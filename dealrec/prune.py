@@ -1,0 +1,156 @@
+"""``dealrec prune DATA --n 1024 --out RUN``: raw interaction data in, a coreset and its exports out.
+
+Phases, each timed in ``RUN/manifest.json`` (``prune.phases``):
+
+1. ``prepare``: DATA is used as is when it is a prepared folder (``items.parquet`` + ``samples/``);
+   a release-format folder or an interaction log is prepared into ``RUN/data``;
+2. ``train_surrogate``: SASRec (the paper's settings) on all samples into ``RUN/surrogate``, unless
+   ``--surrogate DIR`` names a trained one;
+3. ``score``: semantic IDs and a fresh TIGER for effort, influence and effort of every sample
+   (``dealrec score``: sharded, resumable, on Ray);
+4. ``select``: DEALRec's coverage-enhanced selection (``dealrec select``);
+5. ``export``: BIGRec's alpaca JSON and TIGER's sequences (``dealrec export``).
+
+Every phase leaves a complete result behind or nothing, so rerunning the same command after a
+crash or a kill picks up where it stopped.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from dealrec.data import PreparedData, write_json_atomic
+from dealrec.errors import DealrecError, InputError
+from dealrec.score import MANIFEST_FILE, ScoreConfig, _read_manifest, _score_options, config_from_options, \
+    run_score
+
+
+def is_prepared(path: Path) -> bool:
+    return path.is_dir() and (path / "items.parquet").exists() and (path / "samples").is_dir()
+
+
+def prepare_phase(data: Path, out: Path, progress: bool) -> tuple[Path, dict]:
+    if is_prepared(data):
+        return data, {"prepared": False, "data": str(data)}
+    if not data.exists():
+        raise InputError(data, "no such file or folder")
+    from dealrec.prepare import prepare
+
+    target = out / "data"
+    if is_prepared(target) and _same_sources(PreparedData(target).manifest(), data):
+        return target, {"prepared": True, "data": str(target), "source": str(data), "resumed": True}
+    prepare(data, target, overwrite=True)
+    return target, {"prepared": True, "data": str(target), "source": str(data)}
+
+
+def _same_sources(manifest: dict, data: Path) -> bool:
+    """Whether a prepared folder was made from ``data`` as it is now (same files, same bytes)."""
+    from dealrec.data import sha256_file
+
+    sources = manifest.get("sources") or []
+    if not sources:
+        return False
+    root = data.resolve()
+    for s in sources:
+        path = Path(s.get("path", ""))
+        inside = path.resolve() == root or root in path.resolve().parents
+        if not (inside and path.exists() and sha256_file(path) == s.get("sha256")):
+            return False
+    return True
+
+
+def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max_minutes: float | None,
+                    max_epochs: int, progress: bool) -> tuple[Path, dict]:
+    if surrogate:
+        return Path(surrogate), {"trained": False, "surrogate": str(surrogate)}
+    target = out / "surrogate"
+    if (target / "model.safetensors").exists() and (target / "metrics.json").exists():
+        return target, {"trained": True, "surrogate": str(target), "resumed": True}
+    from surrogates.train import TrainConfig, train_surrogate
+
+    metrics = train_surrogate(data, "sasrec", target,
+                              train_cfg=TrainConfig(seed=seed, max_minutes=max_minutes, max_epochs=max_epochs,
+                                                    progress=progress),
+                              overwrite=True)
+    return target, {"trained": True, "surrogate": str(target), "epochs": metrics.get("epochs"),
+                    "seconds_per_epoch": metrics.get("seconds_per_epoch"), "valid": metrics.get("valid")}
+
+
+def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: ScoreConfig | None = None,
+              lam: float | None = None, k: int | None = None, hard_prune: float | None = None,
+              surrogate_minutes: float | None = 8.0, surrogate_epochs: int = 100, progress: bool = True) -> dict:
+    from dealrec.export import run_export
+    from dealrec.select import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, run_select
+
+    config = config or ScoreConfig()
+    config.check()
+    data, out = Path(data), Path(out)
+    if n < 1:
+        raise DealrecError("--n must be at least 1")
+    out.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    phases: dict = {}
+
+    t0 = time.perf_counter()
+    prepared, prep_info = prepare_phase(data, out, progress)
+    phases["prepare"] = {"seconds": round(time.perf_counter() - t0, 3), **prep_info}
+
+    t0 = time.perf_counter()
+    surrogate_dir, sur_info = surrogate_phase(prepared, out, surrogate, config.seed, surrogate_minutes,
+                                              surrogate_epochs, progress)
+    phases["train_surrogate"] = {"seconds": round(time.perf_counter() - t0, 3), **sur_info}
+
+    t0 = time.perf_counter()
+    scored = run_score(prepared, surrogate_dir, out, config, progress=progress)
+    phases["score"] = {"seconds": round(time.perf_counter() - t0, 3), **scored["phases"]}
+
+    t0 = time.perf_counter()
+    lam = DEFAULT_LAMBDA if lam is None else lam
+    method = "dealrec" if config.target != "none" else "influence"
+    selection = run_select(out, method=method, n=n, lam=lam, k=DEFAULT_K if k is None else k,
+                           hard_prune=DEFAULT_HARD_PRUNE if hard_prune is None else hard_prune, seed=config.seed,
+                           data=str(prepared), surrogate=str(surrogate_dir), progress=progress)
+    phases["select"] = {"seconds": round(time.perf_counter() - t0, 3), "method": method}
+
+    t0 = time.perf_counter()
+    run_export(out, "all", data=str(prepared))
+    phases["export"] = {"seconds": round(time.perf_counter() - t0, 3)}
+
+    manifest = _read_manifest(out)
+    manifest["prune"] = {"command": "dealrec prune", "data": str(data), "n": n, "seed": config.seed,
+                         "surrogate_minutes": surrogate_minutes, "surrogate_epochs": surrogate_epochs,
+                         "phases": phases, "seconds": round(time.perf_counter() - t_all, 3),
+                         "n_selected": selection.get("n_selected")}
+    write_json_atomic(out / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def _make_command():
+    import click
+
+    @click.command("prune")
+    @click.argument("data", type=click.Path())
+    @click.option("--n", "n", type=int, default=1024, show_default=True, help="Samples in the coreset.")
+    @click.option("--out", required=True, type=click.Path(), help="Run folder (a rerun resumes it).")
+    @click.option("--surrogate", type=click.Path(), default=None, help="A trained surrogate (default: train SASRec).")
+    @click.option("--surrogate-minutes", type=float, default=8.0, show_default=True,
+                  help="Wall-clock budget of surrogate training (checked after each epoch).")
+    @click.option("--surrogate-epochs", type=int, default=100, show_default=True,
+                  help="At most this many surrogate epochs (early stopping on validation NDCG@10 too).")
+    @click.option("--lambda", "lam", type=float, default=None, help="Weight of the effort score [0.3].")
+    @click.option("--k", "k", type=int, default=None, help="Strata [50].")
+    @click.option("--hard-prune", type=float, default=None, help="Share of top scores dropped [0.1].")
+    @_score_options
+    def prune_command(data, n, out, surrogate, surrogate_minutes, surrogate_epochs, lam, k, hard_prune, quiet,
+                      **options):
+        """Prepare DATA if raw, train the surrogate, score, select N samples and export them to OUT."""
+        manifest = run_prune(data, out, n, surrogate, config_from_options(**options), lam, k, hard_prune,
+                             surrogate_minutes, surrogate_epochs, progress=not quiet)
+        p = manifest["prune"]
+        times = ", ".join(f"{name} {v['seconds']:.0f}s" for name, v in p["phases"].items())
+        click.echo(f"coreset of {p['n_selected']} samples -> {Path(out) / 'coreset.parquet'} "
+                   f"({times}; total {p['seconds']:.0f}s)")
+    return prune_command
+
+
+prune_command = _make_command()

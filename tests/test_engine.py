@@ -1,0 +1,184 @@
+"""The engine: the same bytes for any executor, worker count and shard size; resume after SIGKILL."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from dealrec.engine import LocalExecutor, RayExecutor, ShardStore, plan_shards
+from dealrec.errors import DealrecError
+from dealrec.hvp import HvpConfig
+from dealrec.score import ScoreConfig, run_score
+from surrogates.base import build_surrogate, save_surrogate
+from tiny_lm import make_tiny_causal_lm
+from tiny_surrogate import tiny_samples, write_tiny_prepared
+
+N_ITEMS = 30
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    data = write_tiny_prepared(root / "data", tiny_samples(64, N_ITEMS, seed=7), N_ITEMS, shard_size=40)
+    model = build_surrogate("sasrec", n_items=N_ITEMS, hidden=8, n_blocks=1, n_heads=2, ffn_hidden=16,
+                            max_len=10, dropout=0.0, init_std=0.3, seed=3)
+    (root / "sur").mkdir()
+    save_surrogate(model, root / "sur")
+    titles = [f"Item number {i}" for i in range(1, N_ITEMS + 1)]
+    llm = make_tiny_causal_lm("llama", titles, root / "llm", hidden=16, layers=1)
+    return root, data, root / "sur", llm
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray instance for the whole module (starting Ray costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def _config(shard_size, workers=0, target="none", llm=None):
+    return ScoreConfig(hvp=HvpConfig(solver="cg", damping=0.1, scale=10.0, hessian_samples=48, hvp_batch=16),
+                       target=target, llm=str(llm) if llm else None, batch_size=16, effort_batch_size=8,
+                       shard_size=shard_size, workers=workers)
+
+
+def _scores(run: Path) -> dict:
+    return pq.read_table(run / "scores.parquet").to_pydict()
+
+
+def test_plan_shards():
+    shards = plan_shards(100, 32, 16)
+    assert [(s.start, s.stop) for s in shards] == [(0, 32), (32, 64), (64, 96), (96, 100)]
+    with pytest.raises(DealrecError, match="multiple of --batch-size"):
+        plan_shards(100, 30, 16)
+
+
+def test_same_bytes_for_executors_workers_and_shard_sizes(inputs, ray_session, tmp_path):
+    """Influence for 1 and 2 Ray workers, in-process, two shard sizes; effort (tiny Llama + LoRA) for the
+    two runs that differ most (in-process, shard 16 vs two Ray workers, shard 48)."""
+    from dealrec.select import run_select
+
+    _, data, sur, llm = inputs
+    runs = {}
+    cases = [("local-16", 16, LocalExecutor(), "bigrec"), ("ray2-48", 48, RayExecutor(workers=2), "bigrec"),
+             ("ray1-16", 16, RayExecutor(workers=1), "none"), ("local-48", 48, LocalExecutor(), "none")]
+    for name, shard_size, executor, target in cases:
+        out = tmp_path / name
+        try:
+            run_score(data, sur, out, _config(shard_size, target=target, llm=llm), progress=False,
+                      executor=executor)
+        finally:
+            executor.shutdown()
+        runs[name] = out
+    ref = _scores(runs["local-16"])
+    assert len(ref["sample_id"]) == 64 and ref["sample_id"] == sorted(ref["sample_id"])
+    assert all(x != 0 for x in ref["influence"]) and all(x > 0 for x in ref["effort"])
+    for name, out in runs.items():
+        got = _scores(out)
+        for col in ("sample_id", "influence", "effort"):
+            if col in got:
+                assert np.asarray(got[col]).tobytes() == np.asarray(ref[col]).tobytes(), (name, col)
+    # the same coresets: DEALRec's score where effort exists, influence-only everywhere
+    coresets = {}
+    for method in ("dealrec", "influence"):
+        for name, out in runs.items():
+            if method == "dealrec" and "effort" not in _scores(out):
+                continue
+            sel = tmp_path / f"{name}-{method}"
+            run_select(out, method=method, n=20, k=5, plot=False, progress=False, out=sel)
+            ids = pq.read_table(sel / "coreset.parquet").column("sample_id").to_pylist()
+            assert len(set(ids)) == 20
+            coresets.setdefault(method, set()).add(tuple(ids))
+    assert len(coresets["dealrec"]) == 1 and len(coresets["influence"]) == 1
+    # the same shard files whether written in this process or by a Ray actor
+    a = runs["local-16"] / "work" / "capture" / "shard-00001.safetensors"
+    b = runs["ray1-16"] / "work" / "capture" / "shard-00001.safetensors"
+    assert a.read_bytes() == b.read_bytes()
+    manifest = json.loads((runs["ray2-48"] / "manifest.json").read_text())
+    assert manifest["executor"]["workers"] == 2 and manifest["executor"]["cpus_per_actor"] < 1.0
+    assert {"capture", "solve", "influence", "effort"} <= set(manifest["phases"])
+    assert manifest["inputs"]["surrogate"] == str(sur)
+
+
+def test_rerun_skips_finished_shards_and_redoes_stale_ones(inputs, tmp_path):
+    _, data, sur, _ = inputs
+    out = tmp_path / "run"
+    first = run_score(data, sur, out, _config(16), progress=False)
+    assert first["phases"]["capture"] == {**first["phases"]["capture"], "ran": 4, "skipped": 0}
+    before = _scores(out)
+    # a manifest cut short and a shard whose key no longer matches are both redone
+    store = ShardStore(out / "work" / "capture", "capture", "safetensors")
+    shards = plan_shards(64, 16, 16)
+    store.manifest(shards[2]).write_text('{"key": "')
+    meta = json.loads(store.manifest(shards[3]).read_text())
+    store.manifest(shards[3]).write_text(json.dumps({**meta, "key": "something else"}))
+    second = run_score(data, sur, out, _config(16), progress=False)
+    assert second["phases"]["capture"]["ran"] == 2 and second["phases"]["capture"]["skipped"] == 2
+    assert second["hvp"].get("resumed") is True
+    assert _scores(out) == before
+    # another batch size changes every key: nothing stale is reused
+    third = run_score(data, sur, out, ScoreConfig(**{**_config(16).__dict__, "batch_size": 8}), progress=False)
+    assert third["phases"]["capture"]["ran"] == 4
+
+
+def test_sigkill_during_scoring_then_rerun_gives_the_same_scores(inputs, tmp_path):
+    root, _, sur, _ = inputs
+    # enough shards that the kill lands in the middle of the capture phase
+    data = write_tiny_prepared(root / "big", tiny_samples(800, N_ITEMS, seed=9), N_ITEMS, shard_size=400)
+    cmd = [sys.executable, "-c", "from dealrec.cli import main; main()", "score", str(data), "--surrogate", str(sur),
+           "--target", "none", "--hvp", "cg", "--damping", "0.1", "--lissa-scale", "10", "--hessian-samples", "48",
+           "--hvp-batch", "16", "--batch-size", "16", "--effort-batch-size", "16", "--shard-size", "16", "--workers", "0", "--quiet"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny model: one thread, and the same in all three runs
+    proc = subprocess.Popen(cmd + ["--out", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    capture = killed / "work" / "capture"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (capture.exists() and len(list(capture.glob("shard-*.json"))) >= 2):
+        if proc.poll() is not None:
+            pytest.fail(f"the job ended before it could be killed: {proc.stderr.read().decode()[-500:]}")
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(capture.glob("shard-*.json")))
+    assert 2 <= done < 50, "the kill should land during the capture phase"
+    assert not (killed / "scores.parquet").exists()
+    rerun = subprocess.run(cmd + ["--out", str(killed)], capture_output=True, text=True, env=env)
+    assert rerun.returncode == 0, rerun.stderr[-800:]
+    manifest = json.loads((killed / "manifest.json").read_text())
+    assert manifest["phases"]["capture"]["skipped"] >= done - 1  # at most the shard being renamed is redone
+    clean = tmp_path / "clean"
+    subprocess.run(cmd + ["--out", str(clean)], check=True, capture_output=True, env=env)
+    assert _scores(killed) == _scores(clean)
+
+
+def test_bad_requests_are_one_line_errors(inputs, tmp_path):
+    _, data, sur, _ = inputs
+    with pytest.raises(DealrecError, match="multiple of the batch sizes"):
+        run_score(data, sur, tmp_path / "x", ScoreConfig(shard_size=100, batch_size=16, workers=0))
+    with pytest.raises(DealrecError, match="--llm"):
+        run_score(data, sur, tmp_path / "x", ScoreConfig(target="bigrec", workers=0))
+    with pytest.raises(DealrecError, match="missing"):
+        run_score(data, tmp_path, tmp_path / "x", _config(16))
+    with pytest.raises(DealrecError, match="not a prepared data folder"):
+        run_score(tmp_path, sur, tmp_path / "x", _config(16))

@@ -1,0 +1,110 @@
+"""``dealrec prune`` end to end on a tiny release-format folder: prepare, train, score, select, export."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dealrec.cli import main
+
+N_USERS, N_ITEMS = 60, 60  # the evaluator ranks a top 50: keep more items than that
+WORDS = ["Red", "Blue", "Green", "Silver", "Iron", "Golden", "Shadow", "Crystal"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_release(folder: Path) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    train, valid, test = [], [], []
+    for u in range(1, N_USERS + 1):
+        n = [1, 2, 3][u % 3] if u <= 9 else int(rng.integers(3, 9))  # one- and two-item users included
+        seq = rng.integers(1, N_ITEMS + 1, size=n)
+        train.append(f"{u} " + " ".join(map(str, seq)))
+        valid.append(f"{u} {int(rng.integers(1, N_ITEMS + 1))}" if u % 2 else f"{u}")
+        test.append(f"{u} {int(rng.integers(1, N_ITEMS + 1))}" if u % 3 else f"{u}")
+    (folder / "sequential_train.txt").write_text("\n".join(train) + "\n")
+    (folder / "sequential_valid.txt").write_text("\n".join(valid) + "\n")
+    (folder / "sequential_test.txt").write_text("\n".join(test) + "\n")
+    items = [{"item": i, "source_id": f"A{i}", "title": f"Quest of the {WORDS[i % 8]} Kingdom {i}",
+              "categories": ["Games"]} for i in range(1, N_ITEMS + 1)]
+    (folder / "items.jsonl").write_text("\n".join(json.dumps(x) for x in items) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def raw_and_tiger(tmp_path_factory):
+    """A raw release folder and a tiny TIGER for its items (the effort target's starting point)."""
+    from dealrec.data import PreparedData
+    from dealrec.prepare import prepare
+    from finetune.rqvae import RQVAEConfig
+    from finetune.tiger import TigerConfig, build_tiger, save_tiger
+
+    root = tmp_path_factory.mktemp("prune")
+    raw = write_release(root / "raw")
+    prepare(raw, root / "prepared")
+    tiger = build_tiger(PreparedData(root / "prepared"), seed=0,
+                        config=TigerConfig(d_model=16, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
+                                           d_kv=8, dropout=0.1, max_history_items=5),
+                        rqvae_config=RQVAEConfig(codebook_size=8, latent_dim=8, hidden_dims=(16,), epochs=5,
+                                                 batch_size=64, kmeans_iters=5),
+                        cache_dir=root / "emb", progress=False)
+    save_tiger(tiger, root / "tiger")
+    return raw, root / "tiger"
+
+
+def _prune(raw, tiger, out, *extra):
+    args = ["prune", str(raw), "--n", "12", "--out", str(out), "--target-init", str(tiger), "--workers", "0",
+            "--surrogate-epochs", "2", "--hvp", "cg", "--damping", "0.05", "--lissa-scale", "10",
+            "--hessian-samples", "32", "--hvp-batch", "16", "--batch-size", "16", "--effort-batch-size", "16",
+            "--shard-size", "32", "--k", "4", "--quiet", *extra]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return json.loads((Path(out) / "manifest.json").read_text())
+
+
+def test_prune_end_to_end_and_rerun(raw_and_tiger, tmp_path):
+    raw, tiger = raw_and_tiger
+    out = tmp_path / "run"
+    manifest = _prune(raw, tiger, out)
+    phases = manifest["prune"]["phases"]
+    assert list(phases) == ["prepare", "train_surrogate", "score", "select", "export"]
+    assert phases["prepare"]["prepared"] and phases["train_surrogate"]["trained"]
+    assert {"capture", "solve", "influence", "effort"} <= set(phases["score"])
+
+    scores = pq.read_table(out / "scores.parquet").to_pydict()
+    assert len(scores["sample_id"]) == N_USERS
+    assert all(x != 0 for x in scores["influence"])   # one- and two-item users get real scores
+    assert all(x > 0 for x in scores["effort"])
+    assert {"score", "stratum"} <= set(scores)
+    coreset = pq.read_table(out / "coreset.parquet").column("sample_id").to_pylist()
+    assert len(set(coreset)) == 12
+    assert manifest["target"]["block"].endswith("decoder.block.0.layer.0.SelfAttention.v")
+    exported = manifest["exports"]
+    assert exported["n_samples"] == 12 and "bigrec" in exported and "tiger" in exported
+    alpaca = json.loads((out / exported["bigrec"]).read_text())
+    assert len(alpaca) == 12 and {"instruction", "input", "output"} <= set(alpaca[0])
+
+    # the same command again resumes every phase and gives the same bytes
+    again = _prune(raw, tiger, out)
+    p = again["prune"]["phases"]
+    assert p["prepare"].get("resumed") and p["train_surrogate"].get("resumed")
+    assert p["score"]["capture"]["ran"] == 0 and p["score"]["effort"]["ran"] == 0
+    assert pq.read_table(out / "coreset.parquet").column("sample_id").to_pylist() == coreset
+    assert pq.read_table(out / "scores.parquet").to_pydict() == scores
+
+
+def test_prune_rejects_missing_data(tmp_path):
+    result = CliRunner().invoke(main, ["prune", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no such file or folder" in result.output
