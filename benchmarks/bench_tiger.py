@@ -78,7 +78,7 @@ def main(data_dir, work, seeds, n, only, jobs, full_max_minutes, table_only, ext
         if (out / "metrics.json").exists():
             return
         cmd = [*dealrec, "finetune", "tiger", "--data", str(data_dir), "--train", str(train), "--out", str(out),
-               "--seed", str(seed), "--quiet", "--overwrite", *more, *extra]
+               "--seed", str(seed), "--quiet", "--overwrite", *extra, *more]
         print(f"running: {' '.join(cmd)}", flush=True)
         secs = run(cmd, out.with_suffix(".log"))
         print(f"done in {secs:.0f}s: {name}", flush=True)
