@@ -488,22 +488,34 @@ def run_select(run=None, method: str = "dealrec", n: int = DEFAULT_N, lam: float
     inputs = {"data": str(prepared.root), "samples_sha256": [sha256_file(p) for p in prepared.shard_paths()]}
     if scores_path.exists():
         inputs["scores_sha256"] = sha256_file(scores_path)
+    # baseline columns already in the scores, with the surrogate and samples they came from
+    known = {c: v for c, v in manifest.get("selection", {}).get("inputs", {}).get("baseline_columns", {}).items()
+             if c in scores.column_names}
     if method in BASELINE_METHODS:
-        from dealrec.baselines import baseline_scores
+        from dealrec.baselines import BASELINE_COLUMNS, baseline_scores
         from surrogates.base import load_surrogate
 
         surrogate = surrogate or manifest_path(manifest, "surrogate", run)
         if surrogate is None:
             raise DealrecError(f"--method {method} scores samples with a trained surrogate: "
                                f"{run / MANIFEST_FILE} names none; pass --surrogate DIR")
-        model = load_surrogate(surrogate)
-        samples = load_samples(prepared.samples_dir)
-        t_base = time.time()
-        cols = baseline_scores(method, model, samples, progress=progress)
-        inputs.update({"surrogate": str(surrogate),
-                       "surrogate_sha256": sha256_file(Path(surrogate) / "model.safetensors"),
-                       "baseline_seconds": round(time.time() - t_base, 3)})
-        scores = _join_by_sample_id(scores, samples.sample_id, cols, str(scores_path))
+        column = BASELINE_COLUMNS[method]
+        origin = {"surrogate_sha256": sha256_file(Path(surrogate) / "model.safetensors"),
+                  "samples_sha256": inputs["samples_sha256"]}
+        inputs.update({"surrogate": str(surrogate), "surrogate_sha256": origin["surrogate_sha256"]})
+        if column in known and known[column].get("values_sha256") == _column_digest(scores, column) and \
+                {k: known[column].get(k) for k in origin} == origin:
+            inputs["baseline_reused"] = column  # same surrogate, same samples, untouched values
+        else:
+            model = load_surrogate(surrogate)
+            samples = load_samples(prepared.samples_dir)
+            t_base = time.time()
+            cols = baseline_scores(method, model, samples, progress=progress)
+            inputs["baseline_seconds"] = round(time.time() - t_base, 3)
+            scores = _join_by_sample_id(scores, samples.sample_id, cols, str(scores_path))
+            known[column] = {**origin, "values_sha256": _column_digest(scores, column)}
+    if known:
+        inputs["baseline_columns"] = known
 
     result = select_coreset(scores, samples_tbl, method, n, lam, k, hard_prune, seed, source=str(scores_path))
     out.mkdir(parents=True, exist_ok=True)
@@ -526,6 +538,18 @@ def run_select(run=None, method: str = "dealrec", n: int = DEFAULT_N, lam: float
 
 
 BASELINE_METHODS = ("el2n", "grand", "ccs")
+
+
+def _column_digest(scores: pa.Table, column: str) -> "str | None":
+    """sha256 of a score column in sample_id order (detects a column edited after it was computed)."""
+    import hashlib
+
+    if column not in scores.column_names:
+        return None
+    sid = scores.column("sample_id").to_numpy().astype(np.int64)
+    order = np.argsort(sid, kind="stable")
+    values = scores.column(column).to_numpy().astype(np.float64)[order]
+    return hashlib.sha256(sid[order].tobytes() + values.tobytes()).hexdigest()
 
 
 def _join_by_sample_id(scores: pa.Table, sample_id: np.ndarray, cols: dict, source: str) -> pa.Table:

@@ -159,3 +159,29 @@ def test_baseline_without_a_surrogate_is_a_clear_error(tmp_path):
     (run / "manifest.json").write_text(json.dumps(manifest))
     res = CliRunner().invoke(main, ["select", str(run), "--method", "el2n", "--no-plot"])
     assert res.exit_code == 2 and "--surrogate DIR" in res.output
+
+
+def test_baseline_scores_are_reused_only_when_nothing_changed(tmp_path):
+    run, _ = _run_with_surrogate(tmp_path)
+
+    def select(method):
+        res = CliRunner().invoke(main, ["select", str(run), "--method", method, "--n", "12", "--no-plot"])
+        assert res.exit_code == 0, res.output
+        return json.loads((run / "manifest.json").read_text())["selection"]["inputs"]
+
+    first = select("el2n")
+    assert "baseline_seconds" in first and "baseline_reused" not in first
+    el2n = pq.read_table(run / "scores.parquet").column("el2n").to_numpy()
+    again = select("ccs")  # same difficulty column, same surrogate and samples: reused
+    assert again["baseline_reused"] == "el2n" and "baseline_seconds" not in again
+    np.testing.assert_array_equal(pq.read_table(run / "scores.parquet").column("el2n").to_numpy(), el2n)
+    # a hand-edited column is recomputed, and so is one from another surrogate
+    table = pq.read_table(run / "scores.parquet")
+    table = table.set_column(table.column_names.index("el2n"), "el2n", pa.array(np.zeros(table.num_rows)))
+    pq.write_table(table, run / "scores.parquet")
+    edited = select("el2n")
+    assert "baseline_seconds" in edited
+    np.testing.assert_allclose(pq.read_table(run / "scores.parquet").column("el2n").to_numpy(), el2n)
+    save_surrogate(_model(seed=1), tmp_path / "surrogate")
+    other = select("el2n")
+    assert "baseline_seconds" in other and other["surrogate_sha256"] != first["surrogate_sha256"]
