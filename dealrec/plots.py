@@ -27,8 +27,11 @@ def plot_selection(result, path: str | Path) -> None:
     ax = axes[0, 0]
     bins = np.linspace(score.min(), score.max(), 101) if score.max() > score.min() else 10
     pruned = stratum == -1
-    ax.hist([score[~pruned], score[pruned]], bins=bins, stacked=True, color=["#9ecae1", "#fc9272"],
-            label=[f"pool ({int((~pruned).sum())})", f"hard-pruned ({int(pruned.sum())})"])
+    if pruned.any():
+        ax.hist([score[~pruned], score[pruned]], bins=bins, stacked=True, color=["#9ecae1", "#fc9272"],
+                label=[f"pool ({int((~pruned).sum())})", f"hard-pruned ({int(pruned.sum())})"])
+    else:
+        ax.hist(score, bins=bins, color="#9ecae1", label=f"pool ({len(score)})")
     ax.hist(score[selected], bins=bins, histtype="step", color="#08306b", linewidth=1.5,
             label=f"selected ({int(selected.sum())})")
     if two_panels:

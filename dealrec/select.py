@@ -423,7 +423,7 @@ def manifest_path(manifest: dict, key: str, run) -> "str | None":
     """The folder that ``manifest`` records under ``key`` (``data``, ``surrogate``).
 
     Accepts ``{key: "DIR"}``, ``{key: {"path"|"dir": "DIR", ...}}`` and the same under an
-    ``inputs`` section; a relative path is tried against the working folder, then ``run``.
+    ``inputs`` section (``dealrec score``) or ``selection.inputs`` (a run ``select`` started); a relative path is tried against the working folder, then ``run``.
     """
     from pathlib import Path
 
@@ -437,7 +437,8 @@ def manifest_path(manifest: dict, key: str, run) -> "str | None":
                     return v[k]
         return None
 
-    value = lookup(manifest) or lookup(manifest.get("inputs"))
+    selection = manifest.get("selection") if isinstance(manifest.get("selection"), dict) else {}
+    value = lookup(manifest) or lookup(manifest.get("inputs")) or lookup(selection.get("inputs"))
     if value is None:
         return None
     p = Path(value)

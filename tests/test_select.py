@@ -222,6 +222,15 @@ def test_random_needs_no_scores(tmp_path):
     assert res.exit_code == 0, res.output
     ids = pq.read_table(out / "coreset.parquet").column("sample_id").to_numpy()
     np.testing.assert_array_equal(ids, random_select(sid, 50, 0))
+    # the run remembers its data: select and export again without --data
+    res = CliRunner().invoke(main, ["select", str(out), "--method", "random", "--n", "20", "--seed", "1",
+                                    "--no-plot"])
+    assert res.exit_code == 0, res.output
+    ids = pq.read_table(out / "coreset.parquet").column("sample_id").to_numpy()
+    np.testing.assert_array_equal(ids, random_select(sid, 20, 1))
+    res = CliRunner().invoke(main, ["export", str(out)])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads((out / "bigrec.json").read_text(encoding="utf-8"))) == 20
 
 
 def test_bad_input_gives_one_line_errors(tmp_path):
