@@ -109,7 +109,10 @@ def evaluate_scorer(score_fn: Callable[[list], torch.Tensor], split: EvalSplit, 
             raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected ({len(hist)}, {n_items + 1})")
         scores[_truth_mask(hist, n_items + 1)] = -torch.inf
         scores[:, 0] = -torch.inf
-        ranked = torch.topk(scores, max_k, dim=1).indices
+        ranked = torch.topk(scores, min(max_k, n_items + 1), dim=1).indices
+        ranked[torch.gather(scores, 1, ranked) == -torch.inf] = 0  # fewer rankable items than K
+        if ranked.shape[1] < max_k:  # a catalogue smaller than K: the list is simply shorter
+            ranked = torch.cat([ranked, torch.zeros(len(hist), max_k - ranked.shape[1], dtype=torch.long)], 1)
         for key, v in _metric_sums(ranked, truth, ks).items():
             sums[key] += v
     return _ordered(sums, len(split), ks)

@@ -61,3 +61,17 @@ def test_short_ranked_lists_are_padded():
 def test_popularity_counts_training_items():
     score = popularity_scorer([np.array([1, 2, 2]), np.array([2, 3])], n_items=4)
     assert score([np.array([1])])[0].tolist() == [0.0, 1.0, 3.0, 1.0, 0.0]
+
+
+def test_catalogue_smaller_than_k():
+    # 6 items, K up to 50: lists are shorter than K; masked items never count as ranked
+    split = _split()
+    lookup = {tuple(h.tolist()): u for u, h in zip(split.user, split.history)}
+
+    def score_fn(histories):
+        return torch.tensor([SCORES[lookup[tuple(h.tolist())]] for h in histories])
+
+    got = evaluate_scorer(score_fn, split, n_items=6, ks=(2, 4, 50))
+    assert got["recall@2"] == pytest.approx(EXPECTED["recall@2"])
+    assert got["recall@50"] == pytest.approx(1.0)
+    assert got["ndcg@50"] == pytest.approx(EXPECTED["ndcg@4"])
