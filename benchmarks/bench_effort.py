@@ -1,0 +1,96 @@
+"""Benchmark (b): effort norms, batched with hooks vs a batch-size-1 autograd loop, same model.
+
+Targets (random weights; the speed and the agreement do not depend on training):
+
+- ``tiger``: TIGER with the default ``TigerConfig`` (4+4 layers, d_model 128) over random
+  semantic IDs for the data's items; block = last decoder layer's self-attention ``v``;
+- ``bigrec``: a Llama-shaped causal LM built here (``--hidden``, ``--layers``) with LoRA
+  (r 8, alpha 16, q_proj/v_proj), alpaca prompts from the samples' titles; block = the last
+  layer's ``v_proj`` LoRA B.
+
+    python benchmarks/bench_effort.py --data /work/data/games-prepared --samples 512
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dealrec.data import PreparedData
+from dealrec.effort import EffortTarget, _last_matching, find_linear, freeze_all_but_weight, per_sample_norm_loop
+
+
+def tiger_target_random(data: PreparedData, seed: int) -> EffortTarget:
+    from finetune.rqvae import semantic_ids_from_codes
+    from finetune.tiger import TigerConfig, TigerModel
+
+    codes = np.random.default_rng(seed).integers(0, 256, size=(data.n_items, 3))
+    sem, _ = semantic_ids_from_codes(codes, 256)
+    model = TigerModel(TigerConfig(), sem, seed=seed).eval()
+    name, block = find_linear(model, _last_matching(model, "layer.0.SelfAttention.v", within="decoder."))
+    freeze_all_but_weight(model, block)
+    return EffortTarget("tiger", name, block, lambda s: model.encode(list(s.history), list(s.target)),
+                        model.sample_losses, {})
+
+
+def bigrec_target_random(data: PreparedData, hidden: int, layers: int, workdir: Path) -> EffortTarget:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from tiny_lm import make_tiny_causal_lm
+
+    from dealrec.effort import bigrec_target
+
+    titles = data.titles()
+    llm = make_tiny_causal_lm("llama", [t for t in titles[1:2000] if t], workdir / "llm", hidden=hidden,
+                              layers=layers, heads=max(1, hidden // 32), vocab_size=4096)
+    return bigrec_target(str(llm), titles, max_tokens=256)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--samples", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--targets", default="tiger,bigrec")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = PreparedData(args.data)
+    samples = data.samples()
+    idx = np.sort(np.random.default_rng(args.seed).choice(len(samples), args.samples, replace=False))
+    samples = samples.subset(idx)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}, load average "
+          f"{os.getloadavg()[0]:.1f}; {args.samples} random samples of {data.root}")
+    print()
+    print("| target | block (shape) | batched (samples/s) | loop, batch 1 (samples/s) | speed ratio | max rel. diff |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.targets.split(","):
+            target = tiger_target_random(data, args.seed) if name == "tiger" else \
+                bigrec_target_random(data, args.hidden, args.layers, Path(tmp))
+            t0 = time.perf_counter()
+            batched = np.concatenate([target.norms(samples.subset(np.arange(lo, min(lo + args.batch_size,
+                                                                                    len(samples)))))
+                                      for lo in range(0, len(samples), args.batch_size)])
+            t_batched = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            loop = per_sample_norm_loop(target.sample_losses, target.block,
+                                        [target.collate(samples.subset([i])) for i in range(len(samples))])
+            t_loop = time.perf_counter() - t0
+            rel = float(np.max(np.abs(batched - loop) / np.abs(loop)))
+            shape = "x".join(map(str, target.block.weight.shape))
+            print(f"| {name} | {target.block_name} ({shape}) | {len(samples) / t_batched:.1f} | "
+                  f"{len(samples) / t_loop:.1f} | {t_loop / t_batched:.1f}x | {rel:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
