@@ -116,12 +116,40 @@ class EffortTarget:
     collate: Callable          # Samples -> batch dict
     sample_losses: Callable    # batch dict -> Tensor[B]
     info: dict
+    lengths: Callable | None = None   # Samples -> token count of each; enables length-sorted sub-batches
 
     def __post_init__(self):
         self.taps = LinearTaps(self.block)
 
     def norms(self, samples) -> np.ndarray:
-        return batch_grad_norms(self.sample_losses, self.block, self.taps, self.collate(samples))
+        if self.lengths is None or len(samples) < 2:
+            return batch_grad_norms(self.sample_losses, self.block, self.taps, self.collate(samples))
+        # Prompts differ a lot in length: pad each sub-batch only to its own longest prompt.
+        # The sub-batches are a deterministic function of the batch, and a sample's norm does
+        # not depend on its batch-mates, so the result is the same as one big batch.
+        lengths = np.asarray(self.lengths(samples))
+        order = np.argsort(lengths, kind="stable")
+        out = np.zeros(len(samples), dtype=np.float64)
+        for group in padding_groups(lengths[order]):
+            idx = order[group]
+            out[idx] = batch_grad_norms(self.sample_losses, self.block, self.taps, self.collate(samples.subset(idx)))
+        return out
+
+
+def padding_groups(sorted_lengths: np.ndarray, waste: float = 0.25, max_tokens: int = 16384) -> list[np.ndarray]:
+    """Cut ascending lengths into runs whose padding adds at most ``waste`` of their real tokens."""
+    groups, start = [], 0
+    for end in range(1, len(sorted_lengths) + 1):
+        if end == len(sorted_lengths):
+            groups.append(np.arange(start, end))
+            break
+        longest = sorted_lengths[end]
+        real = sorted_lengths[start:end + 1].sum()
+        padded = longest * (end + 1 - start)
+        if padded > (1 + waste) * real or padded > max_tokens:
+            groups.append(np.arange(start, end))
+            start = end
+    return groups
 
 
 def _last_matching(model: nn.Module, suffix: str, within: str = "") -> str:
@@ -169,9 +197,15 @@ def bigrec_target(llm_dir: str, titles: list[str], adapter: str | None = None, b
     template = PromptTemplate()
     pad = tokenizer.pad_token_id
 
-    def collate(samples) -> dict:
-        rows = [encode_example(tokenizer, [titles[i] for i in h], titles[t], template, max_tokens, "response")
+    def encode(samples) -> list[dict]:
+        return [encode_example(tokenizer, [titles[i] for i in h], titles[t], template, max_tokens, "response")
                 for h, t in zip(samples.history, samples.target)]
+
+    def lengths(samples) -> list[int]:
+        return [len(r["input_ids"]) for r in encode(samples)]
+
+    def collate(samples) -> dict:
+        rows = encode(samples)
         width = max(len(r["input_ids"]) for r in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
@@ -187,7 +221,7 @@ def bigrec_target(llm_dir: str, titles: list[str], adapter: str | None = None, b
             "lora": {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": list(target_modules)},
             "block": block_name, "block_shape": list(linear.weight.shape), "max_tokens": max_tokens,
             "prompt": "alpaca (finetune.prompts.PromptTemplate defaults), loss on the response"}
-    return EffortTarget("bigrec", block_name, linear, collate, causal_lm_sample_losses(model), info)
+    return EffortTarget("bigrec", block_name, linear, collate, causal_lm_sample_losses(model), info, lengths)
 
 
 TIGER_DEFAULT_BLOCK = "layer.0.SelfAttention.v"  # in the last decoder block

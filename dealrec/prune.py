@@ -60,7 +60,7 @@ def _same_sources(manifest: dict, data: Path) -> bool:
 
 
 def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max_minutes: float | None,
-                    max_epochs: int, progress: bool) -> tuple[Path, dict]:
+                    max_epochs: int, progress: bool, threads: int | None = None) -> tuple[Path, dict]:
     if surrogate:
         return Path(surrogate), {"trained": False, "surrogate": str(surrogate)}
     target = out / "surrogate"
@@ -70,7 +70,7 @@ def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max
 
     metrics = train_surrogate(data, "sasrec", target,
                               train_cfg=TrainConfig(seed=seed, max_minutes=max_minutes, max_epochs=max_epochs,
-                                                    progress=progress),
+                                                    progress=progress, threads=threads),
                               overwrite=True)
     return target, {"trained": True, "surrogate": str(target), "epochs": metrics.get("epochs"),
                     "seconds_per_epoch": metrics.get("seconds_per_epoch"), "valid": metrics.get("valid")}
@@ -78,12 +78,17 @@ def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max
 
 def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: ScoreConfig | None = None,
               lam: float | None = None, k: int | None = None, hard_prune: float | None = None,
-              surrogate_minutes: float | None = 8.0, surrogate_epochs: int = 100, progress: bool = True) -> dict:
+              surrogate_minutes: float | None = 8.0, surrogate_epochs: int = 100, progress: bool = True,
+              threads: int | None = None) -> dict:
     from dealrec.export import run_export
     from dealrec.select import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, run_select
 
     config = config or ScoreConfig()
     config.check()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)  # the driver's phases; Ray actors size their own
     data, out = Path(data), Path(out)
     if n < 1:
         raise DealrecError("--n must be at least 1")
@@ -97,7 +102,7 @@ def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: Sc
 
     t0 = time.perf_counter()
     surrogate_dir, sur_info = surrogate_phase(prepared, out, surrogate, config.seed, surrogate_minutes,
-                                              surrogate_epochs, progress)
+                                              surrogate_epochs, progress, threads)
     phases["train_surrogate"] = {"seconds": round(time.perf_counter() - t0, 3), **sur_info}
 
     t0 = time.perf_counter()
@@ -119,6 +124,7 @@ def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: Sc
     manifest = _read_manifest(out)
     manifest["prune"] = {"command": "dealrec prune", "data": str(data), "n": n, "seed": config.seed,
                          "surrogate_minutes": surrogate_minutes, "surrogate_epochs": surrogate_epochs,
+                         "threads": threads,
                          "phases": phases, "seconds": round(time.perf_counter() - t_all, 3),
                          "n_selected": selection.get("n_selected")}
     write_json_atomic(out / MANIFEST_FILE, manifest)
@@ -137,15 +143,17 @@ def _make_command():
                   help="Wall-clock budget of surrogate training (checked after each epoch).")
     @click.option("--surrogate-epochs", type=int, default=100, show_default=True,
                   help="At most this many surrogate epochs (early stopping on validation NDCG@10 too).")
+    @click.option("--threads", type=int, default=None,
+                  help="Torch threads of this process (surrogate training, solve); on a busy machine 1 is faster.")
     @click.option("--lambda", "lam", type=float, default=None, help="Weight of the effort score [0.3].")
     @click.option("--k", "k", type=int, default=None, help="Strata [50].")
     @click.option("--hard-prune", type=float, default=None, help="Share of top scores dropped [0.1].")
     @_score_options
-    def prune_command(data, n, out, surrogate, surrogate_minutes, surrogate_epochs, lam, k, hard_prune, quiet,
-                      **options):
+    def prune_command(data, n, out, surrogate, surrogate_minutes, surrogate_epochs, threads, lam, k, hard_prune,
+                      quiet, **options):
         """Prepare DATA if raw, train the surrogate, score, select N samples and export them to OUT."""
         manifest = run_prune(data, out, n, surrogate, config_from_options(**options), lam, k, hard_prune,
-                             surrogate_minutes, surrogate_epochs, progress=not quiet)
+                             surrogate_minutes, surrogate_epochs, progress=not quiet, threads=threads)
         p = manifest["prune"]
         times = ", ".join(f"{name} {v['seconds']:.0f}s" for name, v in p["phases"].items())
         click.echo(f"coreset of {p['n_selected']} samples -> {Path(out) / 'coreset.parquet'} "

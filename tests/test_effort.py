@@ -72,3 +72,14 @@ def test_unknown_block_names_the_choices(llama_dir):
         find_linear(model, "no_such_proj")
     with pytest.raises(DealrecError, match="not a Linear"):
         find_linear(model, "model.layers.0.input_layernorm")
+
+
+def test_length_sorted_sub_batches_give_the_same_norms(llama_dir):
+    from dealrec.effort import padding_groups
+
+    groups = padding_groups(np.array([3, 3, 4, 10, 11, 30]))
+    assert [list(g) for g in groups] == [[0, 1, 2], [3, 4], [5]]
+    target = bigrec_target(str(llama_dir), TITLES, max_tokens=96)
+    samples = tiny_samples(12, N_ITEMS, seed=6, max_hist=8)
+    whole = batch_grad_norms(target.sample_losses, target.block, target.taps, target.collate(samples))
+    np.testing.assert_allclose(target.norms(samples), whole, rtol=1e-5)
