@@ -36,8 +36,9 @@ def tiger_target_random(data: PreparedData, seed: int) -> EffortTarget:
     model = TigerModel(TigerConfig(), sem, seed=seed).eval()
     name, block = find_linear(model, _last_matching(model, "layer.0.SelfAttention.v", within="decoder."))
     freeze_all_but_weight(model, block)
+    keep = model.config.max_history_items
     return EffortTarget("tiger", name, block, lambda s: model.encode(list(s.history), list(s.target)),
-                        model.sample_losses, {})
+                        model.sample_losses, {}, lambda s: [min(len(h), keep) * model.n_levels + 1 for h in s.history])
 
 
 def bigrec_target_random(data: PreparedData, hidden: int, layers: int, workdir: Path) -> EffortTarget:

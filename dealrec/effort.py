@@ -240,6 +240,11 @@ def tiger_target(tiger_dir: str, block: str | None = None) -> EffortTarget:
     def collate(samples) -> dict:
         return model.encode(list(samples.history), list(samples.target))
 
+    keep = model.config.max_history_items
+
+    def lengths(samples) -> list[int]:  # encoder tokens: 4 per kept history item (3 codes + collision) + eos
+        return [min(len(h), keep) * model.n_levels + 1 for h in samples.history]
+
     info = {"target": "tiger", "tiger": str(tiger_dir), "block": block_name,
             "block_shape": list(linear.weight.shape)}
-    return EffortTarget("tiger", block_name, linear, collate, model.sample_losses, info)
+    return EffortTarget("tiger", block_name, linear, collate, model.sample_losses, info, lengths)

@@ -83,3 +83,23 @@ def test_length_sorted_sub_batches_give_the_same_norms(llama_dir):
     samples = tiny_samples(12, N_ITEMS, seed=6, max_hist=8)
     whole = batch_grad_norms(target.sample_losses, target.block, target.taps, target.collate(samples))
     np.testing.assert_allclose(target.norms(samples), whole, rtol=1e-5)
+
+
+def test_tiger_effort_equals_per_sample_loop(tmp_path):
+    from dealrec.effort import tiger_target
+    from finetune.rqvae import semantic_ids_from_codes
+    from finetune.tiger import TigerConfig, TigerModel, save_tiger
+
+    codes = np.random.default_rng(0).integers(0, 4, size=(N_ITEMS, 3))
+    sem, _ = semantic_ids_from_codes(codes, 4)
+    cfg = TigerConfig(d_model=16, d_ff=32, num_layers=1, num_decoder_layers=2, num_heads=2, d_kv=8,
+                      dropout=0.1, max_history_items=5)
+    save_tiger(TigerModel(cfg, sem, seed=0), tmp_path / "tiger")
+    target = tiger_target(str(tmp_path / "tiger"))
+    assert target.block_name == "t5.decoder.block.1.layer.0.SelfAttention.v"   # the last decoder layer's
+    samples = tiny_samples(10, N_ITEMS, seed=3, max_hist=8)
+    loop = per_sample_norm_loop(target.sample_losses, target.block,
+                                [target.collate(samples.subset([i])) for i in range(len(samples))])
+    assert np.all(loop > 0)
+    np.testing.assert_allclose(target.norms(samples), loop, rtol=1e-4)
+    assert target.norms(samples).tobytes() == target.norms(samples).tobytes()  # eval mode: no dropout
