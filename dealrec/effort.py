@@ -44,12 +44,12 @@ def norms_from_rows(a: torch.Tensor, g: torch.Tensor, method: str = "auto") -> n
         method = "ghost" if t * (d_in + d_out) < d_in * d_out else "direct"
     if method == "direct":
         grads = torch.einsum("bto,bti->boi", g64, a64)
-        return grads.reshape(b, -1).norm(dim=1).numpy()
+        return grads.reshape(b, -1).norm(dim=1).cpu().numpy()
     if method == "ghost":
         gram_a = a64 @ a64.transpose(1, 2)   # [B, T, T]
         gram_g = g64 @ g64.transpose(1, 2)
         sq = (gram_a * gram_g).sum(dim=(1, 2)).clamp(min=0)
-        return sq.sqrt().numpy()
+        return sq.sqrt().cpu().numpy()
     raise ValueError(f"unknown norm method {method!r}")
 
 

@@ -128,8 +128,13 @@ def _effort_target(task: dict):
         from dealrec.effort import bigrec_target, tiger_target
 
         if task["target"] == "bigrec":
+            import torch
+
             titles = PreparedData(task["data"]).titles()
-            return bigrec_target(task["llm"], titles, adapter=task.get("adapter"), block=task.get("effort_block"))
+            # an actor that was given a GPU (only when the cluster has one) uses it
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            return bigrec_target(task["llm"], titles, adapter=task.get("adapter"), block=task.get("effort_block"),
+                                 device=device)
         return tiger_target(task["tiger_dir"], block=task.get("effort_block"))
     return _cached(("effort", task["target"], task.get("llm"), task.get("adapter"), task.get("tiger_dir"),
                     task.get("effort_block")), build)
