@@ -75,10 +75,11 @@ def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConf
     history = []
     started = time.perf_counter()
     train_seconds = 0.0
+    train_cpu_seconds = 0.0  # this process's CPU time: a load-independent view on a shared machine
     latest = ""
     epoch = 0
     for epoch in range(1, cfg.max_epochs + 1):
-        epoch_start = time.perf_counter()
+        epoch_start, epoch_cpu_start = time.perf_counter(), time.process_time()
         model.train()
         order = shuffle_rng.permutation(len(samples))
         bar = tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not cfg.progress, leave=False,
@@ -99,6 +100,7 @@ def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConf
         bar.close()
         epoch_train_seconds = time.perf_counter() - epoch_start
         train_seconds += epoch_train_seconds
+        train_cpu_seconds += time.process_time() - epoch_cpu_start
 
         valid = evaluate_scorer(model.score_histories, valid_split, data.n_items, batch_size=cfg.eval_batch_size)
         improved = valid["ndcg@10"] > best["ndcg@10"]
@@ -130,7 +132,9 @@ def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConf
         "seconds": seconds,
         # training time only (no evaluation): what one pass of gradients over all samples costs
         "seconds_per_epoch": train_seconds / max(epoch, 1),
+        "cpu_seconds_per_epoch": train_cpu_seconds / max(epoch, 1),
         "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],
         "n_samples": len(samples),
         "train_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
         "history": history,

@@ -59,7 +59,7 @@ def test_training_learns_the_sequence_rule_and_writes_the_folder(prepared, tmp_p
     for split in ("valid", "test"):
         assert set(on_disk[split]) == METRIC_KEYS
     assert on_disk["epochs"] == 25 and 1 <= on_disk["best_epoch"] <= 25
-    assert on_disk["seconds"] > 0 and on_disk["seconds_per_epoch"] > 0
+    assert on_disk["seconds"] > 0 and on_disk["seconds_per_epoch"] > 0 and on_disk["cpu_seconds_per_epoch"] > 0
     data = PreparedData(prepared)
     popularity = evaluate_scorer(popularity_scorer(data.samples().sequences(), N_ITEMS),
                                  data.eval_split("test"), N_ITEMS)
