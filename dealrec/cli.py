@@ -1,10 +1,13 @@
 """The ``dealrec`` command line.
 
-Each command lives beside the code it drives and is registered here, one line each.
+Each command lives beside the code it drives and is named here, in ``COMMANDS``; a command's
+module is imported only when that command (or the help listing) needs it, so ``dealrec
+prepare`` does not pay for importing Ray, transformers and peft.
 A ``DealrecError`` becomes one line on stderr and exit status 2, never a traceback.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -13,7 +16,22 @@ from dealrec import __version__
 from dealrec.errors import DealrecError
 
 
-class _Group(click.Group):
+class _LazyGroup(click.Group):
+    """A group whose subcommands are ``module:attribute`` strings, imported on first use."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy and name not in self.commands:
+            module, attr = self.lazy[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -22,24 +40,22 @@ class _Group(click.Group):
             sys.exit(2)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_LazyGroup, lazy={
+    "prepare": "dealrec.prepare:prepare_command",
+    "train-surrogate": "surrogates.cli:train_surrogate",
+    "score": "dealrec.score:score_command",
+    "select": "dealrec.select:select_command",
+    "export": "dealrec.export:export_command",
+    "prune": "dealrec.prune:prune_command",
+})
 @click.version_option(__version__, prog_name="dealrec")
 def main():
     """Prune the fine-tuning set of an LLM-based recommender (DEALRec)."""
 
 
-# ---- command registry: one line per command module -------------------------------------
-
-
-@main.group()
+@main.group(cls=_LazyGroup, lazy={
+    "tiger": "finetune.tiger_train:tiger_command",
+    "bigrec": "finetune.bigrec:bigrec_command",
+})
 def finetune():
     """Fine-tune a downstream recommender (TIGER, BIGRec) on a samples table or coreset."""
-from dealrec.prepare import prepare_command; main.add_command(prepare_command)  # noqa: E402
-
-from finetune.bigrec import bigrec_command; finetune.add_command(bigrec_command, "bigrec")  # noqa: E402
-from dealrec.select import select_command; main.add_command(select_command)  # noqa: E402
-from dealrec.export import export_command; main.add_command(export_command)  # noqa: E402
-from dealrec.score import score_command; main.add_command(score_command)  # noqa: E402
-from surrogates.cli import train_surrogate; main.add_command(train_surrogate)  # noqa: E402
-from finetune.tiger_train import tiger_command; finetune.add_command(tiger_command, "tiger")  # noqa: E402
-from dealrec.prune import prune_command; main.add_command(prune_command)  # noqa: E402
