@@ -124,12 +124,12 @@ class LocalExecutor:
 
     kind = "local"
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int = 1):
         self.workers = 0
         self.threads = threads
 
     def describe(self) -> dict:
-        return {"executor": "local", "workers": 0}
+        return {"executor": "local", "workers": 0, "threads": self.threads}
 
     def has_gpu(self) -> bool:
         import torch
@@ -138,13 +138,18 @@ class LocalExecutor:
 
     def run(self, fn: Callable[[dict], dict], tasks: list[dict], desc: str, progress: bool = True,
             use_gpu: bool = False) -> Iterator[dict]:
+        import torch
+
         bar = _progress(len(tasks), desc, progress)
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)  # the same thread count as a Ray actor: the same bytes
         try:
             for task in tasks:
                 result = fn(task)
                 bar.update(1)
                 yield result
         finally:
+            torch.set_num_threads(before)
             bar.close()
 
     def shutdown(self) -> None:
@@ -171,7 +176,7 @@ class RayExecutor:
 
     kind = "ray"
 
-    def __init__(self, workers: int | None = None, address: str | None = None):
+    def __init__(self, workers: int | None = None, address: str | None = None, threads: int = 1):
         import ray
 
         self.started_here = False
@@ -201,7 +206,9 @@ class RayExecutor:
         self.workers = workers
         self.cpus_per_actor = min(1.0, budget / workers) if self.cpus <= workers + 1 else \
             max(1.0, float(int(budget // workers)))
-        self.threads = max(1, int(self.cpus // workers))
+        # A fixed thread count, not one derived from the pool size: matrix products may add in a
+        # different order with more threads, and results must not depend on --workers.
+        self.threads = max(1, int(threads))
         self._pools: dict[bool, list] = {}
 
     def describe(self) -> dict:
@@ -256,13 +263,13 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(workers: int | None, address: str | None = None):
+def make_executor(workers: int | None, address: str | None = None, threads: int = 1):
     """``workers == 0``: in-process; otherwise Ray (local unless ``address``); ``None`` sizes the pool."""
     if workers == 0:
         if address:
             raise DealrecError("--ray-address needs --workers >= 1 (or leave --workers out)")
-        return LocalExecutor()
-    return RayExecutor(workers, address)
+        return LocalExecutor(threads)
+    return RayExecutor(workers, address, threads)
 
 
 def run_phase(executor, fn: Callable[[dict], dict], store: ShardStore, shards: Iterable[Shard],

@@ -144,7 +144,7 @@ def _make_command():
     @click.option("--surrogate-epochs", type=int, default=100, show_default=True,
                   help="At most this many surrogate epochs (early stopping on validation NDCG@10 too).")
     @click.option("--threads", type=int, default=None,
-                  help="Torch threads of this process (surrogate training, solve); on a busy machine 1 is faster.")
+                  help="Torch threads for surrogate training (scoring uses --threads-per-worker); on a busy machine 1 is faster.")
     @click.option("--lambda", "lam", type=float, default=None, help="Weight of the effort score [0.3].")
     @click.option("--k", "k", type=int, default=None, help="Strata [50].")
     @click.option("--hard-prune", type=float, default=None, help="Share of top scores dropped [0.1].")

@@ -48,6 +48,8 @@ class ScoreConfig:
     shard_size: int = 4096
     workers: int | None = None     # None: Ray, pool sized from the cluster; 0: in this process
     ray_address: str | None = None
+    threads: int = 1               # torch threads of every worker and of the solve: fixed, so that
+                                   # results are the same bits whatever the number of workers
     seed: int = 0
 
     def check(self) -> None:
@@ -228,12 +230,13 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
         raise DealrecError(f"{samples_dir}: the samples table is empty")
     phases: dict = {}
     own_executor = executor is None
-    executor = executor or make_executor(config.workers, config.ray_address)
+    executor = executor or make_executor(config.workers, config.ray_address, config.threads)
     try:
         # ---- 1. capture
         shards = plan_shards(n, config.shard_size, config.batch_size)
         cap_store = ShardStore(work / "capture", "capture", "safetensors")
-        cap_inputs = {"samples": samples_sha, "surrogate": surrogate_sha, "batch_size": config.batch_size}
+        cap_inputs = {"samples": samples_sha, "surrogate": surrogate_sha, "batch_size": config.batch_size,
+                      "threads": executor.threads}
         phases["capture"] = run_phase(
             executor, capture_task, cap_store, shards,
             lambda s: {"samples_dir": samples_dir, "surrogate": str(surrogate), "surrogate_sha256": surrogate_sha,
@@ -249,14 +252,22 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
                 grad_sum += batch_sum
         v = grad_sum / n
         solve_store = ShardStore(work / "solve", "solve", "safetensors")
-        solve_key = stable_hash({"capture": cap_inputs, "hvp": config.hvp.to_dict(), "n": n})
+        solve_key = stable_hash({"capture": cap_inputs, "hvp": config.hvp.to_dict(), "n": n,
+                                 "threads": config.threads})
         solve_shard = plan_shards(1, 1, 1)[0]
         if solve_store.is_done(solve_shard, solve_key):
             u = load_file(str(solve_store.output(solve_shard)))["u"]
             solve_summary = json.loads(solve_store.manifest(solve_shard).read_text())["summary"]
             solve_summary["resumed"] = True
         else:
-            result = solve_influence_system(surrogate, samples, v, config.hvp)
+            import torch
+
+            before = torch.get_num_threads()
+            torch.set_num_threads(config.threads)
+            try:
+                result = solve_influence_system(surrogate, samples, v, config.hvp)
+            finally:
+                torch.set_num_threads(before)
             u = result.x
             solve_summary = result.summary()
             tmp = solve_store.temporary(solve_shard)
@@ -281,7 +292,7 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
             task_base = {"samples_dir": samples_dir, "data": str(prepared.root), "target": config.target,
                          "batch_size": config.effort_batch_size, "effort_block": config.effort_block}
             eff_inputs = {"samples": samples_sha, "target": config.target, "batch_size": config.effort_batch_size,
-                          "block": config.effort_block}
+                          "block": config.effort_block, "threads": executor.threads}
             if config.target == "bigrec":
                 task_base.update({"llm": str(config.llm), "adapter": config.adapter})
                 eff_inputs.update(_folder_digest(config.llm, "llm"))
@@ -418,6 +429,9 @@ def _score_options(f):
                      help="Ray workers (default: CPUs - 1); 0 runs in this process without Ray."),
         click.option("--shard-size", type=int, default=4096, show_default=True, help="Rows per shard."),
         click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting one."),
+        click.option("--threads-per-worker", "threads_per_worker", type=int, default=1, show_default=True,
+                     help="Torch threads of each worker and of the solve (fixed: results do not depend on "
+                          "--workers; the same value gives the same bits)."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
@@ -428,13 +442,13 @@ def _score_options(f):
 
 def config_from_options(hvp, damping, lissa_scale, lissa_steps, hessian_samples, hvp_batch, target, llm, adapter,
                         target_init, effort_block, batch_size, effort_batch_size, workers, shard_size,
-                        ray_address, seed) -> ScoreConfig:
+                        ray_address, seed, threads_per_worker=1) -> ScoreConfig:
     return ScoreConfig(
         hvp=HvpConfig(solver=hvp, damping=damping, scale=lissa_scale, lissa_steps=lissa_steps,
                       hessian_samples=hessian_samples, hvp_batch=hvp_batch, seed=seed),
         target=target, llm=llm, adapter=adapter, target_init=target_init, effort_block=effort_block,
         batch_size=batch_size, effort_batch_size=effort_batch_size, shard_size=shard_size, workers=workers,
-        ray_address=ray_address, seed=seed)
+        ray_address=ray_address, threads=threads_per_worker, seed=seed)
 
 
 def _make_command():

@@ -117,6 +117,7 @@ def test_same_bytes_for_executors_workers_and_shard_sizes(inputs, ray_session, t
     assert a.read_bytes() == b.read_bytes()
     manifest = json.loads((runs["ray2-48"] / "manifest.json").read_text())
     assert manifest["executor"]["workers"] == 2 and manifest["executor"]["cpus_per_actor"] < 1.0
+    assert manifest["executor"]["threads_per_actor"] == 1
     assert {"capture", "solve", "influence", "effort"} <= set(manifest["phases"])
     assert manifest["inputs"]["surrogate"] == str(sur)
 
