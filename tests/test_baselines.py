@@ -20,15 +20,6 @@ from surrogates.sasrec import SASRec, SASRecConfig
 N_ITEMS = 30
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: a second intra-op thread only adds contention on the shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(loss="ce", max_len=6, seed=0, **fields):
     model = SASRec(SASRecConfig(n_items=N_ITEMS, max_len=max_len, hidden=8, n_heads=2, ffn_hidden=16,
                                 loss=loss, seed=seed, **fields))

@@ -16,14 +16,6 @@ TITLES = [""] + [f"Quest of the {w} Kingdom {i}" for i, w in
                             "Storm", "Ember", "Frost", "Night"], 1)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
     return make_tiny_causal_lm("llama", TITLES[1:], tmp_path_factory.mktemp("llm") / "llama", hidden=32, layers=2)

@@ -14,15 +14,6 @@ from tiny_surrogate import tiny_samples
 N_ITEMS = 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Micro-models: one thread avoids oversubscribing a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup(one_thread):
     torch.manual_seed(0)

@@ -15,14 +15,6 @@ from tiny_surrogate import TinySurrogate, tiny_samples
 N_ITEMS = 30
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _sasrec(loss: str):
     model = build_surrogate("sasrec", n_items=N_ITEMS, hidden=8, n_blocks=2, n_heads=2, ffn_hidden=16,
                             max_len=8, dropout=0.0, loss=loss, init_std=0.3, seed=1)

@@ -16,14 +16,6 @@ N_USERS, N_ITEMS = 60, 60  # the evaluator ranks a top 50: keep more items than 
 WORDS = ["Red", "Blue", "Green", "Silver", "Iron", "Golden", "Shadow", "Crystal"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def write_release(folder: Path) -> Path:
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True)

@@ -13,14 +13,6 @@ from finetune.rqvae import (RQVAEConfig, add_collision_token, kmeans, load_seman
 FAST = RQVAEConfig(codebook_size=16, latent_dim=8, hidden_dims=(32,), epochs=12, batch_size=64, kmeans_iters=10)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def clustered_embeddings(n=300, dim=24, seed=0, duplicates=20):
     """Items around a few centres, with ``duplicates`` exact copies (same title on two platforms)."""
     rng = np.random.default_rng(seed)

@@ -15,15 +15,6 @@ from surrogates.sasrec import SASRec, hashed_negatives
 N_ITEMS = 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny matrices: one thread avoids thread start-up and contention on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(loss="ce", positions="from_start", seed=0, max_len=12) -> SASRec:
     model = build_surrogate("sasrec", n_items=N_ITEMS, max_len=max_len, hidden=16, n_heads=2, n_blocks=2,
                             ffn_hidden=32, loss=loss, positions=positions, seed=seed)

@@ -20,15 +20,6 @@ TINY = TigerConfig(d_model=16, d_ff=32, num_layers=1, num_decoder_layers=1, num_
                    dropout=0.0, max_history_items=5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: threads only add overhead, and the machine is shared
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_model(n_items=60, codebook=4, seed=0) -> TigerModel:
     codes = np.random.default_rng(seed).integers(0, codebook, size=(n_items, 3))
     sem, _ = semantic_ids_from_codes(codes, codebook)
