@@ -118,6 +118,20 @@ def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = N
 
 # ============================================================================= release format
 
+def _json_objects(path: Path, **kwargs):
+    """(line number, object) for every non-blank line of a JSONL file; a bad line is an InputError."""
+    for n, text in _lines(path, **kwargs):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"bad JSON: {e.msg} (column {e.colno})", line=n) from None
+        if not isinstance(obj, dict):
+            raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", line=n)
+        yield n, obj
+
+
 def _lines(path: Path, desc: str | None = None):
     """(line number, decoded text) for every line; undecodable bytes are bad input.
 
@@ -191,15 +205,7 @@ def read_items_jsonl(path: Path) -> pa.Table:
     categories: list[list[str]] = []
     other: dict[str, dict[int, str | None]] = {}
     first_line: dict[int, int] = {}
-    for n, text in _lines(path):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(path, f"bad JSON: {e.msg} (column {e.colno})", line=n) from None
-        if not isinstance(obj, dict):
-            raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", line=n)
+    for n, obj in _json_objects(path):
         if "item" not in obj:
             raise InputError(path, "no 'item' field", line=n, field="item")
         item = obj["item"]
@@ -355,15 +361,7 @@ def _read_jsonl(path: Path, what: str, wanted: tuple[str, ...] | None) -> tuple[
     """
     columns: dict[str, list] = {}
     lines: list[int] = []
-    for n, text in _lines(path, desc=f"read {path.name}"):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(path, f"bad JSON: {e.msg} (column {e.colno})", line=n) from None
-        if not isinstance(obj, dict):
-            raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", line=n)
+    for n, obj in _json_objects(path, desc=f"read {path.name}"):
         row = len(lines)
         lines.append(n)
         for key, value in obj.items():
