@@ -22,7 +22,7 @@ from scipy.stats import spearmanr
 
 from dealrec.data import PreparedData
 from dealrec.hvp import HessianPool, HvpConfig, solve
-from dealrec.influence import LinearTaps, capture_batch, freeze_all_but, influence_from_rows
+from dealrec.influence import LinearTaps, capture_samples, freeze_all_but, influence_from_rows
 from dealrec.score import hessian_pool_rows
 from surrogates.base import load_surrogate
 
@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--damping", type=float, default=0.01)
     ap.add_argument("--scale", type=float, default=25.0)
     ap.add_argument("--solvers", default="exact,cg,lissa")
+    ap.add_argument("--chunk-tokens", type=int, default=1024, help="capture chunks (as dealrec score)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -51,7 +52,7 @@ def main():
     parts = []
     for lo in range(0, n, 256):
         idx = np.arange(lo, min(lo + 256, n))
-        parts.append((idx, capture_batch(model, taps, model.collate(samples.subset(idx)))))
+        parts.append((idx, capture_samples(model, taps, samples.subset(idx), args.chunk_tokens)))
     v = sum(r.grad_sum for _, r in parts) / n
 
     base = HvpConfig(damping=args.damping, scale=args.scale, lissa_steps=args.lissa_steps,

@@ -121,6 +121,49 @@ def capture_batch(model, taps: LinearTaps, batch: dict) -> BatchRows:
                      a.numpy(), g.numpy(), (g64.T @ a64).numpy())
 
 
+def length_chunks(lengths: np.ndarray, token_budget: int) -> list[np.ndarray]:
+    """Split a batch into chunks of similar length: indices sorted by length (stable), grouped
+    greedily while ``rows x longest`` stays within ``token_budget`` (a chunk has at least one row).
+
+    Random batches of a long-tailed log are mostly padding (on Games 16% of a 256-sample batch's
+    positions are real); chunks of similar length make that about 65% and up. The chunks depend
+    only on the batch's own lengths, so results stay independent of sharding and workers.
+    """
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    chunks, start = [], 0
+    for end in range(1, len(order) + 1):
+        longest = max(int(lengths[order[end - 1]]), 1)
+        if end - start > 1 and (end - start) * longest > token_budget:
+            chunks.append(order[start:end - 1])
+            start = end - 1
+    if start < len(order):
+        chunks.append(order[start:])
+    return chunks
+
+
+def capture_samples(model, taps: LinearTaps, samples, token_budget: int = 0) -> BatchRows:
+    """``capture_batch`` over a batch of samples, run as length-sorted chunks (``token_budget`` 0:
+    one chunk). Rows come chunk by chunk; ``sample_index`` and ``losses`` refer to the batch's order
+    and ``grad_sum`` adds the chunks' float64 sums in chunk order."""
+    n = len(samples)
+    if token_budget <= 0:
+        return capture_batch(model, taps, model.collate(samples))
+    lengths = np.fromiter((len(h) + 1 for h in samples.history), dtype=np.int64, count=n)
+    max_len = getattr(getattr(model, "config", None), "max_len", None)
+    if max_len:  # a model that keeps only the most recent positions pads to at most max_len
+        lengths = np.minimum(lengths, int(max_len))
+    losses = np.zeros(n, dtype=np.float64)
+    index, a, g, grad_sum = [], [], [], None
+    for chunk in length_chunks(lengths, token_budget):
+        part = capture_batch(model, taps, model.collate(samples.subset(chunk)))
+        losses[chunk] = part.losses
+        index.append(chunk[part.sample_index])
+        a.append(part.a)
+        g.append(part.g)
+        grad_sum = part.grad_sum if grad_sum is None else grad_sum + part.grad_sum
+    return BatchRows(losses, np.concatenate(index).astype(np.int64), np.concatenate(a), np.concatenate(g), grad_sum)
+
+
 def influence_from_rows(sample_index: np.ndarray, a: np.ndarray, g: np.ndarray, u: np.ndarray,
                         n_samples: int) -> np.ndarray:
     """``sum_t g_t^T U a_t`` for every sample, in float64 (samples without rows score 0)."""

@@ -45,6 +45,8 @@ class ScoreConfig:
     effort_block: str | None = None
     batch_size: int = 256          # surrogate batches (fixed by the global row index)
     effort_batch_size: int = 64    # target-model batches (same rule)
+    chunk_tokens: int = 1024       # a surrogate batch runs as length-sorted chunks of <= this many
+                                   # padded positions (0: the batch as one block)
     shard_size: int = 4096
     workers: int | None = None     # None: Ray, pool sized from the cluster; 0: in this process
     ray_address: str | None = None
@@ -58,6 +60,8 @@ class ScoreConfig:
             raise DealrecError(f"unknown --target {self.target!r} (choose from {', '.join(TARGETS)})")
         if self.target == "bigrec" and not self.llm:
             raise DealrecError("--target bigrec needs --llm DIR (a local HuggingFace causal LM folder)")
+        if self.chunk_tokens < 0:
+            raise DealrecError(f"--chunk-tokens must be 0 or more, got {self.chunk_tokens}")
         if self.shard_size % self.batch_size or self.shard_size % self.effort_batch_size:
             raise DealrecError(f"--shard-size ({self.shard_size}) must be a multiple of the batch sizes "
                                f"({self.batch_size}, {self.effort_batch_size}) so that batches never depend "
@@ -103,14 +107,14 @@ def capture_task(task: dict) -> dict:
     """Phase 1 on one shard: rows and per-batch gradient sums, written as one safetensors file."""
     from safetensors.numpy import save_file
 
-    from dealrec.influence import capture_batch
+    from dealrec.influence import capture_samples
 
     store, shard = task_store(task)
     model, block, taps = _surrogate(task["surrogate"], task["surrogate_sha256"])
     samples = _shard_samples(task["samples_dir"], shard.start, shard.stop)
     index, a, g, sums, losses = [], [], [], [], []
     for lo, hi in batch_ranges(shard, task["batch_size"]):
-        rows = capture_batch(model, taps, model.collate(samples.subset(np.arange(lo, hi))))
+        rows = capture_samples(model, taps, samples.subset(np.arange(lo, hi)), task["chunk_tokens"])
         index.append(rows.sample_index + lo)
         a.append(rows.a)
         g.append(rows.g)
@@ -236,11 +240,11 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
         shards = plan_shards(n, config.shard_size, config.batch_size)
         cap_store = ShardStore(work / "capture", "capture", "safetensors")
         cap_inputs = {"samples": samples_sha, "surrogate": surrogate_sha, "batch_size": config.batch_size,
-                      "threads": executor.threads}
+                      "chunk_tokens": config.chunk_tokens, "threads": executor.threads}
         phases["capture"] = run_phase(
             executor, capture_task, cap_store, shards,
             lambda s: {"samples_dir": samples_dir, "surrogate": str(surrogate), "surrogate_sha256": surrogate_sha,
-                       "batch_size": config.batch_size},
+                       "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens},
             cap_inputs, "influence: capture", progress)
 
         # ---- 2. mean gradient and solve
@@ -425,6 +429,10 @@ def _score_options(f):
                      help="Linear module (name or unique suffix) whose gradient norm is the effort."),
         click.option("--batch-size", type=int, default=256, show_default=True, help="Surrogate batch size."),
         click.option("--effort-batch-size", type=int, default=64, show_default=True, help="Target batch size."),
+        click.option("--chunk-tokens", type=int, default=1024, show_default=True,
+                     help="Influence capture runs each surrogate batch as length-sorted chunks of at most "
+                          "this many padded positions (0: one block); the scores do not depend on it beyond "
+                          "float rounding."),
         click.option("--workers", type=int, default=None,
                      help="Ray workers (default: CPUs - 1); 0 runs in this process without Ray."),
         click.option("--shard-size", type=int, default=4096, show_default=True, help="Rows per shard."),
@@ -442,13 +450,13 @@ def _score_options(f):
 
 def config_from_options(hvp, damping, lissa_scale, lissa_steps, hessian_samples, hvp_batch, target, llm, adapter,
                         target_init, effort_block, batch_size, effort_batch_size, workers, shard_size,
-                        ray_address, seed, threads_per_worker=1) -> ScoreConfig:
+                        ray_address, seed, threads_per_worker=1, chunk_tokens=1024) -> ScoreConfig:
     return ScoreConfig(
         hvp=HvpConfig(solver=hvp, damping=damping, scale=lissa_scale, lissa_steps=lissa_steps,
                       hessian_samples=hessian_samples, hvp_batch=hvp_batch, seed=seed),
         target=target, llm=llm, adapter=adapter, target_init=target_init, effort_block=effort_block,
-        batch_size=batch_size, effort_batch_size=effort_batch_size, shard_size=shard_size, workers=workers,
-        ray_address=ray_address, threads=threads_per_worker, seed=seed)
+        batch_size=batch_size, effort_batch_size=effort_batch_size, chunk_tokens=chunk_tokens, shard_size=shard_size,
+        workers=workers, ray_address=ray_address, threads=threads_per_worker, seed=seed)
 
 
 def _make_command():

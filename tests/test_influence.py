@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from dealrec.errors import DealrecError
-from dealrec.influence import LinearTaps, capture_batch, freeze_all_but, influence_from_rows, \
-    per_sample_gradient_loop
+from dealrec.influence import LinearTaps, capture_batch, capture_samples, freeze_all_but, influence_from_rows, \
+    length_chunks, per_sample_gradient_loop
 from surrogates.base import build_surrogate
 from tiny_surrogate import TinySurrogate, tiny_samples
 
@@ -28,14 +28,14 @@ MODELS = {
 }
 
 
-def _capture(model, samples, batch_size):
+def _capture(model, samples, batch_size, chunk_tokens=0):
     block = model.influence_block()
     freeze_all_but(model, block)
     taps = LinearTaps(block)
     parts = []
     for lo in range(0, len(samples), batch_size):
         idx = np.arange(lo, min(lo + batch_size, len(samples)))
-        parts.append((idx, capture_batch(model, taps, model.collate(samples.subset(idx)))))
+        parts.append((idx, capture_samples(model, taps, samples.subset(idx), chunk_tokens)))
     taps.remove()
     return parts
 
@@ -47,12 +47,13 @@ def _influence(parts, u, n):
     return out
 
 
+@pytest.mark.parametrize("chunk_tokens", [0, 20])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_influence_equals_per_sample_autograd_loop(name):
+def test_influence_equals_per_sample_autograd_loop(name, chunk_tokens):
     model = MODELS[name]()
     samples = tiny_samples(37, N_ITEMS, seed=3)  # lengths 0..12 (truncated at max_len), 37 = ragged batches
     block = model.influence_block()
-    parts = _capture(model, samples, batch_size=8)
+    parts = _capture(model, samples, batch_size=8, chunk_tokens=chunk_tokens)
     loop = per_sample_gradient_loop(model, block, model.collate, samples)   # [N, out, in]
 
     # the mean gradient v from the float64 batch sums equals the mean of the loop's gradients
@@ -75,6 +76,37 @@ def test_scores_do_not_depend_on_batch_boundaries():
     by_batch = {b: _influence(_capture(model, samples, b), u, len(samples)) for b in (1, 7, 40)}
     np.testing.assert_allclose(by_batch[7], by_batch[1], rtol=1e-12)
     np.testing.assert_allclose(by_batch[40], by_batch[1], rtol=1e-12)
+
+
+def test_length_chunks_cover_the_batch_within_the_budget():
+    lengths = np.random.default_rng(4).integers(1, 60, size=300)
+    for budget in (1, 50, 64, 1000, 10**6):
+        chunks = length_chunks(lengths, budget)
+        together = np.concatenate(chunks)
+        assert sorted(together.tolist()) == list(range(len(lengths)))       # every row exactly once
+        assert np.all(np.diff(lengths[together]) >= 0)                      # shortest first
+        for c in chunks:  # within the budget, unless one row alone exceeds it
+            assert len(c) == 1 or len(c) * lengths[c].max() <= budget
+        if budget >= 60 * 300:
+            assert len(chunks) == 1
+
+
+def test_chunked_capture_matches_one_block():
+    model = MODELS["sasrec-bce"]()
+    samples = tiny_samples(40, N_ITEMS, seed=6)
+    block = model.influence_block()
+    freeze_all_but(model, block)
+    taps = LinearTaps(block)
+    whole = capture_samples(model, taps, samples, 0)
+    for budget in (1, 16, 40):
+        part = capture_samples(model, taps, samples, budget)
+        np.testing.assert_allclose(part.losses, whole.losses, rtol=1e-12)
+        np.testing.assert_allclose(part.grad_sum, whole.grad_sum, rtol=1e-10, atol=1e-14)
+        # the same rows, in another order
+        key = lambda r: np.lexsort(np.c_[r.a, r.sample_index].T)  # noqa: E731
+        assert len(part.sample_index) == len(whole.sample_index)
+        np.testing.assert_array_equal(part.sample_index[key(part)], whole.sample_index[key(whole)])
+        np.testing.assert_allclose(part.g[key(part)], whole.g[key(whole)], rtol=1e-10, atol=1e-14)
 
 
 def test_padding_rows_are_dropped():
