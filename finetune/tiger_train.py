@@ -196,6 +196,8 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
 @click.option("--max-epochs", default=TrainConfig.max_epochs, show_default=True)
 @click.option("--batch-size", default=TrainConfig.batch_size, show_default=True)
 @click.option("--lr", default=TrainConfig.lr, show_default=True)
+@click.option("--warmup-steps", default=TrainConfig.warmup_steps, show_default=True,
+              help="Linear learning-rate warm-up (optimizer steps).")
 @click.option("--patience", default=TrainConfig.patience, show_default=True)
 @click.option("--eval-every-steps", default=TrainConfig.eval_every_steps, show_default=True)
 @click.option("--valid-users", default=TrainConfig.valid_users, show_default=True,
@@ -208,6 +210,7 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
               help="Train on every prefix of each sample's sequence, or on the samples only.")
 @click.option("--d-model", default=TigerConfig.d_model, show_default=True)
 @click.option("--layers", default=TigerConfig.num_layers, show_default=True, help="Encoder and decoder layers each.")
+@click.option("--dropout", default=TigerConfig.dropout, show_default=True, help="T5 dropout rate.")
 @click.option("--max-history", default=TigerConfig.max_history_items, show_default=True,
               help="Most recent history items the encoder reads.")
 @click.option("--rqvae-epochs", default=RQVAEConfig.epochs, show_default=True)
@@ -215,9 +218,9 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
               help="Torch CPU threads (1 suits a small shared machine; 0 = torch's default).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def tiger_command(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epochs, batch_size, lr, patience,
-                  eval_every_steps, valid_users, metric, beam_size, max_minutes, expand_prefixes, d_model, layers,
-                  max_history, rqvae_epochs, threads, overwrite, quiet):
+def tiger_command(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epochs, batch_size, lr, warmup_steps,
+                  patience, eval_every_steps, valid_users, metric, beam_size, max_minutes, expand_prefixes, d_model,
+                  layers, dropout, max_history, rqvae_epochs, threads, overwrite, quiet):
     """Train TIGER (semantic IDs + T5) on TRAIN and evaluate it on DATA's validation and test splits."""
     if metric != "loss" and metric not in {f"{m}@{k}" for m in ("recall", "ndcg") for k in DEFAULT_KS}:
         raise DealrecError(f"--metric {metric}: choose loss or recall/ndcg@10/20/50")
@@ -235,13 +238,13 @@ def tiger_command(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_e
         if model.n_items != data.n_items:
             raise DealrecError(f"{init_ckpt}: checkpoint has {model.n_items} items, {data_dir} has {data.n_items}")
     else:
-        tiger_cfg = TigerConfig(d_model=d_model, num_layers=layers, num_decoder_layers=layers,
+        tiger_cfg = TigerConfig(d_model=d_model, num_layers=layers, num_decoder_layers=layers, dropout=dropout,
                                 max_history_items=max_history)
         model = build_tiger(data, seed=seed, config=tiger_cfg,
                             rqvae_config=RQVAEConfig(epochs=rqvae_epochs, seed=seed),
                             encoder_dir=encoder_dir, progress=not quiet)
     build_seconds = time.time() - t0
-    cfg = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, lr=lr, patience=patience,
+    cfg = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, patience=patience,
                       eval_every_steps=eval_every_steps, valid_users=valid_users, metric=metric, beam_size=beam_size,
                       max_minutes=max_minutes, expand_prefixes=expand_prefixes, seed=seed, progress=not quiet)
     result = train_tiger(model, train, data, cfg)
