@@ -35,14 +35,14 @@ from finetune.tiger import TigerConfig, TigerModel, build_tiger, load_tiger, sav
 @dataclass
 class TrainConfig:
     max_epochs: int = 200
-    batch_size: int = 256
+    batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 100
-    expand_prefixes: bool = True
-    eval_every_steps: int = 200     # validation at the first epoch end after this many steps
+    warmup_steps: int = 20
+    expand_prefixes: bool = False
+    eval_every_steps: int = 32      # validation at the first epoch end after this many steps
     patience: int = 3               # validations without improvement before stopping
-    metric: str = "loss"            # early stopping: "loss" (validation NLL) or e.g. "recall@20"
+    metric: str = "recall@10"       # early stopping: "loss" (validation NLL) or a ranking metric
     valid_users: int = 0            # validation users for early stopping (0 = all)
     beam_size: int = 50
     eval_batch_size: int = 128
@@ -206,7 +206,7 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
               help="Early-stopping criterion: loss (validation NLL) or a ranking metric such as recall@20.")
 @click.option("--beam-size", default=TrainConfig.beam_size, show_default=True)
 @click.option("--max-minutes", default=0.0, show_default=True, help="Time budget of the training loop (0 = none).")
-@click.option("--expand-prefixes/--no-expand-prefixes", default=True, show_default=True,
+@click.option("--expand-prefixes/--no-expand-prefixes", default=TrainConfig.expand_prefixes, show_default=True,
               help="Train on every prefix of each sample's sequence, or on the samples only.")
 @click.option("--d-model", default=TigerConfig.d_model, show_default=True)
 @click.option("--layers", default=TigerConfig.num_layers, show_default=True, help="Encoder and decoder layers each.")

@@ -173,7 +173,7 @@ def test_command_trains_on_a_hand_written_coreset_and_reloads(tmp_path, tiny_enc
     out = tmp_path / "out"
     args = ["finetune", "tiger", "--data", str(data_dir), "--train", str(tmp_path / "coreset.parquet"),
             "--out", str(out), "--encoder", str(tiny_encoder), "--d-model", "16", "--layers", "1",
-            "--rqvae-epochs", "3", "--max-epochs", "3", "--eval-every-steps", "1", "--quiet"]
+            "--rqvae-epochs", "3", "--max-epochs", "3", "--eval-every-steps", "1", "--expand-prefixes", "--quiet"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
