@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from dealrec.errors import DealrecError
-from dealrec.influence import LinearTaps
+from dealrec.influence import LinearTaps, length_groups
 
 
 def norms_from_rows(a: torch.Tensor, g: torch.Tensor, method: str = "auto") -> np.ndarray:
@@ -127,29 +127,10 @@ class EffortTarget:
         # Prompts differ a lot in length: pad each sub-batch only to its own longest prompt.
         # The sub-batches are a deterministic function of the batch, and a sample's norm does
         # not depend on its batch-mates, so the result is the same as one big batch.
-        lengths = np.asarray(self.lengths(samples))
-        order = np.argsort(lengths, kind="stable")
         out = np.zeros(len(samples), dtype=np.float64)
-        for group in padding_groups(lengths[order]):
-            idx = order[group]
+        for idx in length_groups(self.lengths(samples)):
             out[idx] = batch_grad_norms(self.sample_losses, self.block, self.taps, self.collate(samples.subset(idx)))
         return out
-
-
-def padding_groups(sorted_lengths: np.ndarray, waste: float = 0.25, max_tokens: int = 16384) -> list[np.ndarray]:
-    """Cut ascending lengths into runs whose padding adds at most ``waste`` of their real tokens."""
-    groups, start = [], 0
-    for end in range(1, len(sorted_lengths) + 1):
-        if end == len(sorted_lengths):
-            groups.append(np.arange(start, end))
-            break
-        longest = sorted_lengths[end]
-        real = sorted_lengths[start:end + 1].sum()
-        padded = longest * (end + 1 - start)
-        if padded > (1 + waste) * real or padded > max_tokens:
-            groups.append(np.arange(start, end))
-            start = end
-    return groups
 
 
 def _last_matching(model: nn.Module, suffix: str, within: str = "") -> str:

@@ -67,7 +67,7 @@ def test_unknown_block_names_the_choices(llama_dir):
 
 
 def test_length_sorted_sub_batches_give_the_same_norms(llama_dir):
-    from dealrec.effort import padding_groups
+    from dealrec.influence import padding_groups
 
     groups = padding_groups(np.array([3, 3, 4, 10, 11, 30]))
     assert [list(g) for g in groups] == [[0, 1, 2], [3, 4], [5]]

@@ -8,7 +8,7 @@ from torch import nn
 
 from dealrec.errors import DealrecError
 from dealrec.influence import LinearTaps, capture_batch, capture_samples, freeze_all_but, influence_from_rows, \
-    length_chunks, per_sample_gradient_loop
+    length_groups, per_sample_gradient_loop
 from surrogates.base import build_surrogate
 from tiny_surrogate import TinySurrogate, tiny_samples
 
@@ -78,10 +78,10 @@ def test_scores_do_not_depend_on_batch_boundaries():
     np.testing.assert_allclose(by_batch[40], by_batch[1], rtol=1e-12)
 
 
-def test_length_chunks_cover_the_batch_within_the_budget():
+def test_capture_chunks_cover_the_batch_within_the_budget():
     lengths = np.random.default_rng(4).integers(1, 60, size=300)
     for budget in (1, 50, 64, 1000, 10**6):
-        chunks = length_chunks(lengths, budget)
+        chunks = length_groups(lengths, waste=np.inf, max_tokens=budget)  # as capture_samples cuts
         together = np.concatenate(chunks)
         assert sorted(together.tolist()) == list(range(len(lengths)))       # every row exactly once
         assert np.all(np.diff(lengths[together]) >= 0)                      # shortest first
