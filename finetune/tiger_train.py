@@ -196,7 +196,7 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
 @click.option("--max-epochs", default=TrainConfig.max_epochs, show_default=True)
 @click.option("--batch-size", default=TrainConfig.batch_size, show_default=True)
 @click.option("--lr", default=TrainConfig.lr, show_default=True)
-@click.option("--warmup-steps", default=TrainConfig.warmup_steps, show_default=True,
+@click.option("--warmup-steps", default=TrainConfig.warmup_steps, show_default=True, type=click.IntRange(min=0),
               help="Linear learning-rate warm-up (optimizer steps).")
 @click.option("--patience", default=TrainConfig.patience, show_default=True)
 @click.option("--eval-every-steps", default=TrainConfig.eval_every_steps, show_default=True)
@@ -210,7 +210,8 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
               help="Train on every prefix of each sample's sequence, or on the samples only.")
 @click.option("--d-model", default=TigerConfig.d_model, show_default=True)
 @click.option("--layers", default=TigerConfig.num_layers, show_default=True, help="Encoder and decoder layers each.")
-@click.option("--dropout", default=TigerConfig.dropout, show_default=True, help="T5 dropout rate.")
+@click.option("--dropout", default=TigerConfig.dropout, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="T5 dropout rate.")
 @click.option("--max-history", default=TigerConfig.max_history_items, show_default=True,
               help="Most recent history items the encoder reads.")
 @click.option("--rqvae-epochs", default=RQVAEConfig.epochs, show_default=True)

@@ -214,6 +214,11 @@ def test_command_rejects_bad_training_file(tmp_path, tiny_encoder):
     res = CliRunner().invoke(main, ["finetune", "tiger", "--data", str(data_dir), "--train",
                                     str(tmp_path / "nohist.parquet"), "--out", str(tmp_path / "o"), "--quiet"])
     assert res.exit_code == 2 and "history" in res.output
+    for option, value in (("--dropout", "1.5"), ("--warmup-steps", "-3")):
+        res = CliRunner().invoke(main, ["finetune", "tiger", "--data", str(data_dir), "--train",
+                                        str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "o"), option, value])
+        assert res.exit_code == 2 and option in res.output and "Traceback" not in res.output
+        assert not (tmp_path / "o").exists()
 
 
 def test_train_tiger_learns_a_walk(tmp_path):
