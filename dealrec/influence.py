@@ -6,8 +6,11 @@ gradient of the sample's loss with respect to ``W`` is ``G_s = sum_t g_t a_t^T``
 ``sum_s L(s)`` give every ``(a_t, g_t)`` of every sample at once, because ``L(s)`` depends only on
 sample ``s`` (the surrogate contract). From those rows:
 
-- the mean gradient ``v = mean_s G_s = (1/N) sum_rows g_t a_t^T`` (float64 sums per fixed batch,
-  added in batch order, so the result does not depend on how batches are grouped into shards);
+- the mean gradient of the training risk, ``v = sum_s w_s G_s / sum_s w_s``, where ``w_s`` is the
+  sample's weight in the objective the surrogate was trained on (``sample_weights``: the number
+  of positions it predicts for a position-weighted SASRec; 1 for a sample-weighted one). Both
+  sums (``sum_s G_s`` and ``sum_s w_s G_s``) are kept in float64 per fixed batch and added in batch
+  order, so the result does not depend on how batches are grouped into shards;
 - the influence ``G_s . U = sum_t g_t^T U a_t`` for ``U = H^-1 v`` reshaped like ``W``.
 
 The rows ``(a_t, g_t)`` are kept (only those with a non-zero ``g_t``: padding rows contribute
@@ -105,6 +108,8 @@ class BatchRows:
     a: np.ndarray             # [R, d_in]
     g: np.ndarray             # [R, d_out]
     grad_sum: np.ndarray      # float64 [d_out, d_in] = sum over the batch of G_s
+    weighted_sum: np.ndarray  # float64 [d_out, d_in] = sum over the batch of w_s G_s
+    weight: float             # sum over the batch of w_s
 
 
 def capture_batch(model, taps: LinearTaps, batch: dict) -> BatchRows:
@@ -117,9 +122,22 @@ def capture_batch(model, taps: LinearTaps, batch: dict) -> BatchRows:
             raise DealrecError("the surrogate returned a non-finite sample loss")
         torch.autograd.grad(losses.sum(), taps.block.weight)
     index, a, g = taps.rows(losses.shape[0])
+    weights = _sample_weights(model, batch, losses.shape[0])
     a64, g64 = a.double(), g.double()
     return BatchRows(losses.detach().double().numpy(), index.numpy().astype(np.int64),
-                     a.numpy(), g.numpy(), (g64.T @ a64).numpy())
+                     a.numpy(), g.numpy(), (g64.T @ a64).numpy(),
+                     ((g64 * weights[index].unsqueeze(1)).T @ a64).numpy(), float(weights.sum()))
+
+
+def _sample_weights(model, batch: dict, n: int) -> torch.Tensor:
+    """float64 ``[n]``: the model's ``sample_weights`` (all ones for a model without them)."""
+    fn = getattr(model, "sample_weights", None)
+    if fn is None:
+        return torch.ones(n, dtype=torch.float64)
+    w = torch.as_tensor(fn(batch)).detach().to(torch.float64).reshape(-1)
+    if w.shape[0] != n or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise DealrecError(f"sample_weights must give {n} finite, non-negative weights, got shape {tuple(w.shape)}")
+    return w
 
 
 def padding_groups(sorted_lengths: np.ndarray, waste: float = 0.25, max_tokens: int = 16384) -> list[np.ndarray]:
@@ -155,7 +173,7 @@ def capture_samples(model, taps: LinearTaps, samples, token_budget: int = 0) -> 
     ``token_budget`` padded positions (0: one chunk). Random batches of a long-tailed log are
     mostly padding (on Games 16% of a 256-sample batch's positions are real; about 65% in chunks).
     Rows come chunk by chunk; ``sample_index`` and ``losses`` refer to the batch's order and
-    ``grad_sum`` adds the chunks' float64 sums in chunk order."""
+    ``grad_sum``/``weighted_sum``/``weight`` add the chunks' float64 sums in chunk order."""
     n = len(samples)
     if token_budget <= 0:
         return capture_batch(model, taps, model.collate(samples))
@@ -164,7 +182,7 @@ def capture_samples(model, taps: LinearTaps, samples, token_budget: int = 0) -> 
     if max_len:  # a model that keeps only the most recent positions pads to at most max_len
         lengths = np.minimum(lengths, int(max_len))
     losses = np.zeros(n, dtype=np.float64)
-    index, a, g, grad_sum = [], [], [], None
+    index, a, g, grad_sum, weighted_sum, weight = [], [], [], None, None, 0.0
     for chunk in length_groups(lengths, waste=math.inf, max_tokens=token_budget):
         part = capture_batch(model, taps, model.collate(samples.subset(chunk)))
         losses[chunk] = part.losses
@@ -172,7 +190,10 @@ def capture_samples(model, taps: LinearTaps, samples, token_budget: int = 0) -> 
         a.append(part.a)
         g.append(part.g)
         grad_sum = part.grad_sum if grad_sum is None else grad_sum + part.grad_sum
-    return BatchRows(losses, np.concatenate(index).astype(np.int64), np.concatenate(a), np.concatenate(g), grad_sum)
+        weighted_sum = part.weighted_sum if weighted_sum is None else weighted_sum + part.weighted_sum
+        weight += part.weight
+    return BatchRows(losses, np.concatenate(index).astype(np.int64), np.concatenate(a), np.concatenate(g), grad_sum,
+                     weighted_sum, weight)
 
 
 def influence_from_rows(sample_index: np.ndarray, a: np.ndarray, g: np.ndarray, u: np.ndarray,

@@ -33,12 +33,16 @@ from dealrec.hvp import HvpConfig, SOLVERS
 SCORES_FILE = "scores.parquet"
 MANIFEST_FILE = "manifest.json"
 TARGETS = ("tiger", "bigrec", "none")
+V_WEIGHTINGS = ("training", "position", "sample")
+CAPTURE_FORMAT = 2  # 2: captures also hold the position-weighted gradient sums
 
 
 @dataclass
 class ScoreConfig:
     hvp: HvpConfig = field(default_factory=lambda: HvpConfig(solver="cg"))
     target: str = "tiger"
+    v_weighting: str = "training"  # the risk whose gradient is v: the one the surrogate was trained on
+                                   # ("training"), or explicitly "position" / "sample" (docs/engine.md)
     llm: str | None = None
     adapter: str | None = None
     target_init: str | None = None
@@ -58,6 +62,8 @@ class ScoreConfig:
         self.hvp.check()
         if self.target not in TARGETS:
             raise DealrecError(f"unknown --target {self.target!r} (choose from {', '.join(TARGETS)})")
+        if self.v_weighting not in V_WEIGHTINGS:
+            raise DealrecError(f"unknown --v-weighting {self.v_weighting!r} (choose from {', '.join(V_WEIGHTINGS)})")
         if self.target == "bigrec" and not self.llm:
             raise DealrecError("--target bigrec needs --llm DIR (a local HuggingFace causal LM folder)")
         if self.chunk_tokens < 0:
@@ -112,19 +118,22 @@ def capture_task(task: dict) -> dict:
     store, shard = task_store(task)
     model, block, taps = _surrogate(task["surrogate"], task["surrogate_sha256"])
     samples = _shard_samples(task["samples_dir"], shard.start, shard.stop)
-    index, a, g, sums, losses = [], [], [], [], []
+    index, a, g, sums, weighted, weights, losses = [], [], [], [], [], [], []
     for lo, hi in batch_ranges(shard, task["batch_size"]):
         rows = capture_samples(model, taps, samples.subset(np.arange(lo, hi)), task["chunk_tokens"])
         index.append(rows.sample_index + lo)
         a.append(rows.a)
         g.append(rows.g)
         sums.append(rows.grad_sum)
+        weighted.append(rows.weighted_sum)
+        weights.append(rows.weight)
         losses.append(rows.losses)
     tmp = store.temporary(shard)
     save_file({"sample_id": samples.sample_id.astype(np.int64), "losses": np.concatenate(losses),
                "row_sample": np.concatenate(index).astype(np.int64),
                "a": np.ascontiguousarray(np.concatenate(a)), "g": np.ascontiguousarray(np.concatenate(g)),
-               "batch_grad_sums": np.stack(sums)}, str(tmp))
+               "batch_grad_sums": np.stack(sums), "batch_weighted_sums": np.stack(weighted),
+               "batch_weights": np.asarray(weights, dtype=np.float64)}, str(tmp))
     store.commit(shard, tmp, task["key"], {"rows": int(sum(len(x) for x in index))})
     return {"shard": shard.index}
 
@@ -184,6 +193,43 @@ def _package_versions() -> dict:
     return out
 
 
+def resolve_v_weighting(v_weighting: str, surrogate_dir: Path) -> str:
+    """``training`` becomes the weighting recorded in the surrogate's ``metrics.json`` (the risk it
+    minimised); a surrogate without that record was trained by something else, and is taken as
+    position-weighted, the usual next-item objective."""
+    if v_weighting != "training":
+        return v_weighting
+    path = Path(surrogate_dir) / "metrics.json"
+    recorded = None
+    if path.exists():
+        try:
+            recorded = (json.loads(path.read_text()).get("train_config") or {}).get("weighting")
+        except (ValueError, AttributeError):
+            raise DealrecError(f"{path}: not valid JSON (cannot tell how the surrogate was trained)") from None
+    if recorded is None:
+        return "position"
+    if recorded not in ("position", "sample"):
+        raise DealrecError(f"{path}: train_config.weighting is {recorded!r}, expected 'position' or 'sample'")
+    return recorded
+
+
+def mean_gradient(captures: list[dict], weighting: str) -> np.ndarray:
+    """``v``: the gradient of the training risk over the block, from the captured per-batch float64 sums
+    added in global batch order. ``sample``: ``sum_s G_s / N``; ``position``: ``sum_s w_s G_s / sum_s w_s``."""
+    key, norm_key = ("batch_weighted_sums", "batch_weights") if weighting == "position" else ("batch_grad_sums", None)
+    total = np.zeros_like(captures[0]["batch_grad_sums"][0])
+    norm = 0.0
+    for c in captures:
+        for i, batch_sum in enumerate(c[key]):  # global batch order, float64
+            total += batch_sum
+            norm += float(c[norm_key][i]) if norm_key else 0.0
+    if norm_key is None:
+        norm = float(sum(len(c["sample_id"]) for c in captures))
+    if not norm > 0:
+        raise DealrecError("the training risk has no weight (every sample has weight 0)")
+    return total / norm
+
+
 def hessian_pool_rows(n_rows: int, config: HvpConfig) -> np.ndarray:
     """The seeded sample of rows whose Hessian every solver uses (sorted row indices)."""
     rng = np.random.default_rng([config.seed, 0x4E55])
@@ -240,7 +286,7 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
         shards = plan_shards(n, config.shard_size, config.batch_size)
         cap_store = ShardStore(work / "capture", "capture", "safetensors")
         cap_inputs = {"samples": samples_sha, "surrogate": surrogate_sha, "batch_size": config.batch_size,
-                      "chunk_tokens": config.chunk_tokens, "threads": executor.threads}
+                      "chunk_tokens": config.chunk_tokens, "threads": executor.threads, "format": CAPTURE_FORMAT}
         phases["capture"] = run_phase(
             executor, capture_task, cap_store, shards,
             lambda s: {"samples_dir": samples_dir, "surrogate": str(surrogate), "surrogate_sha256": surrogate_sha,
@@ -250,14 +296,11 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
         # ---- 2. mean gradient and solve
         t0 = time.perf_counter()
         captures = [load_file(str(cap_store.output(s))) for s in shards]
-        grad_sum = np.zeros_like(captures[0]["batch_grad_sums"][0])
-        for c in captures:
-            for batch_sum in c["batch_grad_sums"]:  # global batch order, float64
-                grad_sum += batch_sum
-        v = grad_sum / n
+        weighting = resolve_v_weighting(config.v_weighting, surrogate)
+        v = mean_gradient(captures, weighting)
         solve_store = ShardStore(work / "solve", "solve", "safetensors")
         solve_key = stable_hash({"capture": cap_inputs, "hvp": config.hvp.to_dict(), "n": n,
-                                 "threads": config.threads})
+                                 "threads": config.threads, "v_weighting": weighting})
         solve_shard = plan_shards(1, 1, 1)[0]
         if solve_store.is_done(solve_shard, solve_key):
             u = load_file(str(solve_store.output(solve_shard)))["u"]
@@ -277,7 +320,8 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
             tmp = solve_store.temporary(solve_shard)
             save_file({"u": np.ascontiguousarray(u), "v": np.ascontiguousarray(v)}, str(tmp))
             solve_store.commit(solve_shard, tmp, solve_key, {"summary": solve_summary})
-        phases["solve"] = {"seconds": round(time.perf_counter() - t0, 3), "solver": config.hvp.solver}
+        phases["solve"] = {"seconds": round(time.perf_counter() - t0, 3), "solver": config.hvp.solver,
+                           "v_weighting": weighting}
 
         # ---- 3. influence from the kept rows
         t0 = time.perf_counter()
@@ -419,6 +463,10 @@ def _score_options(f):
                      help="Samples in the seeded Hessian pool used by every solver."),
         click.option("--hvp-batch", type=int, default=64, show_default=True,
                      help="Pool minibatch size (one LiSSA step = one HVP on one minibatch)."),
+        click.option("--v-weighting", type=click.Choice(V_WEIGHTINGS), default="training", show_default=True,
+                     help="Whose gradient v is: the risk the surrogate was trained on ('training', read from its "
+                          "metrics.json), every predicted position alike ('position'), or every sample alike "
+                          "('sample', what dealrec used before this option)."),
         click.option("--target", type=click.Choice(TARGETS), default="tiger", show_default=True,
                      help="Target model of the effort score ('none': influence only)."),
         click.option("--llm", type=click.Path(), default=None, help="Causal LM folder for --target bigrec."),
@@ -450,11 +498,13 @@ def _score_options(f):
 
 def config_from_options(hvp, damping, lissa_scale, lissa_steps, hessian_samples, hvp_batch, target, llm, adapter,
                         target_init, effort_block, batch_size, effort_batch_size, workers, shard_size,
-                        ray_address, seed, threads_per_worker=1, chunk_tokens=1024) -> ScoreConfig:
+                        ray_address, seed, threads_per_worker=1, chunk_tokens=1024,
+                        v_weighting="training") -> ScoreConfig:
     return ScoreConfig(
         hvp=HvpConfig(solver=hvp, damping=damping, scale=lissa_scale, lissa_steps=lissa_steps,
                       hessian_samples=hessian_samples, hvp_batch=hvp_batch, seed=seed),
-        target=target, llm=llm, adapter=adapter, target_init=target_init, effort_block=effort_block,
+        target=target, v_weighting=v_weighting, llm=llm, adapter=adapter, target_init=target_init,
+        effort_block=effort_block,
         batch_size=batch_size, effort_batch_size=effort_batch_size, chunk_tokens=chunk_tokens, shard_size=shard_size,
         workers=workers, ray_address=ray_address, threads=threads_per_worker, seed=seed)
 

@@ -10,7 +10,11 @@ class, so adding a model means one new file plus one line in ``SURROGATES``.
   the parameters and the batch (no randomness in eval mode), so influence scores are the same
   whatever the batching and reproduce bit for bit;
 - ``full_sort_scores(batch) -> [B, n_items + 1]``: a score for every item id (0 is padding);
-- ``influence_block() -> nn.Linear``: the layer that influence puts its hooks on.
+- ``influence_block() -> nn.Linear``: the layer that influence puts its hooks on;
+- ``sample_weights(batch) -> [B]`` (optional, default all ones): each sample's weight in the
+  training objective when every predicted position weighs the same (for SASRec: the number
+  of positions its mean loss averages). Influence's ``v`` is the gradient of the risk the
+  surrogate was trained on, so it needs these weights (see docs/engine.md, "Which risk").
 
 Checkpoints are ``model.safetensors`` plus ``config.json`` (never pickles).
 """
@@ -79,6 +83,10 @@ class Surrogate(nn.Module):
 
     def influence_block(self) -> nn.Linear:
         raise NotImplementedError
+
+    def sample_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each sample's weight in the position-weighted training risk; one position each by default."""
+        return torch.ones(len(batch["sample_id"]), dtype=torch.float64)
 
     # ---- conveniences shared by all models -------------------------------------------------
 

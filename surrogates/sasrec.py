@@ -245,6 +245,10 @@ class SASRec(Surrogate):
         counts = (batch["labels"] > 0).sum(1).clamp(min=1)
         return sums / counts
 
+    def sample_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The number of positions each sample's mean loss averages (its weight in ``position`` training)."""
+        return (batch["labels"] > 0).sum(1).to(torch.float64)
+
     def training_loss(self, batch: dict[str, torch.Tensor], weighting: str = "position") -> torch.Tensor:
         """``position``: every predicted item weighs the same (the usual SASRec objective);
         ``sample``: every sample weighs the same (the quantity influence is defined on)."""

@@ -173,3 +173,37 @@ def test_bad_requests_are_one_line_errors(inputs, tmp_path):
         run_score(data, tmp_path, tmp_path / "x", _config(16))
     with pytest.raises(DealrecError, match="not a prepared data folder"):
         run_score(tmp_path, sur, tmp_path / "x", _config(16))
+
+
+def test_v_follows_the_surrogates_training_weighting(inputs, tmp_path):
+    """``--v-weighting training`` reads how the surrogate was trained; the explicit choices win; a
+    change of weighting redoes the solve (it is part of the solve's key) but not the capture."""
+    import dataclasses
+    import shutil
+
+    from dealrec.score import resolve_v_weighting
+
+    _, data, sur, _ = inputs
+    assert resolve_v_weighting("training", sur) == "position"  # nothing recorded: the usual objective
+    recorded = tmp_path / "sur"
+    shutil.copytree(sur, recorded)
+    (recorded / "metrics.json").write_text(json.dumps({"train_config": {"weighting": "sample"}}))
+    assert resolve_v_weighting("training", recorded) == "sample"
+    assert resolve_v_weighting("position", recorded) == "position"
+    (recorded / "metrics.json").write_text("{not json")
+    with pytest.raises(DealrecError, match="metrics.json"):
+        resolve_v_weighting("training", recorded)
+
+    run = tmp_path / "run"
+    run_score(data, sur, run, _config(32))
+    by_position = _scores(run)
+    capture_mtimes = sorted(p.stat().st_mtime_ns for p in (run / "work" / "capture").glob("*.safetensors"))
+    run_score(data, sur, run, dataclasses.replace(_config(32), v_weighting="sample"))
+    by_sample = _scores(run)
+    assert capture_mtimes == sorted(p.stat().st_mtime_ns for p in (run / "work" / "capture").glob("*.safetensors"))
+    assert by_position["sample_id"] == by_sample["sample_id"]
+    assert not np.allclose(by_position["influence"], by_sample["influence"])
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["phases"]["solve"]["v_weighting"] == "sample"
+    with pytest.raises(DealrecError, match="--v-weighting"):
+        run_score(data, sur, tmp_path / "y", dataclasses.replace(_config(32), v_weighting="tokens"))

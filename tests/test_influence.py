@@ -134,3 +134,31 @@ def test_block_must_be_linear_and_run_once():
     freeze_all_but(m, m.lin)
     with pytest.raises(DealrecError, match="ran 2 times"):
         capture_batch(m, LinearTaps(m.lin), {"x": torch.randn(4, 3)})
+
+
+@pytest.mark.parametrize("chunk_tokens", [0, 20])
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_position_weighted_v_is_the_gradient_of_the_training_risk(loss, chunk_tokens):
+    """v with position weighting == autograd of SASRec's position-weighted training loss over all
+    samples at once (the risk the surrogate minimised), whatever the batches and chunks."""
+    model = _sasrec(loss)
+    samples = tiny_samples(37, N_ITEMS, seed=5)
+    block = model.influence_block()
+    parts = _capture(model, samples, batch_size=8, chunk_tokens=chunk_tokens)
+    v = sum(rows.weighted_sum for _, rows in parts) / sum(rows.weight for _, rows in parts)
+    (want,) = torch.autograd.grad(model.training_loss(model.collate(samples), weighting="position"), block.weight)
+    np.testing.assert_allclose(v, want.numpy(), rtol=1e-9, atol=1e-14)
+    # ... and it is not the sample-weighted mean (samples of different lengths weigh differently)
+    v_sample = sum(rows.grad_sum for _, rows in parts) / len(samples)
+    assert not np.allclose(v, v_sample, rtol=1e-3)
+    (want_sample,) = torch.autograd.grad(model.training_loss(model.collate(samples), weighting="sample"),
+                                         block.weight)
+    np.testing.assert_allclose(v_sample, want_sample.numpy(), rtol=1e-9, atol=1e-14)
+
+
+def test_models_without_sample_weights_weigh_every_sample_alike():
+    model = MODELS["tiny-left-padded"]()
+    samples = tiny_samples(19, N_ITEMS, seed=2)
+    parts = _capture(model, samples, batch_size=8)
+    assert sum(rows.weight for _, rows in parts) == len(samples)
+    np.testing.assert_array_equal(sum(rows.weighted_sum for _, rows in parts), sum(rows.grad_sum for _, rows in parts))
