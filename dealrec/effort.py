@@ -162,10 +162,20 @@ def causal_lm_sample_losses(model: nn.Module) -> Callable[[dict], torch.Tensor]:
 
 def bigrec_target(llm_dir: str, titles: list[str], adapter: str | None = None, block: str | None = None,
                   max_tokens: int = 512, r: int = 8, alpha: int = 16, dropout: float = 0.05,
-                  target_modules=("q_proj", "v_proj"), device: str = "cpu") -> EffortTarget:
-    """A local causal LM with LoRA (the paper's settings), scored on BIGRec's alpaca prompts."""
+                  target_modules=("q_proj", "v_proj"), device: str = "cpu",
+                  loss_on: str | None = None) -> EffortTarget:
+    """A local causal LM with LoRA (the paper's settings), scored on BIGRec's alpaca prompts.
+
+    Effort is the gradient norm of the loss the fine-tuning optimises, so the tokens it covers are
+    ``finetune bigrec``'s (``loss_on``: its ``BigrecConfig.loss_on`` default, the whole prompt and
+    response, as the reference trains; ``"response"`` for a trainer that masks the prompt)."""
+    from finetune.bigrec import BigrecConfig
     from finetune.llm import attach_lora, load_causal_lm
-    from finetune.prompts import PromptTemplate, encode_example
+    from finetune.prompts import LOSS_ON, PromptTemplate, encode_example
+
+    loss_on = BigrecConfig.loss_on if loss_on is None else loss_on
+    if loss_on not in LOSS_ON:
+        raise DealrecError(f"unknown loss_on {loss_on!r} (choose from {', '.join(LOSS_ON)})")
 
     model, tokenizer = load_causal_lm(llm_dir, device=device)
     torch.manual_seed(0)  # fresh LoRA A is random: fix it so effort reproduces
@@ -179,7 +189,7 @@ def bigrec_target(llm_dir: str, titles: list[str], adapter: str | None = None, b
     pad = tokenizer.pad_token_id
 
     def encode(samples) -> list[dict]:
-        return [encode_example(tokenizer, [titles[i] for i in h], titles[t], template, max_tokens, "response")
+        return [encode_example(tokenizer, [titles[i] for i in h], titles[t], template, max_tokens, loss_on)
                 for h, t in zip(samples.history, samples.target)]
 
     def lengths(samples) -> list[int]:
@@ -201,7 +211,7 @@ def bigrec_target(llm_dir: str, titles: list[str], adapter: str | None = None, b
     info = {"target": "bigrec", "llm": str(llm_dir), "adapter": str(adapter) if adapter else None,
             "lora": {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": list(target_modules)},
             "block": block_name, "block_shape": list(linear.weight.shape), "max_tokens": max_tokens,
-            "prompt": "alpaca (finetune.prompts.PromptTemplate defaults), loss on the response"}
+            "prompt": "alpaca (finetune.prompts.PromptTemplate defaults)", "loss_on": loss_on}
     return EffortTarget("bigrec", block_name, linear, collate, causal_lm_sample_losses(model), info, lengths)
 
 

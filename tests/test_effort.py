@@ -95,3 +95,25 @@ def test_tiger_effort_equals_per_sample_loop(tmp_path):
     assert np.all(loop > 0)
     np.testing.assert_allclose(target.norms(samples), loop, rtol=1e-4)
     assert target.norms(samples).tobytes() == target.norms(samples).tobytes()  # eval mode: no dropout
+
+
+def test_bigrec_effort_scores_the_loss_that_finetune_bigrec_trains(llama_dir):
+    """One definition: effort's labelled tokens are the trainer's (``BigrecConfig.loss_on``)."""
+    from finetune.bigrec import BigrecConfig
+    from finetune.llm import load_causal_lm
+    from finetune.prompts import PromptTemplate, encode_example
+
+    samples = tiny_samples(5, N_ITEMS, seed=2, max_hist=4)
+    _, tokenizer = load_causal_lm(str(llama_dir))
+    default = bigrec_target(str(llama_dir), TITLES, max_tokens=96)
+    assert default.info["loss_on"] == BigrecConfig.loss_on == "all"
+    batch = default.collate(samples)
+    for i, (h, t) in enumerate(zip(samples.history, samples.target)):
+        want = encode_example(tokenizer, [TITLES[j] for j in h], TITLES[t], PromptTemplate(), 96, BigrecConfig.loss_on)
+        n = len(want["labels"])
+        assert batch["labels"][i, :n].tolist() == want["labels"]
+    response = bigrec_target(str(llama_dir), TITLES, max_tokens=96, loss_on="response")
+    assert (response.collate(samples)["labels"] != -100).sum() < (batch["labels"] != -100).sum()
+    assert not np.allclose(response.norms(samples), default.norms(samples))
+    with pytest.raises(DealrecError, match="loss_on"):
+        bigrec_target(str(llama_dir), TITLES, loss_on="prompt")
