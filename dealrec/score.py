@@ -442,7 +442,11 @@ def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConf
             model = build_tiger(prepared, config.seed, cache_dir=folder.parent / "embeddings", progress=progress)
             save_tiger(model, tmp)
             write_json_atomic(tmp / "DONE.json", {"key": key})
-    info = {"tiger": str(folder), "fresh": True, "sha256": key, "seconds": round(time.perf_counter() - t0, 3)}
+    # what was built, not only what it was built from: two builds with the same inputs must agree
+    built = stable_hash({f: sha256_file(folder / f) for f in ("model.safetensors", "semantic_ids.safetensors")
+                         if (folder / f).exists()})
+    info = {"tiger": str(folder), "fresh": True, "sha256": key, "built_sha256": built,
+            "seconds": round(time.perf_counter() - t0, 3)}
     return folder, info
 
 

@@ -144,7 +144,10 @@ def item_embeddings(items: pa.Table, n_items: int, encoder_dir: str | Path | Non
         cached = np.load(path)
         if cached.shape[0] == n_items + 1:
             return cached
-    emb = encode_texts(texts[1:], encoder_dir, batch_size=batch_size, max_length=max_length, progress=progress)
+    from dealrec.threads import fixed_threads
+
+    with fixed_threads(1):  # the same bits on every run: the RQ-VAE downstream amplifies any difference
+        emb = encode_texts(texts[1:], encoder_dir, batch_size=batch_size, max_length=max_length, progress=progress)
     emb = np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb], 0)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

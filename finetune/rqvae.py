@@ -177,9 +177,18 @@ def add_collision_token(codes: np.ndarray) -> tuple[np.ndarray, dict]:
 def train_rqvae(embeddings: np.ndarray, config: RQVAEConfig, progress: bool = True) -> tuple[RQVAE, SemanticIDs]:
     """Train an RQ-VAE on item embeddings (row 0 = padding, ignored) and derive every item's semantic ID.
 
-    Deterministic for ``config.seed`` (single-threaded ops are not required: all randomness
-    comes from explicit generators, and reductions run in a fixed order on CPU).
+    Deterministic for ``config.seed``: all randomness comes from explicit generators, and the fit
+    runs on one torch thread whatever the caller's setting. With two threads, two runs on the same
+    machine gave different codebooks (reduction order changes the last bits, and code assignments
+    amplify them), and so different semantic IDs and effort scores.
     """
+    from dealrec.threads import fixed_threads
+
+    with fixed_threads(1):
+        return _train_rqvae(embeddings, config, progress)
+
+
+def _train_rqvae(embeddings: np.ndarray, config: RQVAEConfig, progress: bool) -> tuple[RQVAE, SemanticIDs]:
     from tqdm.auto import tqdm
 
     x = torch.from_numpy(np.ascontiguousarray(embeddings[1:], dtype=np.float32))

@@ -116,3 +116,28 @@ def test_semantic_ids_and_rqvae_round_trip(tmp_path):
     assert np.array_equal(sem.codes, sem2.codes) and sem.level_sizes == sem2.level_sizes
     xs = torch.from_numpy(x[1:])
     assert torch.equal(model.codes(xs), model2.codes(xs))
+
+
+def test_semantic_ids_do_not_depend_on_the_callers_thread_count(monkeypatch):
+    """With two threads, two fits on Games gave different codebooks (reduction order changes the last
+    bits; code assignments amplify them). The fit runs on one thread whatever the caller set, and gives
+    the caller's setting back."""
+    from finetune.rqvae import RQVAE
+
+    seen = []
+    forward = RQVAE.forward
+
+    def spy(self, x):
+        seen.append(torch.get_num_threads())
+        return forward(self, x)
+    monkeypatch.setattr(RQVAE, "forward", spy)
+    x = clustered_embeddings(n=400, dim=24, seed=4)
+    runs = []
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        _, sem = train_rqvae(x, FAST, progress=False)
+        assert torch.get_num_threads() == threads
+        runs.append(sem.codes)
+    torch.set_num_threads(1)
+    assert seen and set(seen) == {1}
+    assert np.array_equal(runs[0], runs[1])
