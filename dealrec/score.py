@@ -349,7 +349,7 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
             else:
                 tiger_dir, tiger_info = prepare_tiger_target(prepared, work / "tiger-init", config, progress)
                 task_base["tiger_dir"] = str(tiger_dir)
-                eff_inputs["tiger"] = tiger_info["sha256"]
+                eff_inputs["tiger"] = tiger_info.get("built_sha256", tiger_info["sha256"])  # the content
                 phases["semantic_ids"] = {"seconds": tiger_info.pop("seconds")}
                 target_info.update(tiger_info)
             eff_store = ShardStore(work / "effort", "effort", "safetensors")
@@ -410,6 +410,20 @@ def _read_manifest(out: Path) -> dict:
         return {}
 
 
+def tensors_digest(path: Path) -> str:
+    """sha256 of a safetensors file's tensors (names, dtypes, shapes, bytes in name order). The file's
+    own bytes are no content hash: which name of a tied tensor it keeps can change from run to run."""
+    import hashlib
+
+    from safetensors.numpy import load_file
+
+    h = hashlib.sha256()
+    for name, t in sorted(load_file(str(path)).items()):
+        h.update(f"{name}|{t.dtype.str}|{t.shape}|".encode())
+        h.update(np.ascontiguousarray(t).tobytes())
+    return h.hexdigest()
+
+
 def _folder_digest(path, what: str) -> dict:
     path = Path(path)
     if not path.is_dir():
@@ -443,7 +457,7 @@ def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConf
             save_tiger(model, tmp)
             write_json_atomic(tmp / "DONE.json", {"key": key})
     # what was built, not only what it was built from: two builds with the same inputs must agree
-    built = stable_hash({f: sha256_file(folder / f) for f in ("model.safetensors", "semantic_ids.safetensors")
+    built = stable_hash({f: tensors_digest(folder / f) for f in ("model.safetensors", "semantic_ids.safetensors")
                          if (folder / f).exists()})
     info = {"tiger": str(folder), "fresh": True, "sha256": key, "built_sha256": built,
             "seconds": round(time.perf_counter() - t0, 3)}

@@ -207,3 +207,18 @@ def test_v_follows_the_surrogates_training_weighting(inputs, tmp_path):
     assert manifest["phases"]["solve"]["v_weighting"] == "sample"
     with pytest.raises(DealrecError, match="--v-weighting"):
         run_score(data, sur, tmp_path / "y", dataclasses.replace(_config(32), v_weighting="tokens"))
+
+
+def test_tensors_digest_hashes_content_not_file_bytes(tmp_path):
+    """The built TIGER target is recorded by content: two saves of equal tensors (metadata, order) agree."""
+    from safetensors.numpy import save_file
+
+    from dealrec.score import tensors_digest
+
+    a = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)}
+    save_file(a, str(tmp_path / "one.safetensors"), metadata={"run": "1"})
+    save_file(dict(reversed(list(a.items()))), str(tmp_path / "two.safetensors"), metadata={"run": "2"})
+    assert (tmp_path / "one.safetensors").read_bytes() != (tmp_path / "two.safetensors").read_bytes()
+    assert tensors_digest(tmp_path / "one.safetensors") == tensors_digest(tmp_path / "two.safetensors")
+    save_file({**a, "w": a["w"] + 1e-6}, str(tmp_path / "three.safetensors"))
+    assert tensors_digest(tmp_path / "three.safetensors") != tensors_digest(tmp_path / "one.safetensors")
