@@ -73,12 +73,13 @@ def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max
                                                     progress=progress, threads=threads),
                               overwrite=True)
     return target, {"trained": True, "surrogate": str(target), "epochs": metrics.get("epochs"),
+                    "stopped_by": metrics.get("stopped_by"),
                     "seconds_per_epoch": metrics.get("seconds_per_epoch"), "valid": metrics.get("valid")}
 
 
 def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: ScoreConfig | None = None,
               lam: float | None = None, k: int | None = None, hard_prune: float | None = None,
-              surrogate_minutes: float | None = 8.0, surrogate_epochs: int = 100, progress: bool = True,
+              surrogate_minutes: float | None = None, surrogate_epochs: int = 100, progress: bool = True,
               threads: int | None = None) -> dict:
     from dealrec.export import run_export
     from dealrec.select import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, run_select
@@ -139,8 +140,9 @@ def _make_command():
     @click.option("--n", "n", type=int, default=1024, show_default=True, help="Samples in the coreset.")
     @click.option("--out", required=True, type=click.Path(), help="Run folder (a rerun resumes it).")
     @click.option("--surrogate", type=click.Path(), default=None, help="A trained surrogate (default: train SASRec).")
-    @click.option("--surrogate-minutes", type=float, default=8.0, show_default=True,
-                  help="Wall-clock budget of surrogate training (checked after each epoch).")
+    @click.option("--surrogate-minutes", type=float, default=None,
+                  help="Wall-clock budget of surrogate training, checked after each epoch [default: none: "
+                       "early stopping alone decides, so the coreset does not depend on the machine's speed].")
     @click.option("--surrogate-epochs", type=int, default=100, show_default=True,
                   help="At most this many surrogate epochs (early stopping on validation NDCG@10 too).")
     @click.option("--threads", type=int, default=None,

@@ -78,6 +78,7 @@ def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConf
     train_cpu_seconds = 0.0  # this process's CPU time: a load-independent view on a shared machine
     latest = ""
     epoch = 0
+    stopped_by = "max epochs"
     for epoch in range(1, cfg.max_epochs + 1):
         epoch_start, epoch_cpu_start = time.perf_counter(), time.process_time()
         model.train()
@@ -114,10 +115,13 @@ def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConf
             tqdm.write(f"epoch {epoch:3d}  loss {loss_sum / n_batches:.4f}  {epoch_train_seconds:5.1f}s  "
                        f"valid {format_metrics(valid)}{'  *' if improved else ''}")
         if epoch - best["epoch"] >= cfg.patience:
+            stopped_by = "early stopping"
             break
         if cfg.max_minutes is not None and time.perf_counter() - started > cfg.max_minutes * 60:
-            if cfg.progress:
-                tqdm.write(f"stopping: the {cfg.max_minutes:g}-minute budget is spent")
+            # the one stop that depends on the machine's speed: say so, here and in metrics.json
+            tqdm.write(f"stopping: the {cfg.max_minutes:g}-minute budget is spent (epoch {epoch}); the result "
+                       f"depends on this machine's speed")
+            stopped_by = "time budget"
             break
 
     model.load_state_dict(best["state"])
@@ -129,6 +133,7 @@ def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConf
         "test": test,
         "epochs": epoch,
         "best_epoch": best["epoch"],
+        "stopped_by": stopped_by,   # "early stopping", "max epochs" or "time budget" (machine-dependent)
         "seconds": seconds,
         # training time only (no evaluation): what one pass of gradients over all samples costs
         "seconds_per_epoch": train_seconds / max(epoch, 1),

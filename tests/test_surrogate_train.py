@@ -130,3 +130,17 @@ def test_a_crash_leaves_no_output(prepared, tmp_path, monkeypatch):
                         TrainConfig(max_epochs=1, threads=1, progress=False))
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_the_stop_reason_is_recorded_and_prune_has_no_clock_budget(prepared, tmp_path):
+    """The default prune must not depend on the machine's speed: no wall-clock budget unless asked, and a
+    run that a budget did stop says so."""
+    import inspect
+
+    from dealrec.prune import run_prune
+
+    assert inspect.signature(run_prune).parameters["surrogate_minutes"].default is None
+    cfg = TrainConfig(lr=5e-3, batch_size=16, max_epochs=2, patience=5, seed=3, threads=1, progress=False)
+    assert train_surrogate(prepared, "sasrec", tmp_path / "a", TINY_MODEL, cfg)["stopped_by"] == "max epochs"
+    budget = TrainConfig(**{**cfg.__dict__, "max_minutes": 0.0})
+    assert train_surrogate(prepared, "sasrec", tmp_path / "b", TINY_MODEL, budget)["stopped_by"] == "time budget"
