@@ -179,6 +179,82 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
     return result
 
 
+# ---------------------------------------------------------------------- run
+
+
+def check_metric(metric: str) -> None:
+    """Refuse an early-stopping criterion that ``train_tiger`` cannot compute (before any work)."""
+    if metric != "loss" and metric not in {f"{m}@{k}" for m in ("recall", "ndcg") for k in DEFAULT_KS}:
+        raise DealrecError(f"--metric {metric}: choose loss or recall/ndcg@10/20/50")
+
+
+def run_tiger(data_dir, train_path, out, init_ckpt=None, encoder_dir=None, seed: int = 0,
+              max_epochs: int = TrainConfig.max_epochs, batch_size: int = TrainConfig.batch_size,
+              lr: float = TrainConfig.lr, warmup_steps: int = TrainConfig.warmup_steps,
+              patience: int = TrainConfig.patience, eval_every_steps: int = TrainConfig.eval_every_steps,
+              valid_users: int = TrainConfig.valid_users, metric: str = TrainConfig.metric,
+              beam_size: int = TrainConfig.beam_size, max_minutes: float = 0.0,
+              expand_prefixes: bool = TrainConfig.expand_prefixes, d_model: int = TigerConfig.d_model,
+              layers: int = TigerConfig.num_layers, dropout: float = TigerConfig.dropout,
+              max_history: int = TigerConfig.max_history_items, rqvae_epochs: int = RQVAEConfig.epochs,
+              threads: int = 1, overwrite: bool = False, quiet: bool = False) -> dict:
+    """``dealrec finetune tiger``: build (or load) TIGER, train it on TRAIN, evaluate, write OUT.
+
+    One function behind the command and ``dealrec compare``, so that a comparison trains exactly
+    what the command trains with the same options. The parameters are the command's options; the
+    torch thread count is set for this call only and restored after it (a comparison runs many
+    trainings in one process). Returns the metrics written to ``OUT/metrics.json``.
+    """
+    check_metric(metric)
+    if Path(out).exists() and not overwrite:
+        raise DealrecError(f"{out}: already exists (pass --overwrite to replace it)")
+    threads_before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        return _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epochs, batch_size, lr,
+                          warmup_steps, patience, eval_every_steps, valid_users, metric, beam_size, max_minutes,
+                          expand_prefixes, d_model, layers, dropout, max_history, rqvae_epochs, overwrite, quiet)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epochs, batch_size, lr, warmup_steps,
+               patience, eval_every_steps, valid_users, metric, beam_size, max_minutes, expand_prefixes, d_model,
+               layers, dropout, max_history, rqvae_epochs, overwrite, quiet) -> dict:
+    t0 = time.time()
+    data = PreparedData(data_dir)
+    train = load_samples(train_path, n_items=data.n_items)
+    if len(train) == 0:
+        raise DealrecError(f"{train_path}: no training samples")
+    if init_ckpt:
+        model = load_tiger(init_ckpt)
+        if model.n_items != data.n_items:
+            raise DealrecError(f"{init_ckpt}: checkpoint has {model.n_items} items, {data_dir} has {data.n_items}")
+    else:
+        tiger_cfg = TigerConfig(d_model=d_model, num_layers=layers, num_decoder_layers=layers, dropout=dropout,
+                                max_history_items=max_history)
+        model = build_tiger(data, seed=seed, config=tiger_cfg,
+                            rqvae_config=RQVAEConfig(epochs=rqvae_epochs, seed=seed),
+                            encoder_dir=encoder_dir, progress=not quiet)
+    build_seconds = time.time() - t0
+    cfg = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, patience=patience,
+                      eval_every_steps=eval_every_steps, valid_users=valid_users, metric=metric, beam_size=beam_size,
+                      max_minutes=max_minutes, expand_prefixes=expand_prefixes, seed=seed, progress=not quiet)
+    result = train_tiger(model, train, data, cfg)
+    result["build_seconds"] = build_seconds
+    result["seconds"] = time.time() - t0
+    result["semantic_ids"] = model.semantic_ids.stats
+    result["train_config"] = asdict(cfg)
+    result["train"] = str(train_path)
+    result["init"] = str(init_ckpt) if init_ckpt else None
+    result["threads"] = torch.get_num_threads()
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        save_tiger(model, tmp)
+        write_json_atomic(tmp / "metrics.json", result)
+    return result
+
+
 # ---------------------------------------------------------------------- command
 
 
@@ -219,46 +295,10 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
               help="Torch CPU threads (1 suits a small shared machine; 0 = torch's default).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def tiger_command(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epochs, batch_size, lr, warmup_steps,
-                  patience, eval_every_steps, valid_users, metric, beam_size, max_minutes, expand_prefixes, d_model,
-                  layers, dropout, max_history, rqvae_epochs, threads, overwrite, quiet):
+def tiger_command(out, quiet, **options):
     """Train TIGER (semantic IDs + T5) on TRAIN and evaluate it on DATA's validation and test splits."""
-    if metric != "loss" and metric not in {f"{m}@{k}" for m in ("recall", "ndcg") for k in DEFAULT_KS}:
-        raise DealrecError(f"--metric {metric}: choose loss or recall/ndcg@10/20/50")
-    if threads > 0:
-        torch.set_num_threads(threads)
-    if Path(out).exists() and not overwrite:
-        raise DealrecError(f"{out}: already exists (pass --overwrite to replace it)")
-    t0 = time.time()
-    data = PreparedData(data_dir)
-    train = load_samples(train_path, n_items=data.n_items)
-    if len(train) == 0:
-        raise DealrecError(f"{train_path}: no training samples")
-    if init_ckpt:
-        model = load_tiger(init_ckpt)
-        if model.n_items != data.n_items:
-            raise DealrecError(f"{init_ckpt}: checkpoint has {model.n_items} items, {data_dir} has {data.n_items}")
-    else:
-        tiger_cfg = TigerConfig(d_model=d_model, num_layers=layers, num_decoder_layers=layers, dropout=dropout,
-                                max_history_items=max_history)
-        model = build_tiger(data, seed=seed, config=tiger_cfg,
-                            rqvae_config=RQVAEConfig(epochs=rqvae_epochs, seed=seed),
-                            encoder_dir=encoder_dir, progress=not quiet)
-    build_seconds = time.time() - t0
-    cfg = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, patience=patience,
-                      eval_every_steps=eval_every_steps, valid_users=valid_users, metric=metric, beam_size=beam_size,
-                      max_minutes=max_minutes, expand_prefixes=expand_prefixes, seed=seed, progress=not quiet)
-    result = train_tiger(model, train, data, cfg)
-    result["build_seconds"] = build_seconds
-    result["seconds"] = time.time() - t0
-    result["semantic_ids"] = model.semantic_ids.stats
-    result["train_config"] = asdict(cfg)
-    result["train"] = str(train_path)
-    result["init"] = str(init_ckpt) if init_ckpt else None
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        save_tiger(model, tmp)
-        write_json_atomic(tmp / "metrics.json", result)
+    result = run_tiger(out=out, quiet=quiet, **options)
     v, t = result["valid"], result["test"]
-    click.echo(f"tiger: {len(train)} samples, {result['epochs']} epochs, {result['seconds']:.0f}s; "
+    click.echo(f"tiger: {result['train_samples']} samples, {result['epochs']} epochs, {result['seconds']:.0f}s; "
                f"valid R@10 {v['recall@10']:.4f} N@10 {v['ndcg@10']:.4f}; "
                f"test R@10 {t['recall@10']:.4f} N@10 {t['ndcg@10']:.4f} -> {out}")
