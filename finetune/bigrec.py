@@ -478,6 +478,22 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
 
 # ----------------------------------------------------------------------------- the command
 
+def bigrec_config(adapter=None, r=8, alpha=16, dropout=0.05, target_modules=None, lr=1e-4, batch_size=128,
+                  micro_batch_size=4, epochs=50, patience=3, loss_on="all", max_tokens=512, max_steps=None,
+                  max_users=None, valid_loss_samples=512, num_beams=4, max_new_tokens=None, eval_batch_size=16,
+                  domain="games", device="auto", dtype="auto", threads=0, seed=0) -> BigrecConfig:
+    """The ``BigrecConfig`` of the command's options (``--target-modules`` as one comma-separated string):
+    the command and ``dealrec compare`` build the configuration the same way."""
+    return BigrecConfig(
+        r=r, alpha=alpha, dropout=dropout,
+        target_modules=tuple(m.strip() for m in target_modules.split(",") if m.strip()) if target_modules else None,
+        lr=lr, batch_size=batch_size, micro_batch_size=micro_batch_size, epochs=epochs, patience=patience,
+        max_tokens=max_tokens, loss_on=loss_on, valid_loss_samples=valid_loss_samples, max_steps=max_steps,
+        max_users=max_users, num_beams=num_beams, max_new_tokens=max_new_tokens,
+        eval_batch_size=eval_batch_size, domain=domain, seed=seed, device=device, dtype=dtype, threads=threads,
+        adapter=str(adapter) if adapter else None)
+
+
 @click.command("bigrec")
 @click.option("--llm", required=True, type=click.Path(path_type=Path),
               help="Local HuggingFace causal-LM folder (config.json, weights, tokenizer).")
@@ -521,18 +537,7 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
               help="CPU threads for torch (0: torch's default). 1 is often fastest on a busy machine.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def bigrec_command(llm, data, train_path, out, adapter, r, alpha, dropout, target_modules, lr, batch_size,
-                   micro_batch_size, epochs, patience, loss_on, max_tokens, max_steps, max_users,
-                   valid_loss_samples, num_beams, max_new_tokens, eval_batch_size, domain, device, dtype,
-                   threads, seed, overwrite):
+def bigrec_command(llm, data, train_path, out, overwrite, **options):
     """BIGRec: LoRA fine-tune a local causal LM on TRAIN, ground its generations, evaluate."""
-    cfg = BigrecConfig(
-        r=r, alpha=alpha, dropout=dropout,
-        target_modules=tuple(m.strip() for m in target_modules.split(",") if m.strip()) if target_modules else None,
-        lr=lr, batch_size=batch_size, micro_batch_size=micro_batch_size, epochs=epochs, patience=patience,
-        max_tokens=max_tokens, loss_on=loss_on, valid_loss_samples=valid_loss_samples, max_steps=max_steps,
-        max_users=max_users, num_beams=num_beams, max_new_tokens=max_new_tokens,
-        eval_batch_size=eval_batch_size, domain=domain, seed=seed, device=device, dtype=dtype, threads=threads,
-        adapter=str(adapter) if adapter else None)
-    metrics = run_bigrec(llm, data, train_path, out, cfg, overwrite=overwrite)
+    metrics = run_bigrec(llm, data, train_path, out, bigrec_config(**options), overwrite=overwrite)
     click.echo(json.dumps({k: metrics[k] for k in ("valid", "test", "steps", "epochs", "seconds")}))
