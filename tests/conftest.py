@@ -16,3 +16,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    """A stand-in tiny BERT folder (random weights, MiniLM's tokenizer): fast, same loading path.
+    Shared by the TIGER and compare tests, which build semantic IDs from item texts."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from finetune.embed import default_encoder_dir
+
+    folder = tmp_path_factory.mktemp("enc")
+    src = default_encoder_dir()
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, folder / name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64)).save_pretrained(folder)
+    return folder

@@ -144,23 +144,6 @@ def make_prepared(root, n_items=40, n_users=60, seed=0):
     return root
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    """A stand-in tiny BERT folder (random weights, MiniLM's tokenizer): fast, same loading path."""
-    from transformers import BertConfig, BertModel
-    import shutil
-    from finetune.embed import default_encoder_dir
-    folder = tmp_path_factory.mktemp("enc")
-    src = default_encoder_dir()
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (src / name).exists():
-            shutil.copy(src / name, folder / name)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(folder)
-    return folder
-
-
 def test_command_trains_on_a_hand_written_coreset_and_reloads(tmp_path, tiny_encoder, monkeypatch):
     monkeypatch.setenv("DEALREC_CACHE", str(tmp_path / "cache"))
     data_dir = make_prepared(tmp_path / "data")
