@@ -47,6 +47,7 @@ class _LazyGroup(click.Group):
     "select": "dealrec.select:select_command",
     "export": "dealrec.export:export_command",
     "prune": "dealrec.prune:prune_command",
+    "compare": "dealrec.compare:compare_command",
 })
 @click.version_option(__version__, prog_name="dealrec")
 def main():

@@ -1,0 +1,891 @@
+"""``dealrec compare DATA --n 1024 --methods ... --target tiger --seeds 0,1,2 --out REPORT``.
+
+A pruning method is worth what its coreset does downstream (docs/design.md, "Evidence"): this
+command selects a coreset with every method and seed, trains the downstream model on each, and
+reports the metrics side by side against random subsets of the same size, all data (``--full``)
+and most-popular.
+
+Layout of REPORT::
+
+    scores/                      prune's first phases, run once: data/ (when DATA is raw), surrogate/,
+                                 work/, scores.parquet, manifest.json
+    scores/with-baselines/       the scores plus the baseline columns (el2n, grand), computed once;
+                                 every run selects from here, so no (method, seed) recomputes them
+    runs/<method>-seed<S>/       one run: the selection (coreset.parquet, scores.parquet, manifest.json,
+                                 selection.png), the trained model (tiger/ or bigrec/) and result.json
+    runs/all-seed<S>/            --full: the downstream model trained on every sample
+    report.json, report.md       per method: mean, sd and every seed; paired differences to random;
+                                 references; coreset composition; machine and wall times
+    metrics.png, composition.png
+
+``result.json`` is written last, atomically, with the run's inputs (method, n, seed, selection
+parameters, training options, a digest of the score columns the method ranks by, a digest of the
+data): a rerun skips a run whose ``result.json`` records the same inputs and redoes any other, so a
+killed comparison resumes with the unfinished runs only. The runs are Ray tasks side by side
+(``dealrec.engine``'s executors; ``--workers 0`` runs them one after another in this process).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dealrec.data import PreparedData, read_table, sha256_file, write_json_atomic, write_parquet_atomic
+from dealrec.errors import DealrecError
+from dealrec.select import (CORESET_FILE, DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, METHOD_COLUMNS,
+                            METHODS, STRATIFIED_METHODS, n_hard_pruned)
+
+DOWNSTREAM = ("tiger", "bigrec")
+DEFAULT_METHODS = ("dealrec", "random", "influence", "effort", "el2n", "grand", "ccs")
+DEFAULT_SEEDS = (0, 1, 2)
+ALL = "all"                      # the --full reference run: every sample
+METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+SPLITS = ("valid", "test")
+RESULT_FILE = "result.json"      # a run is done when this exists with the run's inputs
+ERROR_FILE = "error.txt"
+BASE_DIR = Path("scores") / "with-baselines"
+COMPOSITION = ("empty_history_share", "mean_history_length", "median_target_popularity", "distinct_targets")
+
+# Options that compare sets itself: naming them in --finetune-args / --score-args would be ambiguous.
+_FINETUNE_FIXED = {"tiger": ("--data", "--train", "--out", "--seed", "--overwrite", "--quiet", "--help"),
+                   "bigrec": ("--llm", "--data", "--train", "--out", "--seed", "--overwrite", "--help")}
+_FINETUNE_OWN = {"tiger": ("data_dir", "train_path", "out", "seed", "overwrite", "quiet"),
+                 "bigrec": ("llm", "data", "train_path", "out", "seed", "overwrite")}
+_SCORE_FIXED = ("--surrogate", "--out", "--target", "--llm", "--workers", "--ray-address", "--quiet", "--help")
+
+
+# ----------------------------------------------------------------------------- parsing the request
+
+def parse_methods(methods: str | Sequence[str]) -> list[str]:
+    """Method names in the given order, each once; an unknown name is refused with the valid ones."""
+    names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
+    names = [m for m in names if m]
+    if not names:
+        raise DealrecError(f"--methods names no method (choose from {', '.join(METHODS)})")
+    for m in names:
+        if m not in METHOD_COLUMNS:
+            raise DealrecError(f"--methods: unknown method {m!r} (choose from {', '.join(METHODS)})")
+    return list(dict.fromkeys(names))
+
+
+def parse_seeds(seeds: str | Sequence[int]) -> list[int]:
+    """Distinct non-negative integer seeds, in the given order."""
+    parts = [s.strip() for s in seeds.split(",")] if isinstance(seeds, str) else [str(s) for s in seeds]
+    if not parts or any(not p.isdigit() for p in parts):
+        raise DealrecError(f"--seeds {','.join(parts)!r}: give non-negative integers separated by commas, e.g. 0,1,2")
+    values = [int(p) for p in parts]
+    if len(set(values)) != len(values):
+        raise DealrecError(f"--seeds {','.join(parts)!r}: a seed is repeated")
+    return values
+
+
+def _parse_command_args(command, what: str, text: str, fixed: Sequence[str], base_argv: list[str]) -> dict:
+    """The options of another dealrec command, parsed and defaulted by that command's own parser.
+
+    So ``--finetune-args "--max-epochs 3"`` means exactly what ``--max-epochs 3`` means to ``dealrec
+    finetune tiger``, defaults included, and a typo is refused before anything runs.
+    """
+    import click
+
+    try:
+        argv = shlex.split(text or "")
+    except ValueError as e:
+        raise DealrecError(f"{what} {text!r}: {e}") from None
+    for token in argv:
+        if token.split("=", 1)[0] in fixed:
+            raise DealrecError(f"{what}: {token.split('=', 1)[0]} is set by dealrec compare itself "
+                               f"(not allowed here: {', '.join(fixed)})")
+    try:
+        ctx = command.make_context(command.name, base_argv + argv)
+    except click.ClickException as e:
+        raise DealrecError(f"{what} {text!r}: {e.format_message()}") from None
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in ctx.params.items()}
+
+
+def finetune_options(target: str, text: str = "") -> dict:
+    """The training options of ``dealrec finetune TARGET`` (defaults + ``text``), less the ones compare sets."""
+    if target == "tiger":
+        from finetune.tiger_train import tiger_command as command
+
+        base = ["--data", ".", "--train", ".", "--out", "."]   # placeholders: compare sets them per run
+    else:
+        from finetune.bigrec import bigrec_command as command
+
+        base = ["--llm", ".", "--data", ".", "--train", ".", "--out", "."]
+    params = _parse_command_args(command, "--finetune-args", text, _FINETUNE_FIXED[target], base)
+    if target == "tiger":
+        from finetune.tiger_train import check_metric
+
+        check_metric(params["metric"])
+    return {k: v for k, v in params.items() if k not in _FINETUNE_OWN[target]}
+
+
+def score_config(text: str, score_target: str, llm: str | None, workers: int | None, ray_address: str | None):
+    """The ``ScoreConfig`` of ``dealrec score``'s options (defaults + ``text``) with compare's target and engine."""
+    from dealrec.score import config_from_options, score_command
+
+    params = _parse_command_args(score_command, "--score-args", text, _SCORE_FIXED,
+                                 [".", "--surrogate", ".", "--out", "."])
+    options = {k: v for k, v in params.items() if k not in ("data", "surrogate", "out", "quiet")}
+    options.update(target=score_target, llm=llm, workers=workers, ray_address=ray_address)
+    config = config_from_options(**options)
+    config.check()
+    return config
+
+
+# ----------------------------------------------------------------------------- digests
+
+def data_digest(prepared: PreparedData) -> str:
+    """sha256 over everything a downstream run reads from the data folder: samples, items, eval splits."""
+    from dealrec.engine import stable_hash
+
+    files = [*prepared.shard_paths(), prepared.root / "items.parquet",
+             *(prepared.root / "eval" / f"{s}.parquet" for s in SPLITS)]
+    return stable_hash({p.relative_to(prepared.root).as_posix(): sha256_file(p) for p in files if p.exists()})
+
+
+def columns_digest(scores_path: Path, columns: Sequence[str]) -> str | None:
+    """sha256 of ``columns`` in sample_id order: what a method ranks by, whatever else the file holds."""
+    import hashlib
+
+    if not columns:
+        return None
+    table = read_table(scores_path, required=("sample_id", *columns), what="scores table")
+    sid = table.column("sample_id").to_numpy().astype(np.int64)
+    order = np.argsort(sid, kind="stable")
+    h = hashlib.sha256(sid[order].tobytes())
+    for c in columns:
+        h.update(c.encode())
+        h.update(table.column(c).to_numpy().astype(np.float64)[order].tobytes())
+    return h.hexdigest()
+
+
+def _llm_fingerprint(llm: str) -> dict:
+    """The LLM folder's path, file names and sizes: hashing gigabytes of weights for every rerun costs more
+    than it protects (replacing a model in place by another of the same sizes is not a use we serve)."""
+    root = Path(llm)
+    return {"llm": str(root.resolve()),
+            "files": {p.name: p.stat().st_size for p in sorted(root.iterdir()) if p.is_file()}}
+
+
+# ----------------------------------------------------------------------------- composition
+
+def composition(lengths: np.ndarray, targets: np.ndarray, popularity: np.ndarray) -> dict:
+    """What a training set looks like: how many empty histories, how long, how popular its targets.
+
+    ``popularity[i]`` is item i's count of interactions over every training sequence (history and
+    target) of all samples, the counts most-popular ranks by.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    targets = np.asarray(targets, dtype=np.int64)
+    return {"samples": int(len(targets)),
+            "empty_history_share": float(np.mean(lengths == 0)) if len(lengths) else 0.0,
+            "mean_history_length": float(np.mean(lengths)) if len(lengths) else 0.0,
+            "median_target_popularity": float(np.median(popularity[targets])) if len(targets) else 0.0,
+            "distinct_targets": int(len(np.unique(targets)))}
+
+
+def _table_composition(path: Path, popularity: np.ndarray) -> dict:
+    import pyarrow.compute as pc
+
+    table = read_table(path, required=("history", "target"), what="samples table")
+    lengths = pc.list_value_length(table.column("history")).to_numpy(zero_copy_only=False)
+    return composition(lengths, table.column("target").to_numpy(), popularity)
+
+
+def item_popularity(prepared: PreparedData) -> np.ndarray:
+    """Interactions per item over all samples' sequences (history + target), indexed by item id."""
+    samples = prepared.samples()
+    seqs = samples.sequences()
+    items = np.concatenate(seqs).astype(np.int64) if seqs else np.zeros(0, np.int64)
+    return np.bincount(items, minlength=prepared.n_items + 1)
+
+
+# ----------------------------------------------------------------------------- one run (a task)
+
+def compare_task(task: dict) -> dict:
+    """One (method, seed): select, train and evaluate the downstream model, write ``result.json`` last.
+
+    Runs in a Ray actor or in this process. A failure is written to the run's ``error.txt`` and
+    returned, so that one bad run does not stop the others side by side.
+    """
+    try:
+        return _run_one(task)
+    except Exception as e:  # reported by the driver with the run's name; the traceback is in error.txt
+        import traceback
+
+        folder = Path(task["folder"])
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_text_atomic(folder / ERROR_FILE, traceback.format_exc())
+        message = (str(e).splitlines() or [""])[0]
+        if not isinstance(e, DealrecError):
+            message = f"{type(e).__name__}: {message}"
+        return {"name": task["name"], "error": message}
+
+
+def _run_one(task: dict) -> dict:
+    import torch
+
+    t0 = time.time()
+    folder = Path(task["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in (RESULT_FILE, ERROR_FILE):
+        (folder / stale).unlink(missing_ok=True)
+    method, seed = task["method"], task["seed"]
+    selection = None
+    if method == ALL:
+        train = PreparedData(task["data"]).samples_dir
+    else:
+        from dealrec.select import run_select
+
+        selection = run_select(task["base"], method=method, n=task["n"], lam=task["lam"], k=task["k"],
+                               hard_prune=task["hard_prune"], seed=seed, data=task["data"],
+                               surrogate=task["surrogate"], out=folder, plot=True, progress=False)
+        train = folder / CORESET_FILE
+    t_train = time.time()
+    model_dir = folder / task["target"]
+    if task["target"] == "tiger":
+        from finetune.tiger_train import run_tiger
+
+        metrics = run_tiger(task["data"], str(train), str(model_dir), seed=seed, overwrite=True,
+                            quiet=not task["progress"], **task["finetune"])
+        threads = metrics.get("threads")
+    else:
+        from finetune.bigrec import bigrec_config, run_bigrec
+
+        metrics = run_bigrec(task["llm"], task["data"], train, model_dir, bigrec_config(seed=seed, **task["finetune"]),
+                             overwrite=True)
+        threads = json.loads((model_dir / "manifest.json").read_text()).get("torch_threads")
+    result = {
+        "name": task["name"], "method": method, "seed": seed, "inputs": task["inputs"],
+        "valid": metrics["valid"], "test": metrics["test"],
+        "train": str(train), "model": str(model_dir), "train_samples": metrics.get("train_samples"),
+        "selection": None if selection is None else {
+            k: selection.get(k) for k in ("n_samples", "n_selected", "n_hard_pruned", "seconds")},
+        "baseline_reused": None if selection is None else selection["inputs"].get("baseline_reused"),
+        "seconds": round(time.time() - t0, 3),
+        "select_seconds": round(t_train - t0, 3),
+        "train_seconds": round(time.time() - t_train, 3),
+        "machine": {"host": platform.node(), "cpu_count": os.cpu_count(), "torch_threads": threads,
+                    "torch_threads_outside_training": torch.get_num_threads()},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json_atomic(folder / RESULT_FILE, result)
+    return result
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _finished(folder: Path, inputs: dict) -> dict | None:
+    """The run's result when it finished with these inputs, else None (never run, killed, other inputs)."""
+    path = folder / RESULT_FILE
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None  # cut short: redo
+    return result if isinstance(result, dict) and result.get("inputs") == inputs else None
+
+
+# ----------------------------------------------------------------------------- the driver
+
+class _LazyExecutor:
+    """``dealrec.engine``'s executor, started on the first task: a rerun with every shard and run done
+    never starts Ray."""
+
+    def __init__(self, workers: int | None, address: str | None, threads: int):
+        self.workers, self.address, self.threads = workers, address, threads
+        self._executor = None
+
+    def _started(self):
+        if self._executor is None:
+            from dealrec.engine import make_executor
+
+            self._executor = make_executor(self.workers, self.address, self.threads)
+        return self._executor
+
+    def run(self, fn, tasks, desc, progress=True, use_gpu=False):
+        if not tasks:
+            return iter(())
+        return self._started().run(fn, tasks, desc, progress=progress, use_gpu=use_gpu)
+
+    def has_gpu(self) -> bool:
+        return self._started().has_gpu()
+
+    def describe(self) -> dict:
+        if self._executor is None:
+            return {"executor": "local" if self.workers == 0 else "ray", "workers": self.workers, "started": False}
+        return self._executor.describe()
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+
+
+def _sync_base(base: Path, scores_dir: Path | None, samples_dir: Path) -> None:
+    """Write ``base``: the fresh scores (or the bare sample ids) plus the baseline columns computed before.
+
+    ``run_score`` rewrites ``scores/scores.parquet`` with its own columns on every call, so the baseline
+    columns live here instead; ``run_select`` keeps reusing them while its manifest record (surrogate,
+    samples and values sha256) still matches, and recomputes them otherwise.
+    """
+    import pyarrow as pa
+
+    from dealrec.baselines import BASELINE_COLUMNS
+    from dealrec.select import read_manifest
+
+    base.mkdir(parents=True, exist_ok=True)
+    if scores_dir is not None:
+        fresh = read_table(scores_dir / "scores.parquet", required=("sample_id",), what="scores table")
+        fresh = fresh.select([c for c in fresh.column_names if c in ("sample_id", "influence", "effort")])
+        manifest = read_manifest(scores_dir)
+    else:
+        fresh = read_table(samples_dir, required=("sample_id",), what="samples table").select(["sample_id"])
+        manifest = {}
+    fresh = fresh.take(pa.array(np.argsort(fresh.column("sample_id").to_numpy(), kind="stable")))
+    old_path = base / "scores.parquet"
+    known = {}
+    if old_path.exists():
+        old = read_table(old_path, required=("sample_id",), what="scores table")
+        old_ids = old.column("sample_id").to_numpy().astype(np.int64)
+        ids = fresh.column("sample_id").to_numpy().astype(np.int64)
+        records = read_manifest(base).get("selection", {}).get("inputs", {}).get("baseline_columns", {})
+        if len(old_ids) == len(ids) and np.array_equal(np.sort(old_ids), ids):
+            order = np.argsort(old_ids, kind="stable")
+            for col in sorted(set(BASELINE_COLUMNS.values())):
+                if col in old.column_names and col in records:
+                    fresh = fresh.append_column(col, old.column(col).take(pa.array(order)))
+                    known[col] = records[col]
+    if known:
+        manifest["selection"] = {"inputs": {"baseline_columns": known}}
+    else:
+        manifest.pop("selection", None)
+    write_parquet_atomic(fresh, old_path)
+    write_json_atomic(base / "manifest.json", manifest)
+
+
+def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DEFAULT_METHODS,
+                seeds: str | Sequence[int] = DEFAULT_SEEDS, target: str = "tiger", full: bool = False,
+                llm: str | None = None, workers: int | None = None, ray_address: str | None = None,
+                surrogate: str | None = None, surrogate_epochs: int = 100, surrogate_minutes: float | None = None,
+                threads: int | None = None, lam: float = DEFAULT_LAMBDA, k: int = DEFAULT_K,
+                hard_prune: float = DEFAULT_HARD_PRUNE, score_args: str = "", finetune_args: str = "",
+                progress: bool = True, log=None) -> dict:
+    """Score once, run every (method, seed) not done yet, write the report; returns report.json's content.
+
+    ``log(line)`` receives one line per finished run (the command prints them on stderr).
+    """
+    from dealrec.prune import prepare_phase, surrogate_phase
+
+    t_all = time.perf_counter()
+    # ---- everything the request says is checked before anything is written
+    methods = parse_methods(methods)
+    seeds = parse_seeds(seeds)
+    if target not in DOWNSTREAM:
+        raise DealrecError(f"unknown --target {target!r} (choose from {', '.join(DOWNSTREAM)})")
+    if target == "bigrec" and not llm:
+        raise DealrecError("--target bigrec needs --llm DIR (a local HuggingFace causal LM folder)")
+    if llm and not Path(llm).is_dir():
+        raise DealrecError(f"{llm}: no such folder (--llm)")
+    if n < 1:
+        raise DealrecError(f"--n must be at least 1, got {n}")
+    if k < 1:
+        raise DealrecError(f"the number of strata --k must be at least 1, got {k}")
+    if not np.isfinite(lam):
+        raise DealrecError(f"--lambda must be a finite number, got {lam}")
+    n_hard_pruned(0, hard_prune)  # refuses a share outside [0, 1)
+    if workers is not None and workers < 0:
+        raise DealrecError(f"--workers must be 0 or more, got {workers}")
+    if workers == 0 and ray_address:
+        raise DealrecError("--ray-address needs --workers >= 1 (or leave --workers out)")
+    if surrogate and not (Path(surrogate) / "model.safetensors").exists():
+        raise DealrecError(f"{surrogate}: not a trained surrogate folder (no model.safetensors)")
+    needs = {c for m in methods for c in METHOD_COLUMNS[m]}
+    score_target = target if "effort" in needs else "none"   # effort is the downstream model's own gradient
+    config = score_config(score_args, score_target, llm, workers, ray_address)
+    train_options = finetune_options(target, finetune_args)
+    data, out = Path(data), Path(out)
+    if not data.exists():
+        raise DealrecError(f"{data}: no such file or folder")
+
+    out.mkdir(parents=True, exist_ok=True)
+    scores_dir = out / "scores"
+    phases: dict = {}
+    executor = _LazyExecutor(workers, ray_address, config.threads)
+    try:
+        t0 = time.perf_counter()
+        prepared_dir, prep_info = prepare_phase(data, scores_dir, progress)
+        prepared = PreparedData(prepared_dir)
+        phases["prepare"] = {"seconds": round(time.perf_counter() - t0, 3), **prep_info}
+        n_samples = len(read_table(prepared.samples_dir, required=("sample_id",), what="samples table"))
+        available = n_samples - (n_hard_pruned(n_samples, hard_prune)
+                                 if any(m in STRATIFIED_METHODS for m in methods) else 0)
+        if n > available:
+            raise DealrecError(f"--n {n} exceeds the {available} samples that can be selected ({n_samples} samples"
+                               + (f" less the hard prune of {hard_prune}" if available < n_samples else "") + ")")
+
+        surrogate_dir = None
+        if needs:   # every method but random ranks by something the surrogate gives
+            t0 = time.perf_counter()
+            surrogate_dir, info = surrogate_phase(prepared.root, scores_dir, surrogate, config.seed, surrogate_minutes,
+                                                  surrogate_epochs, progress, threads)
+            phases["train_surrogate"] = {"seconds": round(time.perf_counter() - t0, 3), **info}
+        scored = bool(needs & {"influence", "effort"})
+        if scored:
+            from dealrec.score import run_score
+
+            t0 = time.perf_counter()
+            manifest = run_score(prepared.root, surrogate_dir, scores_dir, config, progress=progress,
+                                 executor=executor)
+            phases["score"] = {"seconds": round(time.perf_counter() - t0, 3),
+                               **{k: v for k, v in manifest["phases"].items() if isinstance(v, dict)}}
+
+        # ---- baseline columns, once for every method and seed
+        base = out / BASE_DIR
+        t0 = time.perf_counter()
+        _sync_base(base, scores_dir if scored else None, prepared.samples_dir)
+        baseline_info = {}
+        from dealrec.baselines import BASELINE_COLUMNS
+
+        for column in sorted({BASELINE_COLUMNS[m] for m in methods if m in BASELINE_COLUMNS}):
+            from dealrec.select import run_select
+
+            section = run_select(base, method=column, n=min(n, n_samples), seed=0, data=str(prepared.root),
+                                 surrogate=str(surrogate_dir), plot=False, progress=progress)
+            (base / CORESET_FILE).unlink(missing_ok=True)   # a by-product of computing the column, not a result
+            baseline_info[column] = {"reused": section["inputs"].get("baseline_reused") == column,
+                                     "seconds": section["inputs"].get("baseline_seconds")}
+        phases["baselines"] = {"seconds": round(time.perf_counter() - t0, 3), **baseline_info}
+
+        # ---- the runs
+        digest = data_digest(prepared)
+        tasks, results = [], {}
+        plan = ([(ALL, s) for s in seeds] if full else []) + [(m, s) for s in seeds for m in methods]
+        for method, seed in plan:
+            name = f"{method}-seed{seed}"
+            folder = out / "runs" / name
+            inputs = {"method": method, "seed": seed, "target": target, "finetune": train_options, "data": digest}
+            if method != ALL:
+                inputs["n"] = n
+                if method in ("dealrec", "greedy"):
+                    inputs["lambda"] = lam
+                if method in STRATIFIED_METHODS:
+                    inputs.update(k=k, hard_prune=hard_prune)
+                inputs["scores"] = columns_digest(base / "scores.parquet", METHOD_COLUMNS[method])
+            if target == "bigrec":
+                inputs["llm"] = _llm_fingerprint(llm)
+            inputs = json.loads(json.dumps(inputs))   # as result.json will hold it (tuples -> lists)
+            done = _finished(folder, inputs)
+            if done is not None:
+                results[name] = {**done, "reused": True}
+                continue
+            tasks.append({"name": name, "folder": str(folder), "method": method, "seed": seed, "n": n, "lam": lam,
+                          "k": k, "hard_prune": hard_prune, "base": str(base), "data": str(prepared.root),
+                          "surrogate": None if surrogate_dir is None else str(surrogate_dir), "target": target,
+                          "finetune": train_options, "llm": llm, "inputs": inputs,
+                          "progress": progress and workers == 0})
+        say = log or (lambda line: None)
+        if results:
+            say(f"compare: {len(results)} of {len(plan)} runs already done with the same inputs; "
+                f"{len(tasks)} to run")
+        context = {"out": out, "data": data, "prepared": prepared, "n": n, "methods": methods, "seeds": seeds,
+                   "target": target, "full": full, "lam": lam, "k": k, "hard_prune": hard_prune,
+                   "train_options": train_options, "score_config": config.to_dict(), "phases": phases,
+                   "plan": plan, "executor": executor, "t_all": t_all}
+        popularity = item_popularity(prepared)
+        context["all_samples"] = _table_composition(prepared.samples_dir, popularity)
+        references = most_popular_metrics(prepared)
+        failed: dict[str, str] = {}
+        t0 = time.perf_counter()
+        for result in executor.run(compare_task, tasks, "compare: runs", progress=False,
+                                   use_gpu=(target == "bigrec")):
+            name = result["name"]
+            if "error" in result:
+                failed[name] = result["error"]
+                say(f"compare: {name} failed: {result['error']} (details: {out / 'runs' / name / ERROR_FILE})")
+                continue
+            results[name] = {**result, "reused": False}
+            v, t = result["valid"], result["test"]
+            say(f"compare: [{len(results)}/{len(plan)}] {name}: test R@10 {t['recall@10']:.4f} "
+                f"N@10 {t['ndcg@10']:.4f}, valid R@10 {v['recall@10']:.4f}, {result['seconds']:.0f}s")
+            write_report(context, results, popularity, references, failed, plots=False)
+        phases["runs"] = {"seconds": round(time.perf_counter() - t0, 3), "ran": len(tasks) - len(failed),
+                          "reused": len(plan) - len(tasks), "failed": len(failed)}
+        report = write_report(context, results, popularity, references, failed, plots=True)
+    finally:
+        executor.shutdown()
+    if failed:
+        first = next(iter(failed))
+        raise DealrecError(f"{len(failed)} of {len(plan)} runs failed ({first}: {failed[first]}); details in "
+                           f"{out / 'runs'}/<run>/{ERROR_FILE}; the report holds the others, and the same command "
+                           f"again redoes only the unfinished runs")
+    return report
+
+
+def most_popular_metrics(prepared: PreparedData) -> dict:
+    """Most-popular on valid and test: items ranked by their interactions over all samples' sequences,
+    the project's reference row (``dealrec.evaluate.popularity_scorer``, counted as bench_surrogate.py does)."""
+    from dealrec.evaluate import evaluate_scorer, popularity_scorer
+
+    score = popularity_scorer(prepared.samples().sequences(), prepared.n_items)
+    return {split: evaluate_scorer(score, prepared.eval_split(split), prepared.n_items) for split in SPLITS}
+
+
+# ----------------------------------------------------------------------------- the report
+
+def _stats(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = float(np.mean(values))
+    return mean, (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def _row(name: str, kind: str, by_seed: dict[int, dict]) -> dict:
+    """A row of the report: every seed's metrics, their mean and sd (sample sd, ddof 1)."""
+    row = {"name": name, "kind": kind, "seeds": sorted(by_seed),
+           "per_seed": {split: {m: {str(s): by_seed[s][split][m] for s in sorted(by_seed)} for m in METRICS}
+                        for split in SPLITS},
+           "mean": {split: {} for split in SPLITS}, "sd": {split: {} for split in SPLITS}}
+    for split in SPLITS:
+        for m in METRICS:
+            row["mean"][split][m], row["sd"][split][m] = _stats([by_seed[s][split][m] for s in sorted(by_seed)])
+    return row
+
+
+def _versus_random(row: dict, random_row: dict) -> dict:
+    """Paired per seed (the same seed gives the same random draws and the same model initialisation):
+    the difference to random on each seed both have, its mean and sd, and the ratio of the means."""
+    common = [s for s in row["seeds"] if s in random_row["seeds"]]
+    out = {"seeds": common, "diff": {}, "mean_diff": {}, "sd_diff": {}, "ratio_of_means": {}}
+    for split in SPLITS:
+        out["diff"][split], out["mean_diff"][split], out["sd_diff"][split], out["ratio_of_means"][split] = {}, {}, {}, {}
+        for m in METRICS:
+            mine = [row["per_seed"][split][m][str(s)] for s in common]
+            theirs = [random_row["per_seed"][split][m][str(s)] for s in common]
+            diffs = [a - b for a, b in zip(mine, theirs)]
+            out["diff"][split][m] = {str(s): d for s, d in zip(common, diffs)}
+            out["mean_diff"][split][m], out["sd_diff"][split][m] = _stats(diffs)
+            denominator = float(np.mean(theirs)) if theirs else 0.0
+            out["ratio_of_means"][split][m] = float(np.mean(mine)) / denominator if denominator > 0 else None
+    return out
+
+
+def build_report(context: dict, results: dict, popularity: np.ndarray, references: dict, failed: dict) -> dict:
+    import torch
+
+    prepared = context["prepared"]
+    rows, compositions = [], {}
+    names = list(context["methods"]) + ([ALL] if context["full"] else [])
+    for method in names:
+        by_seed = {s: results[f"{method}-seed{s}"] for s in context["seeds"] if f"{method}-seed{s}" in results}
+        if not by_seed:
+            continue
+        row = _row("all data" if method == ALL else method, "reference" if method == ALL else "method", by_seed)
+        row["method"] = method
+        row["runs"] = {str(s): {"folder": str(Path("runs") / f"{method}-seed{s}"), "seconds": r["seconds"],
+                                "reused": r["reused"], "train_samples": r.get("train_samples")}
+                       for s, r in by_seed.items()}
+        if method != ALL:
+            per_seed = {str(s): _table_composition(context["out"] / "runs" / f"{method}-seed{s}" / CORESET_FILE,
+                                                   popularity) for s in by_seed}
+            compositions[method] = {"per_seed": per_seed,
+                                    "mean": {c: float(np.mean([v[c] for v in per_seed.values()])) for c in COMPOSITION}}
+        rows.append(row)
+    popular = {"name": "most popular", "kind": "reference", "method": "most-popular", "seeds": [],
+               "mean": {split: {m: references[split][m] for m in METRICS} for split in SPLITS},
+               "sd": {split: {m: None for m in METRICS} for split in SPLITS}, "per_seed": None,
+               "counted_over": "every item of all samples' sequences (history and target)"}
+    rows.append(popular)
+    random_row = next((r for r in rows if r.get("method") == "random"), None)
+    if random_row is not None:
+        for row in rows:
+            if row is random_row:
+                continue
+            if row["per_seed"] is not None:
+                row["vs_random"] = _versus_random(row, random_row)
+            else:
+                row["vs_random"] = {"ratio_of_means": {
+                    split: {m: (row["mean"][split][m] / random_row["mean"][split][m]
+                                if random_row["mean"][split][m] else None) for m in METRICS} for split in SPLITS}}
+    runs = {name: {"seconds": r["seconds"], "select_seconds": r.get("select_seconds"),
+                   "train_seconds": r.get("train_seconds"), "reused": r["reused"], "finished": r.get("finished"),
+                   "machine": r.get("machine"), "baseline_reused": r.get("baseline_reused")}
+            for name, r in sorted(results.items())}
+    threads = sorted({r["machine"]["torch_threads"] for r in results.values()
+                      if r.get("machine", {}).get("torch_threads") is not None})
+    return {
+        "command": "dealrec compare",
+        "data": str(context["data"]), "prepared": str(prepared.root),
+        "n": context["n"], "methods": context["methods"], "seeds": context["seeds"], "target": context["target"],
+        "full": context["full"], "metrics": list(METRICS),
+        "selection": {"lambda": context["lam"], "k": context["k"], "hard_prune": context["hard_prune"]},
+        "finetune_options": context["train_options"], "score_options": context["score_config"],
+        "rows": rows,
+        "composition": {"all_samples": context["all_samples"], "coresets": compositions,
+                        "popularity": "interactions of the item over all samples' sequences (history and target)"},
+        "runs": runs, "planned": [f"{m}-seed{s}" for m, s in context["plan"]],
+        "missing": [f"{m}-seed{s}" for m, s in context["plan"] if f"{m}-seed{s}" not in results],
+        "failed": failed,
+        "machine": {"platform": platform.platform(), "machine": platform.machine(),
+                    "python": platform.python_version(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                    "torch_threads_per_run": threads, "executor": context["executor"].describe()},
+        "phases": context["phases"],
+        "seconds": round(time.perf_counter() - context["t_all"], 3),
+        "run_seconds_total": round(sum(r["seconds"] for r in results.values()), 3),
+    }
+
+
+def write_report(context: dict, results: dict, popularity: np.ndarray, references: dict, failed: dict,
+                 plots: bool = True) -> dict:
+    """report.json and report.md (and the two plots), each written to a temporary name and renamed."""
+    report = build_report(context, results, popularity, references, failed)
+    out = context["out"]
+    write_json_atomic(out / "report.json", report)
+    _write_text_atomic(out / "report.md", report_markdown(report))
+    if plots:
+        plot_metrics(report, out / "metrics.png")
+        plot_composition(report, out / "composition.png")
+    return report
+
+
+def _fmt(x, digits: int = 4, sign: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
+def report_markdown(report: dict) -> str:
+    lines = [f"# dealrec compare: {report['target']} on {report['n']}-sample coresets",
+             "",
+             f"Data `{report['data']}`; methods {', '.join(report['methods'])}; seeds "
+             f"{', '.join(map(str, report['seeds']))}; lambda {report['selection']['lambda']}, k "
+             f"{report['selection']['k']}, hard prune {report['selection']['hard_prune']}. Each cell: mean "
+             f"(sd over seeds) and every seed's value in seed order. Choose on valid, report on test.",
+             ""]
+    if report["missing"]:
+        lines += [f"**Not finished:** {', '.join(report['missing'])}.", ""]
+    for split in reversed(SPLITS):   # test first: it is what a comparison reports
+        lines += [f"## {split.capitalize()}", "", "| method | " + " | ".join(METRICS) + " |",
+                  "| --- |" + " --- |" * len(METRICS)]
+        for row in report["rows"]:
+            cells = []
+            for m in METRICS:
+                mean, sd = row["mean"][split][m], row["sd"][split][m]
+                cell = _fmt(mean) + (f" (sd {_fmt(sd)})" if sd is not None else "")
+                if row["per_seed"] is not None and len(row["seeds"]) > 1:
+                    cell += " [" + ", ".join(_fmt(row["per_seed"][split][m][str(s)]) for s in row["seeds"]) + "]"
+                cells.append(cell)
+            label = row["name"] + (" (reference)" if row["kind"] == "reference" else "")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+        paired = [r for r in report["rows"] if "vs_random" in r]
+        if paired:
+            lines += [f"Paired against random ({split}): mean difference (sd) [per seed], then the ratio of the means.",
+                      "", "| method | " + " | ".join(METRICS) + " |", "| --- |" + " --- |" * len(METRICS)]
+            for row in paired:
+                vs = row["vs_random"]
+                cells = []
+                for m in METRICS:
+                    ratio = vs["ratio_of_means"][split][m]
+                    ratio_text = f"{ratio:.2f}x" if ratio is not None else "-"
+                    if "diff" in vs:
+                        per = ", ".join(_fmt(vs["diff"][split][m][str(s)], sign=True) for s in vs["seeds"])
+                        sd = vs["sd_diff"][split][m]
+                        cells.append(f"{_fmt(vs['mean_diff'][split][m], sign=True)}"
+                                     + (f" (sd {_fmt(sd)})" if sd is not None else "") + f" [{per}]; {ratio_text}")
+                    else:
+                        cells.append(ratio_text)
+                lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+            lines.append("")
+    comp = report["composition"]
+    lines += ["## Composition of the coresets", "",
+              f"Popularity of an item: {comp['popularity']}. Coreset rows: mean over seeds [per seed].", "",
+              "| training set | samples | empty histories | mean history length | median target popularity | "
+              "distinct targets |", "| --- |" + " --- |" * 5]
+
+    def comp_cells(c: dict) -> list[str]:
+        return [f"{c['empty_history_share']:.1%}", f"{c['mean_history_length']:.2f}",
+                f"{c['median_target_popularity']:g}", f"{c['distinct_targets']:g}"]
+    a = comp["all_samples"]
+    lines.append(f"| all samples | {a['samples']} | " + " | ".join(comp_cells(a)) + " |")
+    for method in report["methods"]:
+        if method not in comp["coresets"]:
+            continue
+        c = comp["coresets"][method]
+        per = list(c["per_seed"].values())
+        cells = comp_cells(c["mean"])
+        if len(per) > 1:
+            cells = [f"{cell} [{', '.join(comp_cells(p)[i] for p in per)}]" for i, cell in enumerate(cells)]
+        lines.append(f"| {method} | {per[0]['samples']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Runs", "", "| run | wall time | selection | training | threads | host | |",
+              "| --- |" + " --- |" * 6]
+    for name, r in report["runs"].items():
+        machine = r.get("machine") or {}
+        lines.append(f"| {name} | {_duration(r['seconds'])} | {_duration(r['select_seconds'] or 0)} | "
+                     f"{_duration(r['train_seconds'] or 0)} | {machine.get('torch_threads', '-')} | "
+                     f"{machine.get('host', '-')} | {'reused' if r['reused'] else 'ran now'} |")
+    for name, error in report["failed"].items():
+        lines.append(f"| {name} | failed: {error} | | | | | |")
+    m = report["machine"]
+    phases = ", ".join(f"{k} {_duration(v['seconds'])}" for k, v in report["phases"].items() if "seconds" in v)
+    lines += ["", "## Machine and time", "",
+              f"{m['platform']}, {m['cpu_count']} CPUs, Python {m['python']}, torch {m['torch']}, torch threads per "
+              f"run {', '.join(map(str, m['torch_threads_per_run'])) or '-'}; executor "
+              f"{json.dumps(m['executor'])}.", "",
+              f"This invocation: {_duration(report['seconds'])} wall ({phases}); the runs' own wall times add up to "
+              f"{_duration(report['run_seconds_total'])}.", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_metrics(report: dict, path: Path) -> None:
+    """Each metric per method, valid and test: every seed a point, the mean a bar; most-popular dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["per_seed"] is not None]
+    popular = next((r for r in report["rows"] if r.get("method") == "most-popular"), None)
+    fig, axes = plt.subplots(len(SPLITS), len(METRICS), figsize=(3.2 * len(METRICS), 3.4 * len(SPLITS)),
+                             squeeze=False)
+    for i, split in enumerate(reversed(SPLITS)):
+        for j, m in enumerate(METRICS):
+            ax = axes[i, j]
+            for x, row in enumerate(rows):
+                values = [row["per_seed"][split][m][str(s)] for s in row["seeds"]]
+                jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
+                color = "#636363" if row["kind"] == "reference" else "#08519c"
+                ax.scatter(x + jitter, values, s=18, color=color, zorder=3)
+                ax.hlines(row["mean"][split][m], x - 0.3, x + 0.3, color=color, linewidth=2, zorder=2)
+            if popular is not None:
+                ax.axhline(popular["mean"][split][m], color="#e6550d", linestyle="--", linewidth=1,
+                           label="most popular")
+            ax.set_xticks(range(len(rows)))
+            ax.set_xticklabels([r["name"] for r in rows], rotation=45, ha="right", fontsize=8)
+            ax.set_title(f"{split} {m}", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+            if i == 0 and j == 0 and popular is not None:
+                ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{report['target']} on {report['n']}-sample coresets; a point per seed, a bar at the mean",
+                 fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_composition(report: dict, path: Path) -> None:
+    """Each coreset's composition (a point per seed) against all samples (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    comp = report["composition"]
+    methods = [m for m in report["methods"] if m in comp["coresets"]]
+    titles = {"empty_history_share": "share of empty histories", "mean_history_length": "mean history length",
+              "median_target_popularity": "median target popularity", "distinct_targets": "distinct targets"}
+    fig, axes = plt.subplots(1, len(COMPOSITION), figsize=(3.4 * len(COMPOSITION), 3.6), squeeze=False)
+    for j, stat in enumerate(COMPOSITION):
+        ax = axes[0, j]
+        for x, method in enumerate(methods):
+            values = [v[stat] for v in comp["coresets"][method]["per_seed"].values()]
+            jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
+            ax.scatter(x + jitter, values, s=18, color="#08519c", zorder=3)
+        ax.axhline(comp["all_samples"][stat], color="#636363", linestyle="--", linewidth=1, label="all samples")
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=45, ha="right", fontsize=8)
+        ax.set_title(titles[stat], fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        if j == 0:
+            ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"composition of the {report['n']}-sample coresets against all samples", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- command
+
+def _make_command():
+    import click
+
+    @click.command("compare")
+    @click.argument("data", type=click.Path())
+    @click.option("--n", "n", type=int, default=DEFAULT_N, show_default=True, help="Samples in every coreset.")
+    @click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
+                  help=f"Comma-separated selection methods ({', '.join(METHODS)}).")
+    @click.option("--full", is_flag=True, help="Also train on every sample (the 'all data' reference, one run a seed).")
+    @click.option("--target", type=click.Choice(DOWNSTREAM), default="tiger", show_default=True,
+                  help="Downstream model trained on each coreset (also the effort score's target model).")
+    @click.option("--llm", type=click.Path(), default=None, help="Causal LM folder for --target bigrec.")
+    @click.option("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), show_default=True,
+                  help="Selection and training seeds, comma-separated: one run per method and seed.")
+    @click.option("--out", required=True, type=click.Path(), help="Report folder (a rerun resumes it).")
+    @click.option("--workers", type=int, default=None,
+                  help="Ray workers for scoring and for the runs side by side (default: CPUs - 1, at least 1); "
+                       "0 runs everything one after another in this process.")
+    @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting one.")
+    @click.option("--surrogate", type=click.Path(), default=None, help="A trained surrogate (default: train SASRec).")
+    @click.option("--surrogate-epochs", type=int, default=100, show_default=True,
+                  help="At most this many surrogate epochs (early stopping on validation NDCG@10 too).")
+    @click.option("--surrogate-minutes", type=float, default=None,
+                  help="Wall-clock budget of surrogate training [default: none, early stopping alone].")
+    @click.option("--threads", type=int, default=None, help="Torch threads for surrogate training.")
+    @click.option("--lambda", "lam", type=float, default=DEFAULT_LAMBDA, show_default=True,
+                  help="Weight of the effort score (dealrec, greedy).")
+    @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Strata (stratified methods).")
+    @click.option("--hard-prune", type=float, default=DEFAULT_HARD_PRUNE, show_default=True,
+                  help="Share of top scores dropped (stratified methods).")
+    @click.option("--score-args", default="",
+                  help="Options of 'dealrec score' for the scoring, as one string, e.g. \"--hvp lissa --seed 1\".")
+    @click.option("--finetune-args", default="",
+                  help="Options of 'dealrec finetune TARGET' for every run, as one string, e.g. "
+                       "\"--max-epochs 40 --valid-users 3000\".")
+    @click.option("--quiet", is_flag=True, help="No progress bars and no line per finished run.")
+    def compare_command(data, n, methods, full, target, llm, seeds, out, workers, ray_address, surrogate,
+                        surrogate_epochs, surrogate_minutes, threads, lam, k, hard_prune, score_args, finetune_args,
+                        quiet):
+        """Select N samples with every method and seed, train TARGET on each, report them side by side."""
+        report = run_compare(data, out, n=n, methods=methods, seeds=seeds, target=target, full=full, llm=llm,
+                             workers=workers, ray_address=ray_address, surrogate=surrogate,
+                             surrogate_epochs=surrogate_epochs, surrogate_minutes=surrogate_minutes,
+                             threads=threads, lam=lam, k=k, hard_prune=hard_prune, score_args=score_args,
+                             finetune_args=finetune_args, progress=not quiet,
+                             log=None if quiet else (lambda line: click.echo(line, err=True)))
+        reused = sum(1 for r in report["runs"].values() if r["reused"])
+        click.echo(f"compared {len(report['runs'])} runs ({reused} reused) in {_duration(report['seconds'])} "
+                   f"-> {Path(out) / 'report.md'}")
+    return compare_command
+
+
+compare_command = _make_command()

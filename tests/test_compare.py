@@ -1,0 +1,251 @@
+"""``dealrec compare`` end to end on a tiny release folder: scores once, runs per (method, seed),
+the report, resuming, refusals, and the same results on Ray as in this process."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from dealrec.cli import main
+from dealrec.compare import METRICS, SPLITS
+from test_prune import write_release
+
+N = 12
+METHODS = ["dealrec", "random", "el2n", "ccs"]
+SEEDS = [0, 1]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_encoder):
+    """A raw release folder and a tiny TIGER for its items (the effort target's starting point)."""
+    from dealrec.data import PreparedData
+    from dealrec.prepare import prepare
+    from finetune.rqvae import RQVAEConfig
+    from finetune.tiger import TigerConfig, build_tiger, save_tiger
+
+    root = tmp_path_factory.mktemp("compare")
+    raw = write_release(root / "raw")
+    prepare(raw, root / "prepared")
+    tiger = build_tiger(PreparedData(root / "prepared"), seed=0,
+                        config=TigerConfig(d_model=16, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
+                                           d_kv=8, dropout=0.1, max_history_items=5),
+                        rqvae_config=RQVAEConfig(codebook_size=8, latent_dim=8, hidden_dims=(16,), epochs=5,
+                                                 batch_size=64, kmeans_iters=5),
+                        encoder_dir=tiny_encoder, cache_dir=root / "emb", progress=False)
+    save_tiger(tiger, root / "tiger")
+    return {"root": root, "raw": raw, "tiger": root / "tiger", "encoder": tiny_encoder}
+
+
+def _args(w, out, methods=METHODS, seeds=SEEDS, *extra, workers="0"):
+    score = (f"--target-init {w['tiger']} --hvp cg --damping 0.05 --lissa-scale 10 --hessian-samples 32 "
+             f"--hvp-batch 16 --batch-size 16 --effort-batch-size 16 --shard-size 32")
+    tiny = f"--encoder {w['encoder']} --d-model 16 --layers 1 --rqvae-epochs 2 --max-epochs 2"
+    return ["compare", str(w["raw"]), "--n", str(N), "--methods", ",".join(methods),
+            "--seeds", ",".join(map(str, seeds)), "--out", str(out), "--workers", workers, "--surrogate-epochs", "2",
+            "--k", "4", "--score-args", score, "--finetune-args", tiny, *extra]
+
+
+def _compare(w, out, *args, **kwargs):
+    result = CliRunner().invoke(main, _args(w, out, *args, **kwargs))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result, json.loads((Path(out) / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def compared(workdir, tmp_path_factory):
+    """One finished comparison (four methods, two seeds, --full), run in this process."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
+    out = tmp_path_factory.mktemp("report") / "rep"
+    result, report = _compare(workdir, out, METHODS, SEEDS, "--full")
+    yield {"out": out, "report": report, "stderr": result.stderr}
+    mp.undo()
+
+
+def _results(out: Path) -> dict:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/result.json"))}
+
+
+def test_report_has_every_method_seed_and_reference(compared):
+    out, report = compared["out"], compared["report"]
+    names = [r["name"] for r in report["rows"]]
+    assert names == METHODS + ["all data", "most popular"]
+    results = _results(out)
+    assert set(results) == {f"{m}-seed{s}" for m in METHODS + ["all"] for s in SEEDS}
+    for row in report["rows"][:-1]:
+        for split in SPLITS:
+            for m in METRICS:
+                values = [results[f"{row['method']}-seed{s}"][split][m] for s in SEEDS]
+                assert row["per_seed"][split][m] == {str(s): v for s, v in zip(SEEDS, values)}
+                assert row["mean"][split][m] == pytest.approx(np.mean(values))
+                assert row["sd"][split][m] == pytest.approx(np.std(values, ddof=1))
+    # paired differences to random, seed by seed, and the ratio of the means
+    random_row = report["rows"][1]
+    for row in report["rows"][:-1]:
+        if row is random_row:
+            assert "vs_random" not in row
+            continue
+        vs = row["vs_random"]
+        for s in SEEDS:
+            assert vs["diff"]["test"]["recall@10"][str(s)] == pytest.approx(
+                results[f"{row['method']}-seed{s}"]["test"]["recall@10"] - results[f"random-seed{s}"]["test"]["recall@10"])
+        assert vs["ratio_of_means"]["test"]["ndcg@20"] == pytest.approx(
+            row["mean"]["test"]["ndcg@20"] / random_row["mean"]["test"]["ndcg@20"])
+    # most popular is the project's popularity reference, counted over all samples' sequences
+    from dealrec.data import PreparedData
+    from dealrec.evaluate import evaluate_scorer, popularity_scorer
+
+    data = PreparedData(report["prepared"])
+    expected = evaluate_scorer(popularity_scorer(data.samples().sequences(), data.n_items), data.eval_split("test"),
+                               data.n_items)
+    assert report["rows"][-1]["mean"]["test"] == {m: pytest.approx(expected[m]) for m in METRICS}
+    assert report["rows"][-1]["vs_random"]["ratio_of_means"]["test"]["recall@10"] > 0
+
+    # every coreset run selected N samples and trained on them; "all" trained on every sample
+    for name, r in results.items():
+        if name.startswith("all-"):
+            assert r["train_samples"] == 60
+            continue
+        assert pq.read_table(out / "runs" / name / "coreset.parquet").num_rows == N == r["train_samples"]
+        assert (out / "runs" / name / "tiger" / "metrics.json").exists()
+    # the seeds draw different coresets; the methods differ from random
+    ids = {name: pq.read_table(out / "runs" / name / "coreset.parquet").column("sample_id").to_pylist()
+           for name in results if not name.startswith("all-")}
+    assert ids["random-seed0"] != ids["random-seed1"] and ids["dealrec-seed0"] != ids["random-seed0"]
+
+    comp = report["composition"]
+    assert comp["all_samples"]["samples"] == 60
+    for method in METHODS:
+        for s in SEEDS:
+            c = comp["coresets"][method]["per_seed"][str(s)]
+            assert c["samples"] == N and 0 <= c["empty_history_share"] <= 1 and 1 <= c["distinct_targets"] <= N
+    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["torch_threads_per_run"] == [1]
+    assert report["seconds"] > 0 and all(r["seconds"] > 0 for r in report["runs"].values())
+    assert not report["missing"] and not report["failed"]
+
+    md = (out / "report.md").read_text()
+    for heading in ("## Test", "## Valid", "Paired against random", "## Composition", "## Runs", "## Machine"):
+        assert heading in md
+    for label in METHODS + ["all data (reference)", "most popular (reference)"]:
+        assert f"| {label} |" in md
+    for png in ("metrics.png", "composition.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one progress line per finished run on stderr
+    assert sum("compare: [" in line for line in compared["stderr"].splitlines()) == len(results)
+
+
+def test_scores_and_baseline_columns_are_computed_once(compared):
+    out, report = compared["out"], compared["report"]
+    el2n = report["phases"]["baselines"]["el2n"]
+    assert not el2n["reused"] and el2n["seconds"] is not None   # computed here, once
+    results = _results(out)
+    for method in ("el2n", "ccs"):   # every seed selected from the column computed once
+        for s in SEEDS:
+            assert results[f"{method}-seed{s}"]["baseline_reused"] == "el2n"
+    assert pq.read_table(out / "scores" / "with-baselines" / "scores.parquet").column_names[:4] == \
+        ["sample_id", "influence", "effort", "el2n"]
+
+
+def test_rerun_skips_finished_runs_and_redoes_the_rest(compared, workdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
+    out = tmp_path / "rep"
+    shutil.copytree(compared["out"], out)
+    before = _results(out)
+    stamps = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
+    shutil.rmtree(out / "runs" / "random-seed1")                 # a run whose folder was deleted
+    (out / "runs" / "dealrec-seed0" / "result.json").unlink()    # a run killed before its result
+    result, report = _compare(workdir, out, METHODS, SEEDS, "--full")
+    assert "8 of 10 runs already done" in result.stderr
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
+    redone = {name for name in after if after[name] != stamps.get(name)}
+    assert redone == {"random-seed1", "dealrec-seed0"}
+    assert report["phases"]["runs"] == {"seconds": pytest.approx(report["phases"]["runs"]["seconds"]), "ran": 2,
+                                        "reused": 8, "failed": 0}
+    assert report["phases"]["baselines"]["el2n"]["reused"]       # not recomputed either
+    assert report["phases"]["score"]["capture"]["ran"] == 0 and report["phases"]["score"]["effort"]["ran"] == 0
+    now = _results(out)
+    for name in redone:                                           # the same run gives the same numbers
+        assert now[name]["test"] == before[name]["test"] and now[name]["valid"] == before[name]["valid"]
+    assert {r["name"]: r["mean"] for r in report["rows"]} == {r["name"]: r["mean"] for r in compared["report"]["rows"]}
+
+    # another lambda changes what dealrec selects, not what random, el2n or ccs select
+    _, report = _compare(workdir, out, METHODS, [0], "--lambda", "0.7")
+    assert {n for n, r in report["runs"].items() if not r["reused"]} == {"dealrec-seed0"}
+
+
+def test_bad_requests_are_refused_up_front(workdir, tmp_path):
+    cases = [
+        (["--methods", "dealrec,bogus"], "unknown method 'bogus'", "choose from dealrec, influence"),
+        (["--seeds", "0,x"], "--seeds", "non-negative integers"),
+        (["--seeds", "1,1"], "--seeds", "repeated"),
+        (["--target", "bigrec"], "--target bigrec needs --llm", ""),
+        (["--finetune-args", "--seed 3"], "--seed is set by dealrec compare", ""),
+        (["--finetune-args", "--max-epoch 3"], "--finetune-args", "No such option"),
+        (["--finetune-args", "--metric bogus"], "--metric bogus", "choose loss"),
+        (["--score-args", "--hvp nope"], "--score-args", "nope"),
+    ]
+    for extra, *expected in cases:
+        out = tmp_path / "never"
+        result = CliRunner().invoke(main, ["compare", str(workdir["raw"]), "--out", str(out), *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+        assert all(e in lines[0] for e in expected), lines[0]
+        assert not out.exists()
+
+
+def test_failed_runs_are_reported_and_random_alone_needs_no_surrogate(workdir, tmp_path):
+    out = tmp_path / "rep"
+    args = ["compare", str(workdir["raw"]), "--n", str(N), "--methods", "random", "--seeds", "0,1", "--out", str(out),
+            "--workers", "0", "--quiet", "--finetune-args", f"--init {workdir['encoder']}"]   # not a TIGER
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("error: 2 of 2 runs failed (random-seed0: ")
+    assert "not a TIGER checkpoint" in result.output
+    assert "Traceback" in (out / "runs" / "random-seed0" / "error.txt").read_text()
+    assert not (out / "runs" / "random-seed0" / "result.json").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["failed"]) == {"random-seed0", "random-seed1"} and report["missing"] == report["planned"]
+    assert not (out / "scores" / "surrogate").exists() and not (out / "scores" / "scores.parquet").exists()
+
+
+def test_ray_gives_the_same_results_as_in_process(compared, workdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
+    out = tmp_path / "rep"
+    shutil.copytree(compared["out"] / "scores", out / "scores")   # the scores are done: only the runs go to Ray
+    _, report = _compare(workdir, out, ["dealrec", "random"], [0], workers="1")
+    assert report["machine"]["executor"]["executor"] == "ray"
+    ray, local = _results(out), _results(compared["out"])
+    for name in ("dealrec-seed0", "random-seed0"):
+        assert ray[name]["test"] == local[name]["test"] and ray[name]["valid"] == local[name]["valid"]
+        assert ray[name]["inputs"] == local[name]["inputs"]
+
+
+def test_bigrec_target_scores_effort_with_the_llm_and_trains_with_run_bigrec(workdir, tmp_path):
+    from tiny_lm import make_tiny_causal_lm
+
+    titles = [json.loads(line)["title"] for line in (workdir["raw"] / "items.jsonl").read_text().splitlines()]
+    llm = make_tiny_causal_lm("llama", titles, tmp_path / "llm")
+    out = tmp_path / "rep"
+    score = ("--hvp cg --damping 0.05 --lissa-scale 10 --hessian-samples 32 --hvp-batch 16 --batch-size 16 "
+             "--effort-batch-size 16 --shard-size 32")
+    quick = ("--batch-size 8 --micro-batch-size 4 --epochs 1 --max-new-tokens 8 --eval-batch-size 8 "
+             "--max-tokens 400 --max-users 10")
+    result = CliRunner().invoke(main, ["compare", str(workdir["raw"]), "--n", str(N), "--methods", "effort,random",
+                                       "--seeds", "0", "--target", "bigrec", "--llm", str(llm), "--out", str(out),
+                                       "--workers", "0", "--surrogate-epochs", "2", "--k", "4", "--quiet",
+                                       "--score-args", score, "--finetune-args", quick])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads((out / "report.json").read_text())
+    assert report["score_options"]["target"] == "bigrec"
+    assert json.loads((out / "scores" / "manifest.json").read_text())["target"]["target"] == "bigrec"
+    assert [r["name"] for r in report["rows"]] == ["effort", "random", "most popular"]
+    for name in ("effort-seed0", "random-seed0"):
+        metrics = json.loads((out / "runs" / name / "bigrec" / "metrics.json").read_text())
+        assert metrics["eval_users"] == {"valid": 10, "test": 10}
+        assert json.loads((out / "runs" / name / "result.json").read_text())["test"] == metrics["test"]
