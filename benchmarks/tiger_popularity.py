@@ -4,7 +4,7 @@ Shows why TIGER trains on the samples only by default: under the global time spl
 target is its most recent item, and popularity over targets ranks the test period better than
 popularity over every item of the sequences. Same sets as bench_tiger.py (seeded choice).
 
-    python benchmarks/tiger_popularity.py --data /work/data/games-prepared
+    python benchmarks/tiger_popularity.py --data /work/data/games-prepared [--split valid|test]
 """
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from dealrec.evaluate import evaluate_scorer, popularity_scorer
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--seeds", default="0,1,2", show_default=True)
 @click.option("--n", default=1024, show_default=True)
-def main(data_dir, seeds, n):
+@click.option("--split", type=click.Choice(["valid", "test"]), default="valid", show_default=True,
+              help="The period to rank (choose defaults on valid; test is for reporting).")
+def main(data_dir, seeds, n, split):
     data = PreparedData(data_dir)
-    samples, test, n_items = data.samples(), data.eval_split("test"), data.n_items
+    samples, test, n_items = data.samples(), data.eval_split(split), data.n_items
     rows = {"the samples' targets": [], "every item of the samples' sequences": []}
     seeds = [int(s) for s in seeds.split(",") if s]
     for seed in seeds:
