@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from dealrec.cli import main
 from dealrec.compare import METRICS, SPLITS
-from test_prune import write_release
+from test_prune import raw_release_and_tiny_tiger
 
 N = 12
 METHODS = ["dealrec", "random", "el2n", "ccs"]
@@ -23,21 +23,8 @@ SEEDS = [0, 1]
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tiny_encoder):
     """A raw release folder and a tiny TIGER for its items (the effort target's starting point)."""
-    from dealrec.data import PreparedData
-    from dealrec.prepare import prepare
-    from finetune.rqvae import RQVAEConfig
-    from finetune.tiger import TigerConfig, build_tiger, save_tiger
-
     root = tmp_path_factory.mktemp("compare")
-    raw = write_release(root / "raw")
-    prepare(raw, root / "prepared")
-    tiger = build_tiger(PreparedData(root / "prepared"), seed=0,
-                        config=TigerConfig(d_model=16, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
-                                           d_kv=8, dropout=0.1, max_history_items=5),
-                        rqvae_config=RQVAEConfig(codebook_size=8, latent_dim=8, hidden_dims=(16,), epochs=5,
-                                                 batch_size=64, kmeans_iters=5),
-                        encoder_dir=tiny_encoder, cache_dir=root / "emb", progress=False)
-    save_tiger(tiger, root / "tiger")
+    raw, _ = raw_release_and_tiny_tiger(root, encoder_dir=tiny_encoder)
     return {"root": root, "raw": raw, "tiger": root / "tiger", "encoder": tiny_encoder}
 
 

@@ -34,15 +34,13 @@ def write_release(folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def raw_and_tiger(tmp_path_factory):
-    """A raw release folder and a tiny TIGER for its items (the effort target's starting point)."""
+def raw_release_and_tiny_tiger(root: Path, encoder_dir=None) -> tuple[Path, Path]:
+    """A raw release folder under ``root`` and a tiny TIGER for its items (the effort target's start)."""
     from dealrec.data import PreparedData
     from dealrec.prepare import prepare
     from finetune.rqvae import RQVAEConfig
     from finetune.tiger import TigerConfig, build_tiger, save_tiger
 
-    root = tmp_path_factory.mktemp("prune")
     raw = write_release(root / "raw")
     prepare(raw, root / "prepared")
     tiger = build_tiger(PreparedData(root / "prepared"), seed=0,
@@ -50,9 +48,14 @@ def raw_and_tiger(tmp_path_factory):
                                            d_kv=8, dropout=0.1, max_history_items=5),
                         rqvae_config=RQVAEConfig(codebook_size=8, latent_dim=8, hidden_dims=(16,), epochs=5,
                                                  batch_size=64, kmeans_iters=5),
-                        cache_dir=root / "emb", progress=False)
+                        encoder_dir=encoder_dir, cache_dir=root / "emb", progress=False)
     save_tiger(tiger, root / "tiger")
     return raw, root / "tiger"
+
+
+@pytest.fixture(scope="module")
+def raw_and_tiger(tmp_path_factory):
+    return raw_release_and_tiny_tiger(tmp_path_factory.mktemp("prune"))
 
 
 def _prune(raw, tiger, out, *extra):
