@@ -143,11 +143,7 @@ def score_config(text: str, score_target: str, llm: str | None, workers: int | N
 
 def data_digest(prepared: PreparedData) -> str:
     """sha256 over everything a downstream run reads from the data folder: samples, items, eval splits."""
-    from dealrec.engine import stable_hash
-
-    files = [*prepared.shard_paths(), prepared.root / "items.parquet",
-             *(prepared.root / "eval" / f"{s}.parquet" for s in SPLITS)]
-    return stable_hash({p.relative_to(prepared.root).as_posix(): sha256_file(p) for p in files if p.exists()})
+    return prepared.content_digest()
 
 
 def columns_digest(scores_path: Path, columns: Sequence[str]) -> str | None:

@@ -327,6 +327,15 @@ class PreparedData:
         path = self.root / "eval" / f"{split}.parquet"
         return EvalSplit.from_table(read_table(path, what="evaluation split"), path)
 
+    def content_digest(self) -> str:
+        """sha256 over every file a model trained or evaluated on this folder reads (samples shards, items,
+        evaluation splits), by content: the key of anything derived from the data (surrogate, runs)."""
+        from dealrec.engine import stable_hash
+
+        files = [*self.shard_paths(), self.root / "items.parquet",
+                 *(self.root / "eval" / f"{s}.parquet" for s in SPLITS)]
+        return stable_hash({p.relative_to(self.root).as_posix(): sha256_file(p) for p in files if p.exists()})
+
     def manifest(self) -> dict:
         path = self.root / "manifest.json"
         return json.loads(path.read_text()) if path.exists() else {}

@@ -60,21 +60,63 @@ def _same_sources(manifest: dict, data: Path) -> bool:
 
 
 def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max_minutes: float | None,
-                    max_epochs: int, progress: bool, threads: int | None = None) -> tuple[Path, dict]:
+                    max_epochs: int, progress: bool, threads: int | None = None, log=None) -> tuple[Path, dict]:
+    """The surrogate: ``surrogate`` when given, else SASRec trained into ``out/surrogate``.
+
+    A surrogate left in ``out/surrogate`` by an earlier run is reused only when it was trained on data with
+    the same content and with the same options (seed, epochs, time budget); otherwise it is trained again,
+    and ``log`` (and the returned info's ``redone``) says why.
+    """
     if surrogate:
         return Path(surrogate), {"trained": False, "surrogate": str(surrogate)}
-    target = out / "surrogate"
-    if (target / "model.safetensors").exists() and (target / "metrics.json").exists():
-        return target, {"trained": True, "surrogate": str(target), "resumed": True}
     from surrogates.train import TrainConfig, train_surrogate
 
-    metrics = train_surrogate(data, "sasrec", target,
-                              train_cfg=TrainConfig(seed=seed, max_minutes=max_minutes, max_epochs=max_epochs,
-                                                    progress=progress, threads=threads),
-                              overwrite=True)
-    return target, {"trained": True, "surrogate": str(target), "epochs": metrics.get("epochs"),
-                    "stopped_by": metrics.get("stopped_by"),
-                    "seconds_per_epoch": metrics.get("seconds_per_epoch"), "valid": metrics.get("valid")}
+    target = out / "surrogate"
+    cfg = TrainConfig(seed=seed, max_minutes=max_minutes, max_epochs=max_epochs, progress=progress, threads=threads)
+    redone = _stale_surrogate(target, PreparedData(data), cfg)
+    if redone is None:
+        return target, {"trained": True, "surrogate": str(target), "resumed": True}
+    if redone and log is not None:
+        log(f"{target}: {redone}; training it again")
+    metrics = train_surrogate(data, "sasrec", target, train_cfg=cfg, overwrite=True)
+    info = {"trained": True, "surrogate": str(target), "epochs": metrics.get("epochs"),
+            "stopped_by": metrics.get("stopped_by"),
+            "seconds_per_epoch": metrics.get("seconds_per_epoch"), "valid": metrics.get("valid")}
+    if redone:
+        info["redone"] = redone
+    return target, info
+
+
+_SURROGATE_KEY_FIELDS = ("seed", "max_epochs", "max_minutes")
+
+
+def _stale_surrogate(folder: Path, data: PreparedData, cfg) -> str | None:
+    """None when ``folder`` holds a surrogate trained on ``data`` (same content) with ``cfg``'s seed, epochs
+    and budget; "" when there is none; else why it cannot be reused."""
+    import json
+
+    if not ((folder / "model.safetensors").exists() and (folder / "metrics.json").exists()):
+        return ""
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except ValueError:
+        return "the surrogate's metrics.json is unreadable"
+    if metrics.get("model") != "sasrec" or metrics.get("model_fields"):
+        return "the surrogate there is not the default SASRec"
+    if metrics.get("data_sha256") != data.content_digest():
+        return "the surrogate there was trained on other data" if metrics.get("data_sha256") else \
+            "the surrogate there does not record which data it was trained on"
+    trained = metrics.get("train_config") or {}
+    for field in _SURROGATE_KEY_FIELDS:
+        if trained.get(field) != getattr(cfg, field):
+            return f"the surrogate there was trained with {field}={trained.get(field)}, not {getattr(cfg, field)}"
+    return None
+
+
+def _say(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)
 
 
 def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: ScoreConfig | None = None,
@@ -103,7 +145,7 @@ def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: Sc
 
     t0 = time.perf_counter()
     surrogate_dir, sur_info = surrogate_phase(prepared, out, surrogate, config.seed, surrogate_minutes,
-                                              surrogate_epochs, progress, threads)
+                                              surrogate_epochs, progress, threads, log=_say)
     phases["train_surrogate"] = {"seconds": round(time.perf_counter() - t0, 3), **sur_info}
 
     t0 = time.perf_counter()

@@ -91,8 +91,9 @@ def _cached(key, build):
     return _CACHE[key]
 
 
-def _shard_samples(samples_dir: str, start: int, stop: int) -> Samples:
-    table = _cached(("samples", samples_dir), lambda: read_table(samples_dir, required=("sample_id", "history",
+def _shard_samples(samples_dir: str, digest: str, start: int, stop: int) -> Samples:
+    # keyed by content too: a long-lived worker must not serve a folder's old samples after it changed
+    table = _cached(("samples", samples_dir, digest), lambda: read_table(samples_dir, required=("sample_id", "history",
                                                                                         "target")))
     return Samples.from_table(table.slice(start, stop - start), samples_dir)
 
@@ -117,7 +118,7 @@ def capture_task(task: dict) -> dict:
 
     store, shard = task_store(task)
     model, block, taps = _surrogate(task["surrogate"], task["surrogate_sha256"])
-    samples = _shard_samples(task["samples_dir"], shard.start, shard.stop)
+    samples = _shard_samples(task["samples_dir"], task["samples_sha256"], shard.start, shard.stop)
     index, a, g, sums, weighted, weights, losses = [], [], [], [], [], [], []
     for lo, hi in batch_ranges(shard, task["batch_size"]):
         rows = capture_samples(model, taps, samples.subset(np.arange(lo, hi)), task["chunk_tokens"])
@@ -152,7 +153,7 @@ def _effort_target(task: dict):
                                  device=device)
         return tiger_target(task["tiger_dir"], block=task.get("effort_block"))
     return _cached(("effort", task["target"], task.get("llm"), task.get("adapter"), task.get("tiger_dir"),
-                    task.get("effort_block")), build)
+                    task.get("effort_block"), task["target_sha256"]), build)
 
 
 def effort_task(task: dict) -> dict:
@@ -160,7 +161,7 @@ def effort_task(task: dict) -> dict:
 
     store, shard = task_store(task)
     target = _effort_target(task)
-    samples = _shard_samples(task["samples_dir"], shard.start, shard.stop)
+    samples = _shard_samples(task["samples_dir"], task["samples_sha256"], shard.start, shard.stop)
     norms = [target.norms(samples.subset(np.arange(lo, hi)))
              for lo, hi in batch_ranges(shard, task["batch_size"])]
     tmp = store.temporary(shard)
@@ -273,6 +274,7 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
 
     samples_dir = str(prepared.samples_dir)
     samples_sha = [sha256_file(p) for p in prepared.shard_paths()]
+    samples_key = stable_hash(samples_sha)
     surrogate_sha = surrogate_digest(surrogate)
     samples = Samples.from_table(read_table(samples_dir, required=("sample_id", "history", "target")), samples_dir)
     n = len(samples)
@@ -289,7 +291,8 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
                       "chunk_tokens": config.chunk_tokens, "threads": executor.threads, "format": CAPTURE_FORMAT}
         phases["capture"] = run_phase(
             executor, capture_task, cap_store, shards,
-            lambda s: {"samples_dir": samples_dir, "surrogate": str(surrogate), "surrogate_sha256": surrogate_sha,
+            lambda s: {"samples_dir": samples_dir, "samples_sha256": samples_key, "surrogate": str(surrogate),
+                       "surrogate_sha256": surrogate_sha,
                        "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens},
             cap_inputs, "influence: capture", progress)
 
@@ -337,7 +340,8 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
         target_info: dict = {"target": config.target}
         if config.target != "none":
             t0 = time.perf_counter()
-            task_base = {"samples_dir": samples_dir, "data": str(prepared.root), "target": config.target,
+            task_base = {"samples_dir": samples_dir, "samples_sha256": samples_key, "data": str(prepared.root),
+                         "target": config.target,
                          "batch_size": config.effort_batch_size, "effort_block": config.effort_block}
             eff_inputs = {"samples": samples_sha, "target": config.target, "batch_size": config.effort_batch_size,
                           "block": config.effort_block, "threads": executor.threads}
@@ -352,6 +356,7 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
                 eff_inputs["tiger"] = tiger_info.get("built_sha256", tiger_info["sha256"])  # the content
                 phases["semantic_ids"] = {"seconds": tiger_info.pop("seconds")}
                 target_info.update(tiger_info)
+            task_base["target_sha256"] = stable_hash({k: v for k, v in eff_inputs.items() if k != "samples"})
             eff_store = ShardStore(work / "effort", "effort", "safetensors")
             eff_shards = plan_shards(n, config.shard_size, config.effort_batch_size)
             phases["effort"] = run_phase(executor, effort_task, eff_store, eff_shards,

@@ -164,7 +164,8 @@ def train_surrogate(data_dir: str | Path, model_name: str, out_dir: str | Path,
     fields = {"seed": train_cfg.seed, **(model_fields or {}), "n_items": data.n_items}
     model = cls(cls.config_class(**fields))
     metrics = train(model, samples, data, train_cfg)
-    metrics = {"model": model_name, "data": str(Path(data_dir).resolve()), **metrics}
+    metrics = {"model": model_name, "data": str(Path(data_dir).resolve()), "data_sha256": data.content_digest(),
+               "model_fields": dict(model_fields or {}), **metrics}
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         save_surrogate(model, tmp)
         write_json_atomic(tmp / "metrics.json", metrics)

@@ -102,3 +102,31 @@ def test_prune_end_to_end_and_rerun(raw_and_tiger, tmp_path):
 def test_prune_rejects_missing_data(tmp_path):
     result = CliRunner().invoke(main, ["prune", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no such file or folder" in result.output
+
+
+def test_prune_into_a_folder_of_other_data_redoes_the_surrogate(raw_and_tiger, tmp_path):
+    """Stale state is never reused: a rerun into the same --out on other data trains the surrogate again
+    (and says why), and its coreset is the one a fresh run on that data gives."""
+    import shutil
+
+    raw, tiger = raw_and_tiger
+    other = tmp_path / "other"
+    shutil.copytree(raw, other)
+    lines = (other / "sequential_train.txt").read_text().splitlines()
+    lines[20] = lines[20].split()[0] + " 5 6 7 8 9"   # one user's history changes
+    (other / "sequential_train.txt").write_text("\n".join(lines) + "\n")
+
+    out = tmp_path / "run"
+    _prune(raw, tiger, out)
+    again = _prune(other, tiger, out)
+    phase = again["prune"]["phases"]["train_surrogate"]
+    assert not again["prune"]["phases"]["prepare"].get("resumed")
+    assert not phase.get("resumed") and "other data" in phase["redone"]
+    fresh = _prune(other, tiger, tmp_path / "fresh")
+    assert fresh["prune"]["phases"]["train_surrogate"].get("redone") is None
+    for name in ("scores.parquet", "coreset.parquet"):
+        assert pq.read_table(out / name).to_pydict() == pq.read_table(tmp_path / "fresh" / name).to_pydict()
+
+    # other training options are stale state too
+    epochs = _prune(other, tiger, out, "--surrogate-epochs", "1")["prune"]["phases"]["train_surrogate"]
+    assert "max_epochs=2, not 1" in epochs["redone"]
