@@ -171,24 +171,36 @@ class _Actor:
         return getattr(importlib.import_module(module), name)(task)
 
 
+ACTOR_RETRIES = 2   # a task whose Ray actor died is tried again on a fresh actor this many times
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
 class RayExecutor:
     """A pool of Ray actors sized from the cluster's resources."""
 
     kind = "ray"
 
-    def __init__(self, workers: int | None = None, address: str | None = None, threads: int = 1):
+    def __init__(self, workers: int | None = None, address: str | None = None, threads: int = 1,
+                 retries: int = ACTOR_RETRIES):
         import ray
+
+        self.retries = retries
 
         self.started_here = False
         if not ray.is_initialized():
             os.environ.setdefault("RAY_DEDUP_LOGS", "0")
             kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                           configure_logging=True)
+            # No address: always a fresh local instance ("local"), never whatever cluster ray.init() would
+            # find by itself (the last `ray start` recorded in /tmp/ray, possibly stopping or stopped).
+            # RAY_ADDRESS in the environment still counts as naming a cluster.
+            address = address or os.environ.get("RAY_ADDRESS") or None
             try:
-                if address:
-                    ray.init(address=address, **kwargs)
-                else:
-                    ray.init(**kwargs)
+                ray.init(address=address or "local", **kwargs)
             except Exception as e:  # connection refused, bad address, ...
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 raise DealrecError(f"could not start or join {where}: {str(e).splitlines()[0]}") from None
@@ -218,41 +230,70 @@ class RayExecutor:
     def has_gpu(self) -> bool:
         return self.gpus > 0
 
+    def _actor_class(self, gpu: bool):
+        return self.ray.remote(_Actor).options(
+            num_cpus=self.cpus_per_actor, num_gpus=(min(1.0, self.gpus / self.workers) if gpu else 0))
+
     def _pool(self, use_gpu: bool) -> list:
         gpu = bool(use_gpu and self.gpus > 0)
         if gpu not in self._pools:
-            actor_cls = self.ray.remote(_Actor).options(
-                num_cpus=self.cpus_per_actor, num_gpus=(min(1.0, self.gpus / self.workers) if gpu else 0))
-            self._pools[gpu] = [actor_cls.remote(self.threads) for _ in range(self.workers)]
+            self._pools[gpu] = [self._actor_class(gpu).remote(self.threads) for _ in range(self.workers)]
         return self._pools[gpu]
 
     def run(self, fn: Callable[[dict], dict], tasks: list[dict], desc: str, progress: bool = True,
             use_gpu: bool = False) -> Iterator[dict]:
+        """Results in completion order. A task whose actor dies (killed, out of memory, crashed) runs again
+        on a fresh actor, up to ``retries`` times; tasks are idempotent (outputs are committed
+        atomically under their key), so a retry cannot leave a half result behind."""
         fn_path = f"{fn.__module__}:{fn.__name__}"
         actors = self._pool(use_gpu)
-        idle = list(actors)
+        idle = list(range(len(actors)))
         pending: dict = {}
-        queue = list(tasks)
+        queue = [(task, 0) for task in tasks]
         bar = _progress(len(tasks), desc, progress)
         try:
             while queue or pending:
                 while queue and idle:
-                    actor = idle.pop()
-                    pending[actor.call.remote(fn_path, queue.pop(0))] = actor
+                    slot = idle.pop()
+                    task, attempt = queue.pop(0)
+                    pending[actors[slot].call.remote(fn_path, task)] = (slot, task, attempt)
                 done, _ = self.ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    idle.append(pending.pop(ref))
+                    slot, task, attempt = pending.pop(ref)
                     try:
                         result = self.ray.get(ref)
                     except self.ray.exceptions.RayTaskError as e:
+                        idle.append(slot)
                         cause = e.cause if hasattr(e, "cause") else None
                         if isinstance(cause, DealrecError):
                             raise cause from None
                         raise
+                    except self.ray.exceptions.RayActorError as e:
+                        what = _one_line(e)
+                        if attempt >= self.retries:
+                            times = "once" if attempt == 0 else f"{attempt + 1} times"
+                            raise DealrecError(
+                                f"{desc}: a Ray worker died {times} running the same task ({what}); "
+                                f"finished work is kept, so the same command again resumes") from None
+                        actors[slot] = self._replace(actors[slot], use_gpu)   # a fresh actor in its place
+                        idle.append(slot)
+                        queue.insert(0, (task, attempt + 1))
+                        continue
+                    idle.append(slot)
                     bar.update(1)
                     yield result
         finally:
             bar.close()
+
+    def _replace(self, actor, use_gpu: bool):
+        pool = self._pools[bool(use_gpu and self.gpus > 0)]
+        try:
+            self.ray.kill(actor)
+        except Exception:  # already gone
+            pass
+        fresh = self._actor_class(bool(use_gpu and self.gpus > 0)).remote(self.threads)
+        pool[pool.index(actor)] = fresh
+        return fresh
 
     def shutdown(self) -> None:
         for pool in self._pools.values():

@@ -42,7 +42,10 @@ def ray_session():
     """One local Ray instance for the whole module (starting Ray costs seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    # the actors import this module's task functions (die_once) by name
+    path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield ray
     ray.shutdown()
 
@@ -222,3 +225,32 @@ def test_tensors_digest_hashes_content_not_file_bytes(tmp_path):
     assert tensors_digest(tmp_path / "one.safetensors") == tensors_digest(tmp_path / "two.safetensors")
     save_file({**a, "w": a["w"] + 1e-6}, str(tmp_path / "three.safetensors"))
     assert tensors_digest(tmp_path / "three.safetensors") != tensors_digest(tmp_path / "one.safetensors")
+
+
+def die_once(task: dict) -> dict:
+    """A task whose worker process dies the first time it runs (a marker file remembers)."""
+    marker = Path(task["marker"])
+    if task.get("always") or not marker.exists():
+        marker.touch()
+        os._exit(1)
+    return {"i": task["i"], "pid": os.getpid()}
+
+
+def test_ray_task_whose_actor_dies_runs_again_on_a_fresh_actor(ray_session, tmp_path):
+    from dealrec.errors import DealrecError
+
+    executor = RayExecutor(workers=1, retries=1)
+    try:
+        (tmp_path / "m1").touch()   # task 1 runs normally, task 0's worker dies once
+        tasks = [{"i": 0, "marker": str(tmp_path / "m0")}, {"i": 1, "marker": str(tmp_path / "m1")}]
+        results = list(executor.run(die_once, tasks, "dying", progress=False))
+        assert sorted(r["i"] for r in results) == [0, 1]
+        executor.retries = 0
+        with pytest.raises(DealrecError) as err:
+            list(executor.run(die_once, [{"i": 2, "marker": str(tmp_path / "m2"), "always": True}], "always dying",
+                              progress=False))
+        message = str(err.value)
+        assert "\n" not in message and message.startswith("always dying: a Ray worker died once running the same task")
+        assert "the same command again resumes" in message
+    finally:
+        executor.shutdown()
