@@ -856,7 +856,7 @@ def _make_command():
                   help="At most this many surrogate epochs (early stopping on validation NDCG@10 too).")
     @click.option("--surrogate-minutes", type=float, default=None,
                   help="Wall-clock budget of surrogate training [default: none, early stopping alone].")
-    @click.option("--threads", type=int, default=None, help="Torch threads for surrogate training.")
+    @click.option("--threads", type=int, default=None, help="Torch threads for surrogate training [2, on any machine: the weights depend on it].")
     @click.option("--lambda", "lam", type=float, default=DEFAULT_LAMBDA, show_default=True,
                   help="Weight of the effort score (dealrec, greedy).")
     @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Strata (stratified methods).")

@@ -110,6 +110,11 @@ def _stale_surrogate(folder: Path, data: PreparedData, cfg) -> str | None:
     for field in _SURROGATE_KEY_FIELDS:
         if trained.get(field) != getattr(cfg, field):
             return f"the surrogate there was trained with {field}={trained.get(field)}, not {getattr(cfg, field)}"
+    from surrogates.train import DEFAULT_THREADS
+
+    threads = cfg.threads or DEFAULT_THREADS   # the weights depend on the thread count
+    if metrics.get("threads") != threads:
+        return f"the surrogate there was trained on {metrics.get('threads')} threads, not {threads}"
     return None
 
 
@@ -188,7 +193,8 @@ def _make_command():
     @click.option("--surrogate-epochs", type=int, default=100, show_default=True,
                   help="At most this many surrogate epochs (early stopping on validation NDCG@10 too).")
     @click.option("--threads", type=int, default=None,
-                  help="Torch threads for surrogate training (scoring uses --threads-per-worker); on a busy machine 1 is faster.")
+                  help="Torch threads for surrogate training [2, on any machine: the surrogate's weights, and so the "
+                       "coreset, depend on it] (scoring uses --threads-per-worker).")
     @click.option("--lambda", "lam", type=float, default=None, help="Weight of the effort score [0.3].")
     @click.option("--k", "k", type=int, default=None, help="Strata [50].")
     @click.option("--hard-prune", type=float, default=None, help="Share of top scores dropped [0.1].")

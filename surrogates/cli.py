@@ -41,7 +41,7 @@ MODEL_OPTIONS = ("hidden", "n_blocks", "n_heads", "ffn_hidden", "max_len", "drop
 @click.option("--weighting", type=click.Choice(["position", "sample"]), default=TrainConfig.weighting,
               show_default=True, help="Weigh every predicted item (position) or every sample equally.")
 @click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
-@click.option("--threads", type=int, default=None, help="Torch threads [the cores available].")
+@click.option("--threads", type=int, default=None, help="Torch threads [2, whatever the machine: the weights depend on the thread count].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_decay, batch_size, max_epochs,
                             patience, max_minutes, weighting, seed, threads, quiet, **model_options):

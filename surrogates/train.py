@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dealrec.threads import fixed_threads
 from dealrec.data import PreparedData, Samples, atomic_output_dir, check_item_range, write_json_atomic
 from dealrec.errors import DealrecError
 from dealrec.evaluate import evaluate_scorer, format_metrics
@@ -38,7 +39,7 @@ class TrainConfig:
     seed: int = 0
     weighting: str = "position"       # "position": every predicted item weighs the same; "sample": every sample
     max_minutes: float | None = None  # wall-clock budget; checked after each epoch
-    threads: int | None = None        # torch intra-op threads; default: the cores this process may use
+    threads: int | None = None        # torch intra-op threads; default DEFAULT_THREADS, whatever the machine
     eval_batch_size: int = 1024
     progress: bool = True
 
@@ -51,11 +52,12 @@ class TrainConfig:
             raise DealrecError("lr must be positive")
 
 
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+# A fixed default, not the machine's core count: a float sum over another number of threads adds in
+# another order, so the trained weights (and the coreset after them) would depend on the machine
+# (measured: 1 and 2 threads give different SASRec bytes). 2 because every machine has two cores and
+# the reference numbers in the docs were trained so; --threads trades this for speed, and metrics.json
+# records the count.
+DEFAULT_THREADS = 2
 
 
 def evaluate_model(model: Surrogate, data: PreparedData, split: str, batch_size: int = 1024) -> dict[str, float]:
@@ -63,8 +65,13 @@ def evaluate_model(model: Surrogate, data: PreparedData, split: str, batch_size:
 
 
 def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
-    """Train ``model`` in place (it ends holding the best weights); return the metrics dict."""
-    torch.set_num_threads(cfg.threads or default_threads())
+    """Train ``model`` in place (it ends holding the best weights); return the metrics dict. Runs on
+    ``cfg.threads`` (default ``DEFAULT_THREADS``) torch threads and gives the caller's count back."""
+    with fixed_threads(cfg.threads or DEFAULT_THREADS):
+        return _train(model, samples, data, cfg)
+
+
+def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # dropout masks
     shuffle_rng = np.random.default_rng(cfg.seed)
     valid_split = data.eval_split("valid")

@@ -144,3 +144,28 @@ def test_the_stop_reason_is_recorded_and_prune_has_no_clock_budget(prepared, tmp
     assert train_surrogate(prepared, "sasrec", tmp_path / "a", TINY_MODEL, cfg)["stopped_by"] == "max epochs"
     budget = TrainConfig(**{**cfg.__dict__, "max_minutes": 0.0})
     assert train_surrogate(prepared, "sasrec", tmp_path / "b", TINY_MODEL, budget)["stopped_by"] == "time budget"
+
+
+def test_default_thread_count_is_fixed_not_the_machines(prepared, tmp_path, monkeypatch):
+    """The weights depend on the thread count, so the default must not follow the machine: training
+    with the default on a 'machine' whose torch starts with 1 or with 3 threads gives the same bytes,
+    and the caller's thread count is given back."""
+    import hashlib
+    import os
+
+    import torch
+
+    from surrogates.train import DEFAULT_THREADS, TrainConfig, train_surrogate
+
+    data = prepared
+    digests = []
+    for machine in (1, 3):   # cores, as the process sees them
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=machine: set(range(n)), raising=False)
+        monkeypatch.setattr(os, "cpu_count", lambda n=machine: n)
+        torch.set_num_threads(machine)
+        out = tmp_path / f"s{machine}"
+        metrics = train_surrogate(data, "sasrec", out, train_cfg=TrainConfig(max_epochs=1, progress=False))
+        assert torch.get_num_threads() == machine and metrics["threads"] == DEFAULT_THREADS
+        digests.append(hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())
+    torch.set_num_threads(1)
+    assert digests[0] == digests[1]
