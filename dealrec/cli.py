@@ -3,7 +3,9 @@
 Each command lives beside the code it drives and is named here, in ``COMMANDS``; a command's
 module is imported only when that command (or the help listing) needs it, so ``dealrec
 prepare`` does not pay for importing Ray, transformers and peft.
-A ``DealrecError`` becomes one line on stderr and exit status 2, never a traceback.
+A ``DealrecError`` becomes one line on stderr and exit status 2, never a traceback; so does a
+file-system error (``OSError``: a full disk, a read-only folder, a file where a folder should be),
+as ``error: PATH: what went wrong`` (docs/reliability.md).
 """
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ class _LazyGroup(click.Group):
             return super().invoke(ctx)
         except DealrecError as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except OSError as e:
+            from dealrec.paths import describe_os_error
+
+            click.echo(f"error: {describe_os_error(e)}", err=True)
             sys.exit(2)
 
 

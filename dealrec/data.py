@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dealrec.errors import DealrecError, InputError
+from dealrec.paths import remove_stale_temps, temp_file_name, temp_prefix
 
 SAMPLES_SCHEMA = pa.schema([
     ("sample_id", pa.int64()),
@@ -57,48 +58,83 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary name beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    On any error the temporary file is removed and ``path`` is left as it was (absent, or the previous
+    complete file); a file-system error without a file name is given ``path``'s. Temporaries of a run
+    that was killed are removed first (``dealrec.paths.remove_stale_temps``).
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    remove_stale_temps(path)
+    tmp = temp_file_name(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)
+        raise
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """UTF-8 text, ``\\n`` line ends, under a temporary name renamed into place."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     """Write to a temporary name beside ``path`` and rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 @contextlib.contextmanager
 def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; move it to ``out`` only if the block succeeds.
 
-    A crash or an error leaves ``out`` as it was (absent, or the previous complete result).
+    A crash or an error leaves ``out`` as it was (absent, or the previous complete result), and no
+    temporary folder behind; one left by a killed run is removed by the next run that writes ``out``.
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise DealrecError(f"{out}: already exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
     try:
         yield tmp
-    except BaseException:
+        if out.exists() or out.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(out, "old"), dir=out.parent))
+            os.replace(out, old / "x")
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old / "x", out)   # put the previous result back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(out)
         raise
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "x")
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 # ----------------------------------------------------------------------------- samples
