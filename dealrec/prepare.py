@@ -36,6 +36,7 @@ from dealrec import __version__
 from dealrec.data import (DEFAULT_SHARD_SIZE, EvalSplit, atomic_output_dir, samples_table, sha256_file,
                           write_json_atomic, write_parquet_atomic, write_samples)
 from dealrec.errors import DealrecError, InputError
+from dealrec.paths import check_output
 
 RELEASE_FILES = {"train": "sequential_train.txt", "valid": "sequential_valid.txt",
                  "test": "sequential_test.txt", "items": "items.jsonl"}
@@ -98,6 +99,8 @@ def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = N
     src, out = Path(src), Path(out)
     if options.shard_size < 1:
         raise DealrecError(f"--shard-size must be at least 1, got {options.shard_size}")
+    # OUT is built beside itself and renamed over the old one: never SRC, inside it, or around it.
+    check_output(out, {"SRC": src, "--items": options.items_file})
     if out.exists() and not overwrite:
         # Checked before the (possibly long) reading, so the user learns it at once.
         raise DealrecError(f"{out}: already exists (pass --overwrite to replace it)")
