@@ -59,25 +59,26 @@ def check_output(out: str | Path, inputs: Mapping[str, "str | Path | None"], *,
     """
     out_real = real(out)
     written = None if writes is None else [out_real / w for w in writes]
-    for name, path in inputs.items():
-        if path is None or str(path) == "":
-            continue
-        inp = real(path)
+    given = [(name, path, real(path)) for name, path in inputs.items() if path is not None and str(path) != ""]
+    for name, path, inp in given:   # the most direct overlap first: the same path, ...
         if inp == out_real:
             raise DealrecError(f"{option} {out} is the input {name} {path}: refusing to write over an input "
                                f"(choose another {option})")
+    for name, path, inp in given:   # ... then out inside an input, ...
         if _inside(out_real, inp):
             raise DealrecError(f"{option} {out} is inside the input {name} {path}: refusing to write into an "
                                f"input (choose another {option})")
-        if _inside(inp, out_real):
-            if written is None:
-                raise DealrecError(f"the input {name} {path} is inside {option} {out}, which this command "
-                                   f"replaces as a whole: refusing to delete an input (choose another {option})")
-            for w in written:
-                if inp == w or _inside(inp, w):
-                    raise DealrecError(f"the input {name} {path} is inside {option} {out}, at "
-                                       f"{w.relative_to(out_real).as_posix()} which this command writes: "
-                                       f"refusing to overwrite an input (choose another {option})")
+    for name, path, inp in given:   # ... then an input inside what out replaces or writes
+        if not _inside(inp, out_real):
+            continue
+        if written is None:
+            raise DealrecError(f"the input {name} {path} is inside {option} {out}, which this command "
+                               f"replaces as a whole: refusing to delete an input (choose another {option})")
+        for w in written:
+            if inp == w or _inside(inp, w):
+                raise DealrecError(f"the input {name} {path} is inside {option} {out}, at "
+                                   f"{w.relative_to(out_real).as_posix()} which this command writes: "
+                                   f"refusing to overwrite an input (choose another {option})")
     check_writable(out, option=option, folder=folder, in_place=writes is not None)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dealrec.data import PreparedData, write_json_atomic
 from dealrec.errors import DealrecError, InputError
+from dealrec.paths import check_output
 from dealrec.score import MANIFEST_FILE, ScoreConfig, _read_manifest, _score_options, config_from_options, \
     run_score
 
@@ -124,6 +125,17 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def run_writes(data: Path, surrogate) -> tuple[str, ...]:
+    """What prune writes in its run folder: an input may sit beside these (a prepared RUN/data, a given
+    RUN/surrogate: both only read), never among them."""
+    from dealrec.export import BIGREC_FILE, TIGER_DIR
+    from dealrec.score import RUN_WRITES
+    from dealrec.select import CORESET_FILE, PLOT_FILE
+
+    return (*RUN_WRITES, CORESET_FILE, PLOT_FILE, BIGREC_FILE, TIGER_DIR,
+            *(() if is_prepared(Path(data)) else ("data",)), *(() if surrogate else ("surrogate",)))
+
+
 def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: ScoreConfig | None = None,
               lam: float | None = None, k: int | None = None, hard_prune: float | None = None,
               surrogate_minutes: float | None = None, surrogate_epochs: int = 100, progress: bool = True,
@@ -140,6 +152,8 @@ def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: Sc
     data, out = Path(data), Path(out)
     if n < 1:
         raise DealrecError("--n must be at least 1")
+    check_output(out, {"DATA": data, "--surrogate": surrogate, "--llm": config.llm, "--adapter": config.adapter,
+                       "--target-init": config.target_init}, writes=run_writes(data, surrogate))
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     phases: dict = {}

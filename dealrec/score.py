@@ -29,11 +29,13 @@ from dealrec.data import PreparedData, Samples, read_table, sha256_file, write_j
 from dealrec.engine import ShardStore, batch_ranges, make_executor, plan_shards, run_phase, stable_hash, task_store
 from dealrec.errors import DealrecError
 from dealrec.hvp import HvpConfig, SOLVERS
+from dealrec.paths import check_output
 
 SCORES_FILE = "scores.parquet"
 MANIFEST_FILE = "manifest.json"
 TARGETS = ("tiger", "bigrec", "none")
 V_WEIGHTINGS = ("training", "position", "sample")
+RUN_WRITES = ("work", SCORES_FILE, MANIFEST_FILE)   # what run_score writes in its run folder
 CAPTURE_FORMAT = 2  # 2: captures also hold the position-weighted gradient sums
 
 
@@ -268,6 +270,10 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
     for f in ("model.safetensors", "config.json"):
         if not (surrogate / f).exists():
             raise DealrecError(f"{surrogate / f}: missing (is {surrogate} a trained surrogate folder?)")
+    # OUT is a run folder written in place (work/, scores.parquet, manifest.json); an input may sit beside
+    # those (RUN/data, RUN/surrogate of 'dealrec prune'), never be OUT, contain it or be one of them.
+    check_output(out, {"DATA": data, "--surrogate": surrogate, "--llm": config.llm, "--adapter": config.adapter,
+                       "--target-init": config.target_init}, writes=RUN_WRITES)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"

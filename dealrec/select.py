@@ -471,6 +471,13 @@ def run_select(run=None, method: str = "dealrec", n: int = DEFAULT_N, lam: float
     data = data or manifest_path(manifest, "data", run)
     if data is None:
         raise DealrecError(f"no data folder: {run / MANIFEST_FILE} names none; pass --data DIR")
+    # OUT (RUN by default: select rewrites RUN's scores by design) is written in place; the data and the
+    # surrogate may sit beside what it writes (RUN/data of 'dealrec prune'), never be OUT or contain it.
+    from dealrec.paths import check_output
+
+    used_surrogate = surrogate or (manifest_path(manifest, "surrogate", run) if method in BASELINE_METHODS else None)
+    check_output(out, {"--data": data, "--surrogate": used_surrogate},
+                 writes=(SCORES_FILE, CORESET_FILE, MANIFEST_FILE, PLOT_FILE), option="--out" if out != run else "RUN")
     prepared = PreparedData(data)
     samples_tbl = read_table(prepared.samples_dir, required=("sample_id", "history", "target"),
                              what="samples table")

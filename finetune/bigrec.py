@@ -40,6 +40,7 @@ from dealrec.data import EvalSplit, PreparedData, atomic_output_dir, check_item_
     sha256_file, shard_paths, write_json_atomic
 from dealrec.errors import DealrecError
 from dealrec.evaluate import DEFAULT_KS, evaluate_scorer, format_metrics
+from dealrec.paths import check_output
 from finetune.llm import attach_lora, load_causal_lm, pick_device, pick_dtype
 from finetune.prompts import DOMAIN_TEMPLATES, LOSS_ON, PromptTemplate, encode_example, encode_prompt
 
@@ -362,6 +363,8 @@ def run_bigrec(llm: str | Path, data: str | Path, train: str | Path, out: str | 
 def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig, overwrite: bool) -> dict:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    # OUT is replaced as a whole: never an input, inside one, or around one
+    check_output(out, {"--llm": llm, "--data": data, "--train": train, "--adapter": cfg.adapter})
     if out.exists() and not overwrite:
         raise DealrecError(f"{out}: already exists (pass --overwrite to replace it)")
     if cfg.loss_on not in LOSS_ON:

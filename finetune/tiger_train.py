@@ -28,6 +28,7 @@ import torch
 from dealrec.data import EvalSplit, PreparedData, Samples, atomic_output_dir, load_samples, write_json_atomic
 from dealrec.errors import DealrecError
 from dealrec.evaluate import DEFAULT_KS, ranking_metrics
+from dealrec.paths import check_output
 from finetune.rqvae import RQVAEConfig
 from finetune.tiger import TigerConfig, TigerModel, build_tiger, load_tiger, save_tiger
 
@@ -206,6 +207,9 @@ def run_tiger(data_dir, train_path, out, init_ckpt=None, encoder_dir=None, seed:
     trainings in one process). Returns the metrics written to ``OUT/metrics.json``.
     """
     check_metric(metric)
+    # OUT is replaced as a whole: never an input, inside one, or around one (--train RUN/tiger/train.parquet
+    # with --out RUN/tiger would delete the training file)
+    check_output(out, {"--data": data_dir, "--train": train_path, "--init": init_ckpt, "--encoder": encoder_dir})
     if Path(out).exists() and not overwrite:
         raise DealrecError(f"{out}: already exists (pass --overwrite to replace it)")
     threads_before = torch.get_num_threads()

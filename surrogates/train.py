@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from dealrec.threads import fixed_threads
 from dealrec.data import PreparedData, Samples, atomic_output_dir, check_item_range, write_json_atomic
 from dealrec.errors import DealrecError
+from dealrec.paths import check_output
 from dealrec.evaluate import evaluate_scorer, format_metrics
 from surrogates.base import Surrogate, save_surrogate, surrogate_class
 
@@ -159,6 +160,7 @@ def train_surrogate(data_dir: str | Path, model_name: str, out_dir: str | Path,
     """Train a surrogate on all samples of ``data_dir`` and write ``out_dir``:
     ``model.safetensors``, ``config.json`` and ``metrics.json`` (all or nothing)."""
     train_cfg = train_cfg or TrainConfig()
+    check_output(out_dir, {"DATA": data_dir})   # OUT is replaced as a whole: never DATA, in it or around it
     data = PreparedData(data_dir)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:  # fail before training, not after
