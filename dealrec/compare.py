@@ -36,7 +36,8 @@ from typing import Sequence
 
 import numpy as np
 
-from dealrec.data import PreparedData, read_table, sha256_file, write_json_atomic, write_parquet_atomic
+from dealrec.data import (PreparedData, atomic_file, read_table, sha256_file, write_json_atomic,
+                          write_parquet_atomic, write_text_atomic)
 from dealrec.errors import DealrecError
 from dealrec.select import (CORESET_FILE, DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, METHOD_COLUMNS,
                             METHODS, STRATIFIED_METHODS, n_hard_pruned)
@@ -277,9 +278,7 @@ def _run_one(task: dict) -> dict:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def _finished(folder: Path, inputs: dict) -> dict | None:
@@ -372,6 +371,25 @@ def _sync_base(base: Path, scores_dir: Path | None, samples_dir: Path) -> None:
     write_json_atomic(base / "manifest.json", manifest)
 
 
+def _check_out(out: Path, data: Path, llm, surrogate, needs_surrogate: bool, config, train_options: dict) -> None:
+    """REPORT is written in place (the layout above): an input may sit beside what it writes (a prepared
+    REPORT/scores/data, a given REPORT/scores/surrogate: only read), never be REPORT, hold it or be among it."""
+    from dealrec.paths import check_output
+    from dealrec.prune import is_prepared
+
+    writes = ["scores/work", "scores/scores.parquet", "scores/manifest.json", BASE_DIR.as_posix(), "runs",
+              "report.json", "report.md", "metrics.png", "composition.png"]
+    if not is_prepared(data):
+        writes.append("scores/data")
+    if needs_surrogate and not surrogate:
+        writes.append("scores/surrogate")
+    check_output(out, {"DATA": data, "--llm": llm, "--surrogate": surrogate,
+                       "--score-args --adapter": config.adapter, "--score-args --target-init": config.target_init,
+                       "--finetune-args --init": train_options.get("init_ckpt"),
+                       "--finetune-args --encoder": train_options.get("encoder_dir"),
+                       "--finetune-args --adapter": train_options.get("adapter")}, writes=writes)
+
+
 def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DEFAULT_METHODS,
                 seeds: str | Sequence[int] = DEFAULT_SEEDS, target: str = "tiger", full: bool = False,
                 llm: str | None = None, workers: int | None = None, ray_address: str | None = None,
@@ -415,6 +433,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
     data, out = Path(data), Path(out)
     if not data.exists():
         raise DealrecError(f"{data}: no such file or folder")
+    _check_out(out, data, llm, surrogate, bool(needs), config, train_options)
 
     out.mkdir(parents=True, exist_ok=True)
     scores_dir = out / "scores"
@@ -759,10 +778,11 @@ def report_markdown(report: dict) -> str:
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path, suffix=".png") as tmp:   # matplotlib picks the format by the suffix
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def plot_metrics(report: dict, path: Path) -> None:

@@ -101,7 +101,11 @@ class ShardStore:
             return False  # a manifest cut short by a crash: redo the shard
 
     def temporary(self, shard: Shard) -> Path:
-        return self.root / f".{shard.name}.{self.suffix}.tmp-{os.getpid()}"
+        """This process's temporary name for the shard's output; a killed run's temporary of it is removed."""
+        from dealrec.paths import remove_stale_temps, temp_file_name
+
+        remove_stale_temps(self.output(shard))
+        return temp_file_name(self.output(shard))
 
     def commit(self, shard: Shard, tmp: Path, key: str, extra: dict | None = None) -> None:
         """Rename the finished output into place, then write its manifest (the manifest marks it done)."""

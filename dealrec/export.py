@@ -15,11 +15,11 @@ Every file is written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 
-from dealrec.data import PreparedData, SAMPLES_SCHEMA, Samples, load_samples, write_parquet_atomic
+from dealrec.data import PreparedData, SAMPLES_SCHEMA, Samples, load_samples, write_parquet_atomic, \
+    write_text_atomic
 from dealrec.errors import DealrecError
 
 FORMATS = ("bigrec", "tiger", "all")
@@ -30,12 +30,7 @@ TIGER_TEXT = "sequential_train.txt"
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def bigrec_records(samples: Samples, titles: list[str], template=None) -> list[dict[str, str]]:
@@ -71,6 +66,26 @@ def write_tiger(samples: Samples, out_dir: str | Path) -> int:
     return len(lines)
 
 
+def _check_targets(run: Path, fmt: str, data) -> None:
+    """Before anything is written: RUN is written in place (bigrec.json, tiger/, manifest.json), so the data
+    folder must not be RUN, hold it or be one of those; and no file may stand where a folder goes (or back)."""
+    from dealrec.paths import check_output
+    from dealrec.select import MANIFEST_FILE
+
+    check_output(run, {"--data": data}, writes=(BIGREC_FILE, TIGER_DIR, MANIFEST_FILE), option="RUN")
+    files = [MANIFEST_FILE]
+    if fmt in ("bigrec", "all"):
+        files.append(BIGREC_FILE)
+    if fmt in ("tiger", "all"):
+        tiger = run / TIGER_DIR
+        if tiger.exists() and not tiger.is_dir():
+            raise DealrecError(f"{tiger}: is a file, not a folder (the TIGER export goes there; move it away)")
+        files += [f"{TIGER_DIR}/{TIGER_PARQUET}", f"{TIGER_DIR}/{TIGER_TEXT}"]
+    for name in files:
+        if (run / name).is_dir():
+            raise DealrecError(f"{run / name}: is a folder, not a file (the export writes a file there; move it away)")
+
+
 def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dict:
     """``dealrec export``: write the chosen exports of RUN/coreset.parquet into RUN."""
     from dealrec.data import sha256_file, write_json_atomic
@@ -92,6 +107,8 @@ def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dic
         data = data or manifest_path(read_manifest(run), "data", run)
         if data is None:
             raise DealrecError(f"no data folder for item titles: {run}/manifest.json names none; pass --data DIR")
+    _check_targets(run, fmt, data if fmt in ("bigrec", "all") else None)
+    if fmt in ("bigrec", "all"):
         titles = PreparedData(data).titles()
         write_bigrec(samples, titles, run / BIGREC_FILE, DOMAIN_TEMPLATES[template])
         written["bigrec"] = BIGREC_FILE

@@ -1,10 +1,11 @@
 """A picture of a selection: where the scores lie, where the strata are, what each stratum gave."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from dealrec.data import atomic_file
 
 
 def plot_selection(result, path: str | Path) -> None:
@@ -58,8 +59,8 @@ def plot_selection(result, path: str | Path) -> None:
         ax.set_ylabel("samples")
         ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path, suffix=".png") as tmp:   # matplotlib picks the format by the suffix
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
