@@ -269,7 +269,7 @@ class RayExecutor:
                     except self.ray.exceptions.RayTaskError as e:
                         idle.append(slot)
                         cause = e.cause if hasattr(e, "cause") else None
-                        if isinstance(cause, DealrecError):
+                        if isinstance(cause, (DealrecError, OSError)):   # one line, as in this process
                             raise cause from None
                         raise
                     except self.ray.exceptions.RayActorError as e:
