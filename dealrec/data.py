@@ -262,17 +262,36 @@ def load_samples(path: str | Path, n_items: int | None = None) -> Samples:
     return samples
 
 
+# Item tables are sized by the largest item id (ids are kept as the release gives them), so a sparse id
+# (2147483647 among 40 items) would ask for a table of 2**31 rows. Ids up to twice the number of items
+# plus this slack are accepted; beyond that the items must be renumbered.
+ITEM_ID_SLACK = 100_000
+
+
+def max_item_id(n_listed: int) -> int:
+    """The largest item id accepted for a catalogue of ``n_listed`` items."""
+    return 2 * n_listed + ITEM_ID_SLACK
+
+
+def check_item_ids(largest: int, n_listed: int, source, **where) -> None:
+    """Refuse a catalogue whose largest id is far beyond its number of items (before any table is sized)."""
+    if largest > max_item_id(n_listed):
+        raise InputError(source, f"item id {largest} is far beyond the {n_listed:,} items listed: ids may go up "
+                                 f"to 2 x items + {ITEM_ID_SLACK:,} = {max_item_id(n_listed):,}, as item tables "
+                                 f"are sized by the largest id; renumber the items 1..n", field="item", **where)
+
+
 def check_item_range(samples: Samples, n_items: int, source) -> None:
     bad_t = np.flatnonzero((samples.target < 1) | (samples.target > n_items))
     if len(bad_t):
         i = int(bad_t[0])
         raise InputError(source, f"target item {int(samples.target[i])} is not in the item catalogue "
-                                 f"(1..{n_items})", row=i, field="target")
+                                 f"(1..{n_items})", row=i + 1, field="target")
     for i, h in enumerate(samples.history):
         if len(h) and (h.min() < 1 or h.max() > n_items):
             bad = int(h[(h < 1) | (h > n_items)][0])
             raise InputError(source, f"history item {bad} is not in the item catalogue (1..{n_items})",
-                             row=i, field="history")
+                             row=i + 1, field="history")
 
 
 # ----------------------------------------------------------------------------- eval splits
@@ -347,7 +366,11 @@ class PreparedData:
     @property
     def n_items(self) -> int:
         if self._n_items is None:
-            self._n_items = int(np.max(self.items.column("item").to_numpy())) if self.items.num_rows else 0
+            ids = self.items.column("item").to_numpy()
+            if len(ids):
+                # a folder prepared before this check: refuse before any table of n_items + 1 rows is made
+                check_item_ids(int(np.max(ids)), len(ids), self.root / "items.parquet", row=int(np.argmax(ids)) + 1)
+            self._n_items = int(np.max(ids)) if len(ids) else 0
         return self._n_items
 
     def titles(self) -> list[str]:

@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from dealrec import __version__
-from dealrec.data import (DEFAULT_SHARD_SIZE, EvalSplit, atomic_output_dir, samples_table, sha256_file,
-                          write_json_atomic, write_parquet_atomic, write_samples)
+from dealrec.data import (DEFAULT_SHARD_SIZE, EvalSplit, atomic_output_dir, check_item_ids, samples_table,
+                          sha256_file, write_json_atomic, write_parquet_atomic, write_samples)
 from dealrec.errors import DealrecError, InputError
 from dealrec.paths import check_output
 
@@ -47,6 +47,7 @@ INT64_MAX = 2**63 - 1
 # Progress bars only where the work is long enough to be worth watching.
 PROGRESS_MIN_ROWS = 200_000
 _INT_TOKEN = re.compile(r"-?[0-9]+\Z")
+ID_COLUMNS = ("user", "item")
 
 
 @dataclass
@@ -166,8 +167,11 @@ def _parse_id(token: str, path: Path, line: int, what: str, position: int | None
     return value
 
 
-def read_sequence_file(path: Path, users_must_have_items: bool) -> list[tuple[int, int, list[int]]]:
-    """Parse ``user item item ...`` lines into (line number, user, items); blank lines are skipped."""
+def read_sequence_file(path: Path) -> list[tuple[int, int, list[int]]]:
+    """Parse ``user item item ...`` lines into (line number, user, items); blank lines are skipped.
+
+    A line may hold the user id alone (no items in that period; in the training file a user who has
+    only validation/test items, as some of the paper's releases have)."""
     if not path.is_file():
         raise InputError(path, "missing (a release folder needs sequential_{train,valid,test}.txt "
                                "and items.jsonl)")
@@ -179,9 +183,6 @@ def read_sequence_file(path: Path, users_must_have_items: bool) -> list[tuple[in
             continue
         user = _parse_id(tokens[0], path, n, "user")
         items = [_parse_id(t, path, n, "item", i) for i, t in enumerate(tokens[1:], start=1)]
-        if users_must_have_items and not items:
-            raise InputError(path, f"user {user} has no items (every training line needs at least one)",
-                             line=n, field="item")
         if user in seen:
             raise InputError(path, f"user {user} appears twice (first on line {seen[user]})",
                              line=n, field="user")
@@ -244,6 +245,8 @@ def read_items_jsonl(path: Path) -> pa.Table:
             other.setdefault(key, {})[row] = _text_value(value)
     if not ids:
         raise InputError(path, "empty file (no items)")
+    largest = max(ids)
+    check_item_ids(largest, len(ids), path, line=first_line[largest])
     columns = {"item": pa.array(ids, pa.int32()), "title": pa.array(titles, pa.string()),
                "categories": pa.array(categories, pa.list_(pa.string()))}
     for key, values in other.items():
@@ -264,22 +267,33 @@ def read_release(folder: Path) -> Prepared:
                     raise InputError(path, f"item {item} is not in {paths['items'].name} "
                                            f"(item {i} on the line)", line=n, field="item")
 
-    train_rows = read_sequence_file(paths["train"], users_must_have_items=True)
-    check_items(train_rows, paths["train"])
+    all_train_rows = read_sequence_file(paths["train"])
+    check_items(all_train_rows, paths["train"])
+    # A training line with the user id alone: the user has no sample (nothing to train on) and, as in a
+    # log's split, is left out of validation and test too (counted in the manifest).
+    train_rows = [row for row in all_train_rows if row[2]]
+    without_training = {user for _, user, seq in all_train_rows if not seq}
+    if not train_rows:
+        raise InputError(paths["train"], "no user has a training item (every line holds a user id alone)")
     user_index = {user: i for i, (_, user, _) in enumerate(train_rows)}
     eval_seqs = {}
     missing_lines = {}
+    dropped_interactions = {}
     for split in ("valid", "test"):
-        rows = read_sequence_file(paths[split], users_must_have_items=False)
+        rows = read_sequence_file(paths[split])
         check_items(rows, paths[split])
         seqs = [np.zeros(0, np.int32) for _ in train_rows]
+        dropped_interactions[split] = 0
         for n, user, seq in rows:
+            if user in without_training:
+                dropped_interactions[split] += len(seq)
+                continue
             if user not in user_index:
                 raise InputError(paths[split], f"user {user} is not in {paths['train'].name} "
                                                f"(every user needs a training sequence)", line=n, field="user")
             seqs[user_index[user]] = np.asarray(seq, np.int32)
         eval_seqs[split] = seqs
-        missing_lines[split] = len(train_rows) - len(rows)
+        missing_lines[split] = len(all_train_rows) - len(rows)
 
     used = set()
     for _, _, seq in train_rows:
@@ -291,6 +305,9 @@ def read_release(folder: Path) -> Prepared:
     if any(missing_lines.values()):
         notes.append("training users without a line in a valid/test file are taken to have no "
                      "interactions in that period")
+    if without_training:
+        notes.append(f"{len(without_training)} users have a training line with no items: they have no sample "
+                     f"and are left out of validation and test (users_without_training_items)")
     return Prepared(
         users=np.array([user for _, user, _ in train_rows], np.int64),
         train=[np.asarray(seq, np.int32) for _, _, seq in train_rows],
@@ -298,7 +315,9 @@ def read_release(folder: Path) -> Prepared:
         items=items,
         sources=[paths["train"], paths["valid"], paths["test"], paths["items"]],
         counts={"items_unused": len(known - used),
-                "users_without_line": missing_lines},
+                "users_without_line": missing_lines,
+                "users_without_training_items": len(without_training),
+                "interactions_dropped_without_training": dropped_interactions},
         notes=notes,
     )
 
@@ -345,8 +364,11 @@ def read_any_table(path: Path, what: str, wanted: tuple[str, ...] | None = None)
         locate: Locate = _row_locator
     elif kind == "csv":
         from pyarrow import csv as pacsv
+        # Ids are text unless the file says otherwise: type inference would read "007" as 7 (so 007 and 7
+        # became one user, and a leading-zero item no longer matched its items file). Parquet keeps its types.
+        ids_as_text = pacsv.ConvertOptions(column_types={name: pa.string() for name in ID_COLUMNS})
         try:
-            table = pacsv.read_csv(path)
+            table = pacsv.read_csv(path, convert_options=ids_as_text)
         except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as e:
             raise InputError(path, f"not a readable CSV file: {str(e).splitlines()[0]}") from None
         locate = _row_locator
@@ -384,12 +406,23 @@ def _read_jsonl(path: Path, what: str, wanted: tuple[str, ...] | None) -> tuple[
     return pa.table(arrays) if arrays else pa.table({"_": pa.nulls(len(lines))}).drop(["_"]), locate
 
 
+def _json_kind(v) -> str:
+    return ("boolean" if isinstance(v, bool) else "list" if isinstance(v, list) else
+            "object" if isinstance(v, dict) else type(v).__name__)
+
+
 def _python_to_arrow(values: list, key: str, path: Path, locate: Locate) -> pa.Array:
     """One JSONL column: ints, floats, strings or lists of strings; other values become JSON text."""
     kinds = set()
-    for v in values:
+    for i, v in enumerate(values):
         if v is None:
             continue
+        if key in ID_COLUMNS and not (isinstance(v, (int, float, str)) and not isinstance(v, bool)):
+            # true/false, lists and objects are no ids (true would become the user "true")
+            shown = json.dumps(v, ensure_ascii=True)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise InputError(path, f"{key} id {shown} is a JSON {_json_kind(v)}: ids are integers or strings",
+                             field=key, **locate(i))
         if isinstance(v, bool):
             kinds.add("bool")
         elif isinstance(v, int):
@@ -413,12 +446,12 @@ def _python_to_arrow(values: list, key: str, path: Path, locate: Locate) -> pa.A
         return pa.array(values, pa.string())
     if kinds <= {"strlist"}:
         return pa.array(values, pa.list_(pa.string()))
-    if key in ("user", "item") and kinds <= {"int", "str"}:
+    if key in ID_COLUMNS:   # only int, float and str get here: strings and numbers mixed
         # Mixed id types are ambiguous (is 7 the same user as "7"?): refuse, naming the first odd one.
-        first = type(next(v for v in values if v is not None))
-        i = next(i for i, v in enumerate(values) if v is not None and type(v) is not first)
+        first_is_text = isinstance(next(v for v in values if v is not None), str)
+        i = next(i for i, v in enumerate(values) if v is not None and isinstance(v, str) != first_is_text)
         raise InputError(path, f"{key} ids mix numbers and strings ({values[i]!r} here, "
-                               f"{first.__name__} before)", field=key, **locate(i))
+                               f"{'str' if first_is_text else 'number'} before)", field=key, **locate(i))
     # Anything else: keep numbers as numbers where they are, text otherwise; the column checks
     # give precise errors for the columns that must be numeric.
     return pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
@@ -446,7 +479,7 @@ def _id_column(arr: pa.Array, name: str, path: Path, locate: Locate) -> pa.Array
         bad = ~np.isfinite(x) | (x != np.floor(x)) | (np.abs(x) > 2**53)
         if bad.any():
             i = _first(bad)
-            raise InputError(path, f"{name} id {x[i]!r} is not an integer (ids are integers or strings)",
+            raise InputError(path, f"{name} id {float(x[i])} is not an integer (ids are integers or strings)",
                              field=name, **locate(i))
         return pa.array(x.astype(np.int64))
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
@@ -491,7 +524,7 @@ def _numeric_column(arr: pa.Array, name: str, path: Path, locate: Locate, as_flo
         bad = ~np.isfinite(x)
         if bad.any():
             i = _first(bad)
-            raise InputError(path, f"{name} {x[i]!r} is not a finite number", field=name, **locate(i))
+            raise InputError(path, f"{name} {float(x[i])} is not a finite number", field=name, **locate(i))
         return x.astype(np.float64)
     return x.astype(np.float64) if as_float else x.astype(np.int64)
 
