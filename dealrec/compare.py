@@ -78,9 +78,13 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
 def parse_seeds(seeds: str | Sequence[int]) -> list[int]:
     """Distinct non-negative integer seeds, in the given order."""
     parts = [s.strip() for s in seeds.split(",")] if isinstance(seeds, str) else [str(s) for s in seeds]
-    if not parts or any(not p.isdigit() for p in parts):
+    if not parts or any(not (p.isascii() and p.isdigit()) for p in parts):
         raise DealrecError(f"--seeds {','.join(parts)!r}: give non-negative integers separated by commas, e.g. 0,1,2")
     values = [int(p) for p in parts]
+    from dealrec.options import SEED_MAX
+
+    if any(v > SEED_MAX for v in values):
+        raise DealrecError(f"--seeds: seed {next(v for v in values if v > SEED_MAX)} is out of range 0..{SEED_MAX}")
     if len(set(values)) != len(values):
         raise DealrecError(f"--seeds {','.join(parts)!r}: a seed is repeated")
     return values
@@ -434,6 +438,12 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
     if not data.exists():
         raise DealrecError(f"{data}: no such file or folder")
     _check_out(out, data, llm, surrogate, bool(needs), config, train_options)
+    from dealrec.prune import is_prepared
+
+    if surrogate and needs and is_prepared(data):   # raw DATA: checked by score once it is prepared
+        from surrogates.base import check_surrogate_fits
+
+        check_surrogate_fits(surrogate, PreparedData(data).n_items, data)
 
     out.mkdir(parents=True, exist_ok=True)
     scores_dir = out / "scores"

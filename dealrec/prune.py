@@ -154,6 +154,10 @@ def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: Sc
         raise DealrecError("--n must be at least 1")
     check_output(out, {"DATA": data, "--surrogate": surrogate, "--llm": config.llm, "--adapter": config.adapter,
                        "--target-init": config.target_init}, writes=run_writes(data, surrogate))
+    if surrogate and is_prepared(data):   # raw DATA: checked by score once it is prepared into RUN/data
+        from surrogates.base import check_surrogate_fits
+
+        check_surrogate_fits(surrogate, PreparedData(data).n_items, data)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     phases: dict = {}

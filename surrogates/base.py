@@ -132,6 +132,27 @@ def save_surrogate(model: Surrogate, out_dir: str | Path) -> None:
     write_json_atomic(out_dir / CONFIG_FILE, {"model": model.name, "config": model.config.to_dict()})
 
 
+def check_surrogate_fits(model_dir: str | Path, n_items: int, data="the data", option: str = "--surrogate") -> None:
+    """Refuse, in one line naming the surrogate folder, a surrogate whose item table is smaller than the
+    data's catalogue (it would fail with an index error deep in scoring). Reads only ``config.json``,
+    so it can run before any output folder is created."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / CONFIG_FILE
+    for p in (config_path, model_dir / WEIGHTS_FILE):
+        if not p.exists():
+            raise DealrecError(f"{p}: missing (is {model_dir} a trained surrogate folder?) ({option})")
+    try:
+        trained = json.loads(config_path.read_text(encoding="utf-8"))["config"]["n_items"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DealrecError(f"{config_path}: not a surrogate config ({type(e).__name__}: {e}) ({option})") from None
+    if isinstance(trained, bool) or not isinstance(trained, int):
+        raise DealrecError(f"{config_path}: config.n_items is not an integer ({option})")
+    if trained < n_items:
+        raise DealrecError(f"{model_dir}: this surrogate knows items 1..{trained:,} but {data} has item ids up "
+                           f"to {n_items:,}: it was trained on a smaller catalogue ({option}: give one trained on "
+                           f"this data)")
+
+
 def load_surrogate(model_dir: str | Path, map_location: str = "cpu") -> Surrogate:
     """Rebuild a surrogate from a folder written by ``save_surrogate``; returned in eval mode."""
     from safetensors.torch import load_file

@@ -6,6 +6,7 @@ import dataclasses
 import click
 
 from dealrec.errors import DealrecError
+from dealrec.options import SEED
 from surrogates.base import SURROGATES, surrogate_class
 from surrogates import train as training
 from surrogates.train import TrainConfig
@@ -40,7 +41,7 @@ MODEL_OPTIONS = ("hidden", "n_blocks", "n_heads", "ffn_hidden", "max_len", "drop
 @click.option("--max-minutes", type=float, default=None, help="Stop after the epoch that passes this budget.")
 @click.option("--weighting", type=click.Choice(["position", "sample"]), default=TrainConfig.weighting,
               show_default=True, help="Weigh every predicted item (position) or every sample equally.")
-@click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
+@click.option("--seed", type=SEED, default=TrainConfig.seed, show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch threads [2, whatever the machine: the weights depend on the thread count].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_decay, batch_size, max_epochs,

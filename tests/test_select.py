@@ -251,8 +251,11 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     assert res.output.strip() == ("error: --n 271 exceeds the 270 samples that can be selected "
                                   "(300 samples less 30 hard-pruned (hard prune 0.1))")
 
+    (tmp_path / "empty").mkdir()   # a run folder whose manifest names no data
     res = CliRunner().invoke(main, ["select", str(tmp_path / "empty"), "--no-plot"])
     assert res.exit_code == 2 and "--data" in res.output
+    res = CliRunner().invoke(main, ["select", str(tmp_path / "missing"), "--no-plot"])
+    assert res.exit_code == 2 and "no such run folder" in res.output
 
 
 def test_select_into_another_folder_leaves_run_alone(tmp_path):
