@@ -15,7 +15,7 @@ import sys
 import click
 
 from dealrec import __version__
-from dealrec.errors import DealrecError
+from dealrec.errors import DealrecError, one_line
 
 
 class _LazyGroup(click.Group):
@@ -38,12 +38,12 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DealrecError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {one_line(str(e))}", err=True)
             sys.exit(2)
         except OSError as e:
             from dealrec.paths import describe_os_error
 
-            click.echo(f"error: {describe_os_error(e)}", err=True)
+            click.echo(f"error: {one_line(describe_os_error(e))}", err=True)
             sys.exit(2)
 
 

@@ -5,7 +5,24 @@ Anything else that escapes is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``, ``\\u2028``...): a message that
+    echoes a user's id, title or path stays one line and cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or ch == " ":
+            out.append(ch)
+        elif unicodedata.category(ch) in ("Cc", "Zl", "Zp"):   # control bytes, line/paragraph separators
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)   # other unprintables (format characters such as a zero-width joiner) are harmless
+    return "".join(out)
 
 
 class DealrecError(Exception):

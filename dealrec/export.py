@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dealrec.data import PreparedData, SAMPLES_SCHEMA, Samples, load_samples, write_parquet_atomic, \
     write_text_atomic
-from dealrec.errors import DealrecError
+from dealrec.errors import DealrecError, InputError
 
 FORMATS = ("bigrec", "tiger", "all")
 BIGREC_FILE = "bigrec.json"
@@ -33,8 +33,8 @@ def _write_text_atomic(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
-def bigrec_records(samples: Samples, titles: list[str], template=None) -> list[dict[str, str]]:
-    """One alpaca record per sample, in the samples' order."""
+def bigrec_records(samples: Samples, titles: list[str], template=None, source="coreset") -> list[dict[str, str]]:
+    """One alpaca record per sample, in the samples' order; ``source`` names the samples' file in errors."""
     from finetune.prompts import PromptTemplate, alpaca_record
 
     template = template or PromptTemplate()
@@ -42,16 +42,16 @@ def bigrec_records(samples: Samples, titles: list[str], template=None) -> list[d
 
     def title(item: int, i: int, field: str) -> str:
         if not 1 <= item <= n_items:
-            raise DealrecError(f"coreset row {i}, field '{field}': item {item} is not in the item "
-                               f"catalogue (1..{n_items})")
+            raise InputError(source, f"item {item} is not in the item catalogue (1..{n_items})",
+                             row=i + 1, field=field)
         return titles[item]
 
     return [alpaca_record([title(int(h), i, "history") for h in hist], title(int(t), i, "target"), template)
             for i, (hist, t) in enumerate(zip(samples.history, samples.target))]
 
 
-def write_bigrec(samples: Samples, titles: list[str], path: str | Path, template=None) -> int:
-    records = bigrec_records(samples, titles, template)
+def write_bigrec(samples: Samples, titles: list[str], path: str | Path, template=None, source="coreset") -> int:
+    records = bigrec_records(samples, titles, template, source)
     _write_text_atomic(Path(path), json.dumps(records, ensure_ascii=False, indent=1) + "\n")
     return len(records)
 
@@ -110,7 +110,7 @@ def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dic
     _check_targets(run, fmt, data if fmt in ("bigrec", "all") else None)
     if fmt in ("bigrec", "all"):
         titles = PreparedData(data).titles()
-        write_bigrec(samples, titles, run / BIGREC_FILE, DOMAIN_TEMPLATES[template])
+        write_bigrec(samples, titles, run / BIGREC_FILE, DOMAIN_TEMPLATES[template], source=coreset_path)
         written["bigrec"] = BIGREC_FILE
     if fmt in ("tiger", "all"):
         write_tiger(samples, run / TIGER_DIR)

@@ -41,7 +41,7 @@ def test_bigrec_json_round_trips_with_unicode(tmp_path):
 def test_bigrec_rejects_items_outside_the_catalogue():
     bad = _coreset()
     bad.target[1] = 9
-    with pytest.raises(DealrecError, match=r"coreset row 1, field 'target': item 9 is not in the item catalogue"):
+    with pytest.raises(DealrecError, match=r"coreset, row 2, field 'target': item 9 is not in the item catalogue"):
         bigrec_records(bad, TITLES)
 
 
