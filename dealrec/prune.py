@@ -154,6 +154,8 @@ def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: Sc
         raise DealrecError("--n must be at least 1")
     check_output(out, {"DATA": data, "--surrogate": surrogate, "--llm": config.llm, "--adapter": config.adapter,
                        "--target-init": config.target_init}, writes=run_writes(data, surrogate))
+    if not data.exists():
+        raise InputError(data, "no such file or folder")
     if surrogate and is_prepared(data):   # raw DATA: checked by score once it is prepared into RUN/data
         from surrogates.base import check_surrogate_fits
 

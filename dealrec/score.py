@@ -70,6 +70,13 @@ class ScoreConfig:
             raise DealrecError("--target bigrec needs --llm DIR (a local HuggingFace causal LM folder)")
         if self.chunk_tokens < 0:
             raise DealrecError(f"--chunk-tokens must be 0 or more, got {self.chunk_tokens}")
+        # limits checked here, before any folder is made (a bad value used to surface after OUT existed)
+        if self.workers is not None and self.workers < 0:
+            raise DealrecError(f"--workers must be 0 or more, got {self.workers}")
+        for option, value in (("--batch-size", self.batch_size), ("--effort-batch-size", self.effort_batch_size),
+                              ("--shard-size", self.shard_size), ("--threads-per-worker", self.threads)):
+            if value < 1:
+                raise DealrecError(f"{option} must be at least 1, got {value}")
         if self.shard_size % self.batch_size or self.shard_size % self.effort_batch_size:
             raise DealrecError(f"--shard-size ({self.shard_size}) must be a multiple of the batch sizes "
                                f"({self.batch_size}, {self.effort_batch_size}) so that batches never depend "
@@ -277,6 +284,9 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
     from surrogates.base import check_surrogate_fits
 
     check_surrogate_fits(surrogate, prepared.n_items, prepared.root)   # before OUT is created
+    for option, path in (("--llm", config.llm), ("--adapter", config.adapter), ("--target-init", config.target_init)):
+        if path and not Path(path).exists():
+            raise DealrecError(f"{path}: no such folder ({option})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
