@@ -262,6 +262,15 @@ class SelectionConfig:
     def __post_init__(self):
         if self.method not in METHOD_COLUMNS:
             raise DealrecError(f"unknown selection method {self.method!r} (choose from {', '.join(METHODS)})")
+        # every parameter is checked here, before any file is read (the algorithms check them again)
+        if self.n < 1:
+            raise DealrecError(f"--n must be at least 1, got {self.n}")
+        if not math.isfinite(self.lam):
+            raise DealrecError(f"--lambda must be a finite number, got {self.lam}")
+        if self.k < 1:
+            raise DealrecError(f"the number of strata k must be at least 1, got {self.k}")
+        if not 0.0 <= self.hard_prune < 1.0:
+            raise DealrecError(f"hard prune share must be in [0, 1), got {self.hard_prune}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -461,7 +470,7 @@ def run_select(run=None, method: str = "dealrec", n: int = DEFAULT_N, lam: float
         write_parquet_atomic
 
     t0 = time.time()
-    SelectionConfig(method)  # unknown method -> one-line error before any work
+    SelectionConfig(method, n, lam, k, hard_prune, seed)  # a bad method or parameter: one line before any work
     if run is None and out is None:
         raise DealrecError("give a RUN folder (or --out for a fresh run)")
     if run is not None and not Path(run).is_dir():
