@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from dealrec.baselines import el2n_scores, grand_scores
-from dealrec.data import PreparedData
+from dealrec_core.data import PreparedData
 from surrogates.base import load_surrogate
 from surrogates.sasrec import SASRec, SASRecConfig
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dealrec.data import PreparedData
+from dealrec_core.data import PreparedData
 from dealrec.effort import EffortTarget, _last_matching, find_linear, freeze_all_but_weight, per_sample_norm_loop
 
 

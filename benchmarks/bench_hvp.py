@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from dealrec.data import PreparedData
+from dealrec_core.data import PreparedData
 from dealrec.hvp import HessianPool, HvpConfig, solve
 from dealrec.influence import LinearTaps, capture_samples, freeze_all_but, influence_from_rows
 from dealrec.score import hessian_pool_rows

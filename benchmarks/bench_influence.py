@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from dealrec.data import PreparedData
+from dealrec_core.data import PreparedData
 from dealrec.influence import LinearTaps, capture_samples, freeze_all_but, influence_from_rows
 from surrogates.base import load_surrogate
 

@@ -3,7 +3,7 @@
     python benchmarks/bench_surrogate.py --data /work/data/games-prepared                 # trains (defaults)
     python benchmarks/bench_surrogate.py --data /work/data/games-prepared --surrogate DIR  # a trained one
 
-Both rows are scored by the project's one evaluator (``dealrec.evaluate``) on the valid and
+Both rows are scored by the project's one evaluator (``dealrec_core.evaluate``) on the valid and
 test splits. With ``--surrogate`` the model is reloaded and re-evaluated here (its metrics
 must match its metrics.json); the training time comes from its metrics.json.
 """
@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dealrec.data import PreparedData
-from dealrec.evaluate import evaluate_scorer, popularity_scorer
+from dealrec_core.data import PreparedData
+from dealrec_core.evaluate import evaluate_scorer, popularity_scorer
 from surrogates.base import load_surrogate
 from surrogates.train import TrainConfig, train_surrogate
 

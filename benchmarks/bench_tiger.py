@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from dealrec.data import PreparedData, write_parquet_atomic
+from dealrec_core.data import PreparedData, write_parquet_atomic
 
 # The Games README's reference rows (test split, the paper's protocol).
 REFERENCE = [

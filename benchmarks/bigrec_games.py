@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tiny_lm import make_tiny_causal_lm  # noqa: E402
 
-from dealrec.data import PreparedData, read_table, write_parquet_atomic  # noqa: E402
+from dealrec_core.data import PreparedData, read_table, write_parquet_atomic  # noqa: E402
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from dealrec import select as S
-from dealrec.data import PreparedData
+from dealrec_core.data import PreparedData
 
 
 def influence_with(run: Path, data: PreparedData, weighting: str, surrogate: Path) -> np.ndarray:

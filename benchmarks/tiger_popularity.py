@@ -11,8 +11,8 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from dealrec.data import PreparedData
-from dealrec.evaluate import evaluate_scorer, popularity_scorer
+from dealrec_core.data import PreparedData
+from dealrec_core.evaluate import evaluate_scorer, popularity_scorer
 
 
 @click.command()

@@ -1,2 +1,2 @@
 """dealrec: pick the few fine-tuning samples that matter for an LLM-based recommender."""
-__version__ = "0.1.0"
+from dealrec_core import __version__  # noqa: F401  (one version, kept by the ground floor)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dealrec.data import Samples
-from dealrec.errors import DealrecError
+from dealrec_core.data import Samples
+from dealrec_core.errors import DealrecError
 
 BASELINE_COLUMNS = {"el2n": "el2n", "ccs": "el2n", "grand": "grand"}
 

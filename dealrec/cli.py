@@ -14,8 +14,8 @@ import sys
 
 import click
 
-from dealrec import __version__
-from dealrec.errors import DealrecError, one_line
+from dealrec_core import __version__
+from dealrec_core.errors import DealrecError, one_line
 
 
 class _LazyGroup(click.Group):
@@ -41,7 +41,7 @@ class _LazyGroup(click.Group):
             click.echo(f"error: {one_line(str(e))}", err=True)
             sys.exit(2)
         except OSError as e:
-            from dealrec.paths import describe_os_error
+            from dealrec_core.paths import describe_os_error
 
             click.echo(f"error: {one_line(describe_os_error(e))}", err=True)
             sys.exit(2)

@@ -36,9 +36,9 @@ from typing import Sequence
 
 import numpy as np
 
-from dealrec.data import (PreparedData, atomic_file, read_table, sha256_file, write_json_atomic,
+from dealrec_core.data import (PreparedData, atomic_file, read_table, sha256_file, write_json_atomic,
                           write_parquet_atomic, write_text_atomic)
-from dealrec.errors import DealrecError
+from dealrec_core.errors import DealrecError
 from dealrec.select import (CORESET_FILE, DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, METHOD_COLUMNS,
                             METHODS, STRATIFIED_METHODS, n_hard_pruned)
 
@@ -81,7 +81,7 @@ def parse_seeds(seeds: str | Sequence[int]) -> list[int]:
     if not parts or any(not (p.isascii() and p.isdigit()) for p in parts):
         raise DealrecError(f"--seeds {','.join(parts)!r}: give non-negative integers separated by commas, e.g. 0,1,2")
     values = [int(p) for p in parts]
-    from dealrec.options import SEED_MAX
+    from dealrec_core.options import SEED_MAX
 
     if any(v > SEED_MAX for v in values):
         raise DealrecError(f"--seeds: seed {next(v for v in values if v > SEED_MAX)} is out of range 0..{SEED_MAX}")
@@ -378,7 +378,7 @@ def _sync_base(base: Path, scores_dir: Path | None, samples_dir: Path) -> None:
 def _check_out(out: Path, data: Path, llm, surrogate, needs_surrogate: bool, config, train_options: dict) -> None:
     """REPORT is written in place (the layout above): an input may sit beside what it writes (a prepared
     REPORT/scores/data, a given REPORT/scores/surrogate: only read), never be REPORT, hold it or be among it."""
-    from dealrec.paths import check_output
+    from dealrec_core.paths import check_output
     from dealrec.prune import is_prepared
 
     writes = ["scores/work", "scores/scores.parquet", "scores/manifest.json", BASE_DIR.as_posix(), "runs",
@@ -561,8 +561,8 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
 
 def most_popular_metrics(prepared: PreparedData) -> dict:
     """Most-popular on valid and test: items ranked by their interactions over all samples' sequences,
-    the project's reference row (``dealrec.evaluate.popularity_scorer``, counted as bench_surrogate.py does)."""
-    from dealrec.evaluate import evaluate_scorer, popularity_scorer
+    the project's reference row (``dealrec_core.evaluate.popularity_scorer``, counted as bench_surrogate.py does)."""
+    from dealrec_core.evaluate import evaluate_scorer, popularity_scorer
 
     score = popularity_scorer(prepared.samples().sequences(), prepared.n_items)
     return {split: evaluate_scorer(score, prepared.eval_split(split), prepared.n_items) for split in SPLITS}

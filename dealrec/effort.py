@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dealrec.errors import DealrecError
+from dealrec_core.errors import DealrecError
 from dealrec.influence import LinearTaps, length_groups
 
 

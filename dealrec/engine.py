@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from dealrec.data import write_json_atomic
-from dealrec.errors import DealrecError
+from dealrec_core.data import stable_hash, write_json_atomic  # noqa: F401  (stable_hash: also engine API)
+from dealrec_core.errors import DealrecError
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,6 @@ def batch_ranges(shard: Shard, batch_size: int) -> list[tuple[int, int]]:
             for s in range(shard.start, shard.stop, batch_size)]
 
 
-def stable_hash(obj: Any) -> str:
-    """sha256 of a JSON rendering with sorted keys: the same parameters give the same key."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 class ShardStore:
     """One phase's shard outputs under ``root``: ``<shard>.<suffix>`` plus ``<shard>.json``."""
 
@@ -102,7 +97,7 @@ class ShardStore:
 
     def temporary(self, shard: Shard) -> Path:
         """This process's temporary name for the shard's output; a killed run's temporary of it is removed."""
-        from dealrec.paths import remove_stale_temps, temp_file_name
+        from dealrec_core.paths import remove_stale_temps, temp_file_name
 
         remove_stale_temps(self.output(shard))
         return temp_file_name(self.output(shard))

@@ -18,9 +18,9 @@ import json
 from pathlib import Path
 
 
-from dealrec.data import PreparedData, SAMPLES_SCHEMA, Samples, load_samples, write_parquet_atomic, \
+from dealrec_core.data import PreparedData, SAMPLES_SCHEMA, Samples, load_samples, write_parquet_atomic, \
     write_text_atomic
-from dealrec.errors import DealrecError, InputError
+from dealrec_core.errors import DealrecError, InputError
 
 FORMATS = ("bigrec", "tiger", "all")
 BIGREC_FILE = "bigrec.json"
@@ -69,7 +69,7 @@ def write_tiger(samples: Samples, out_dir: str | Path) -> int:
 def _check_targets(run: Path, fmt: str, data) -> None:
     """Before anything is written: RUN is written in place (bigrec.json, tiger/, manifest.json), so the data
     folder must not be RUN, hold it or be one of those; and no file may stand where a folder goes (or back)."""
-    from dealrec.paths import check_output
+    from dealrec_core.paths import check_output
     from dealrec.select import MANIFEST_FILE
 
     check_output(run, {"--data": data}, writes=(BIGREC_FILE, TIGER_DIR, MANIFEST_FILE), option="RUN")
@@ -88,7 +88,7 @@ def _check_targets(run: Path, fmt: str, data) -> None:
 
 def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dict:
     """``dealrec export``: write the chosen exports of RUN/coreset.parquet into RUN."""
-    from dealrec.data import sha256_file, write_json_atomic
+    from dealrec_core.data import sha256_file, write_json_atomic
     from dealrec.select import CORESET_FILE, MANIFEST_FILE, manifest_path, read_manifest
 
     if fmt not in FORMATS:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dealrec.errors import DealrecError
+from dealrec_core.errors import DealrecError
 
 SOLVERS = ("lissa", "cg", "exact")
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dealrec.errors import DealrecError
+from dealrec_core.errors import DealrecError
 
 
 def freeze_all_but(model: nn.Module, block: nn.Linear) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dealrec.data import atomic_file
+from dealrec_core.data import atomic_file
 
 
 def plot_selection(result, path: str | Path) -> None:

@@ -9,7 +9,7 @@ Two kinds of SRC:
   ``timestamp`` and optionally ``rating``. It is filtered (minimum rating, iterative k-core)
   and split 8:1:1 by global timestamp, as in the paper.
 
-Both end in the same folder (see ``dealrec.data``): one training sample per user (their
+Both end in the same folder (see ``dealrec_core.data``): one training sample per user (their
 training sequence; its last item the target), the item catalogue, the validation and test
 splits and a manifest. Everything is built in a temporary folder and renamed into place when
 complete; bad input raises ``InputError`` naming the file, the line (or row) and the field.
@@ -32,11 +32,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from dealrec import __version__
-from dealrec.data import (DEFAULT_SHARD_SIZE, EvalSplit, atomic_output_dir, check_item_ids, samples_table,
+from dealrec_core import __version__
+from dealrec_core.data import (DEFAULT_SHARD_SIZE, EvalSplit, atomic_output_dir, check_item_ids, samples_table,
                           sha256_file, write_json_atomic, write_parquet_atomic, write_samples)
-from dealrec.errors import DealrecError, InputError
-from dealrec.paths import check_output
+from dealrec_core.errors import DealrecError, InputError
+from dealrec_core.paths import check_output
 
 RELEASE_FILES = {"train": "sequential_train.txt", "valid": "sequential_valid.txt",
                  "test": "sequential_test.txt", "items": "items.jsonl"}

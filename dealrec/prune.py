@@ -19,9 +19,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dealrec.data import PreparedData, write_json_atomic
-from dealrec.errors import DealrecError, InputError
-from dealrec.paths import check_output
+from dealrec_core.data import PreparedData, write_json_atomic
+from dealrec_core.errors import DealrecError, InputError
+from dealrec_core.paths import check_output
 from dealrec.score import MANIFEST_FILE, ScoreConfig, _read_manifest, _score_options, config_from_options, \
     run_score
 
@@ -46,7 +46,7 @@ def prepare_phase(data: Path, out: Path, progress: bool) -> tuple[Path, dict]:
 
 def _same_sources(manifest: dict, data: Path) -> bool:
     """Whether a prepared folder was made from ``data`` as it is now (same files, same bytes)."""
-    from dealrec.data import sha256_file
+    from dealrec_core.data import sha256_file
 
     sources = manifest.get("sources") or []
     if not sources:

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dealrec.data import PreparedData, Samples, read_table, sha256_file, write_json_atomic, write_parquet_atomic
-from dealrec.engine import ShardStore, batch_ranges, make_executor, plan_shards, run_phase, stable_hash, task_store
-from dealrec.errors import DealrecError
+from dealrec_core.data import PreparedData, Samples, read_table, sha256_file, write_json_atomic, write_parquet_atomic
+from dealrec.engine import ShardStore, batch_ranges, make_executor, plan_shards, run_phase, task_store
+from dealrec_core.data import stable_hash
+from dealrec_core.errors import DealrecError
 from dealrec.hvp import HvpConfig, SOLVERS
-from dealrec.paths import check_output
+from dealrec_core.paths import check_output
 
 SCORES_FILE = "scores.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -474,7 +475,7 @@ def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConf
     key = stable_hash({"data": [sha256_file(p) for p in prepared.shard_paths()],
                        "items": sha256_file(prepared.root / "items.parquet"), "seed": config.seed})
     if not (marker.exists() and json.loads(marker.read_text()).get("key") == key):
-        from dealrec.data import atomic_output_dir
+        from dealrec_core.data import atomic_output_dir
 
         with atomic_output_dir(folder, overwrite=True) as tmp:
             model = build_tiger(prepared, config.seed, cache_dir=folder.parent / "embeddings", progress=progress)
@@ -493,7 +494,7 @@ def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConf
 def _score_options(f):
     import click
 
-    from dealrec.options import SEED
+    from dealrec_core.options import SEED
 
     options = [
         click.option("--hvp", "hvp", type=click.Choice(SOLVERS), default="cg", show_default=True,

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from dealrec.errors import DealrecError, InputError
+from dealrec_core.errors import DealrecError, InputError
 
 # method -> (score columns it needs, selection rule)
 METHOD_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -324,7 +324,7 @@ def _float_column(table: pa.Table, col: str, source: str) -> np.ndarray:
 def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: int = DEFAULT_N,
                    lam: float = DEFAULT_LAMBDA, k: int = DEFAULT_K, hard_prune: float = DEFAULT_HARD_PRUNE,
                    seed: int = 0, source: str = "scores table") -> SelectionResult:
-    """Select a coreset; ``samples`` is a samples ``pa.Table`` or :class:`dealrec.data.Samples`.
+    """Select a coreset; ``samples`` is a samples ``pa.Table`` or :class:`dealrec_core.data.Samples`.
 
     ``scores_table`` needs ``sample_id`` plus the columns of ``METHOD_COLUMNS[method]``
     (``random`` needs only ``sample_id``). Every sample of the samples table must have a
@@ -466,7 +466,7 @@ def run_select(run=None, method: str = "dealrec", n: int = DEFAULT_N, lam: float
     import time
     from pathlib import Path
 
-    from dealrec.data import PreparedData, load_samples, read_table, sha256_file, write_json_atomic, \
+    from dealrec_core.data import PreparedData, load_samples, read_table, sha256_file, write_json_atomic, \
         write_parquet_atomic
 
     t0 = time.time()
@@ -484,7 +484,7 @@ def run_select(run=None, method: str = "dealrec", n: int = DEFAULT_N, lam: float
         raise DealrecError(f"no data folder: {run / MANIFEST_FILE} names none; pass --data DIR")
     # OUT (RUN by default: select rewrites RUN's scores by design) is written in place; the data and the
     # surrogate may sit beside what it writes (RUN/data of 'dealrec prune'), never be OUT or contain it.
-    from dealrec.paths import check_output
+    from dealrec_core.paths import check_output
 
     used_surrogate = surrogate or (manifest_path(manifest, "surrogate", run) if method in BASELINE_METHODS else None)
     check_output(out, {"--data": data, "--surrogate": used_surrogate},
@@ -592,7 +592,7 @@ def _join_by_sample_id(scores: pa.Table, sample_id: np.ndarray, cols: dict, sour
 def _select_command():
     import click
 
-    from dealrec.options import SEED
+    from dealrec_core.options import SEED
 
     @click.command("select")
     @click.argument("run", required=False, type=click.Path(file_okay=False))

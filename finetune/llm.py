@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from dealrec.errors import DealrecError
+from dealrec_core.errors import DealrecError
 
 # Files that carry a tokenizer's vocabulary (fast, sentencepiece, or BPE vocab + merges).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dealrec.errors import DealrecError
+from dealrec_core.errors import DealrecError
 
 
 @dataclass
@@ -182,7 +182,7 @@ def train_rqvae(embeddings: np.ndarray, config: RQVAEConfig, progress: bool = Tr
     machine gave different codebooks (reduction order changes the last bits, and code assignments
     amplify them), and so different semantic IDs and effort scores.
     """
-    from dealrec.threads import fixed_threads
+    from dealrec_core.threads import fixed_threads
 
     with fixed_threads(1):
         return _train_rqvae(embeddings, config, progress)

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dealrec.data import PreparedData
-from dealrec.errors import DealrecError
+from dealrec_core.data import PreparedData
+from dealrec_core.errors import DealrecError
 from finetune.rqvae import (RQVAE, RQVAEConfig, SemanticIDs, load_semantic_ids, save_semantic_ids,
                             train_rqvae)
 

@@ -6,7 +6,7 @@ hundred steps, the best weights kept, and a stop once validation has not improve
 validation user's first validation item given the user's history: one teacher-forced
 pass, smooth, and cheap next to a beam search; ``metric="recall@20"`` (or any ranking
 metric) ranks a subset of validation users instead. The final numbers are the best
-weights' full validation and test rankings, scored by ``dealrec.evaluate.ranking_metrics``
+weights' full validation and test rankings, scored by ``dealrec_core.evaluate.ranking_metrics``
 (the project's one evaluator).
 
 By default every training sample is expanded into its prefixes (each item of the sequence
@@ -25,11 +25,11 @@ import click
 import numpy as np
 import torch
 
-from dealrec.data import EvalSplit, PreparedData, Samples, atomic_output_dir, load_samples, write_json_atomic
-from dealrec.errors import DealrecError
-from dealrec.options import SEED
-from dealrec.evaluate import DEFAULT_KS, ranking_metrics
-from dealrec.paths import check_output
+from dealrec_core.data import EvalSplit, PreparedData, Samples, atomic_output_dir, load_samples, write_json_atomic
+from dealrec_core.errors import DealrecError
+from dealrec_core.options import SEED
+from dealrec_core.evaluate import DEFAULT_KS, ranking_metrics
+from dealrec_core.paths import check_output
 from finetune.rqvae import RQVAEConfig
 from finetune.tiger import TigerConfig, TigerModel, build_tiger, load_tiger, save_tiger
 

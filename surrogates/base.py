@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dealrec.data import Samples, write_json_atomic
-from dealrec.errors import DealrecError
+from dealrec_core.data import Samples, write_json_atomic
+from dealrec_core.errors import DealrecError
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

@@ -5,8 +5,8 @@ import dataclasses
 
 import click
 
-from dealrec.errors import DealrecError
-from dealrec.options import SEED
+from dealrec_core.errors import DealrecError
+from dealrec_core.options import SEED
 from surrogates.base import SURROGATES, surrogate_class
 from surrogates import train as training
 from surrogates.train import TrainConfig

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dealrec.data import Samples
-from dealrec.errors import DealrecError
+from dealrec_core.data import Samples
+from dealrec_core.errors import DealrecError
 from surrogates.base import SURROGATES, Surrogate, SurrogateConfig
 
 LOSSES = ("ce", "bce")

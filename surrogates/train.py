@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dealrec.threads import fixed_threads
-from dealrec.data import PreparedData, Samples, atomic_output_dir, check_item_range, write_json_atomic
-from dealrec.errors import DealrecError
-from dealrec.paths import check_output
-from dealrec.evaluate import evaluate_scorer, format_metrics
+from dealrec_core.threads import fixed_threads
+from dealrec_core.data import PreparedData, Samples, atomic_output_dir, check_item_range, write_json_atomic
+from dealrec_core.errors import DealrecError
+from dealrec_core.paths import check_output
+from dealrec_core.evaluate import evaluate_scorer, format_metrics
 from surrogates.base import Surrogate, save_surrogate, surrogate_class
 
 WEIGHTINGS = ("position", "sample")

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from dealrec.baselines import baseline_scores, el2n_scores, grand_scores, prediction_positions
 from dealrec.cli import main
-from dealrec.data import Samples, samples_table, write_samples
-from dealrec.errors import DealrecError
+from dealrec_core.data import Samples, samples_table, write_samples
+from dealrec_core.errors import DealrecError
 from surrogates.base import save_surrogate
 from surrogates.sasrec import SASRec, SASRecConfig
 

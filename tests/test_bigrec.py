@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from dealrec.cli import main
-from dealrec.data import EvalSplit, samples_table, write_samples
+from dealrec_core.data import EvalSplit, samples_table, write_samples
 from finetune.bigrec import BigrecConfig, Catalogue, embed_texts, train_step
 from finetune.llm import attach_lora, load_causal_lm
 from finetune.prompts import PromptTemplate, encode_example

@@ -84,8 +84,8 @@ def test_report_has_every_method_seed_and_reference(compared):
         assert vs["ratio_of_means"]["test"]["ndcg@20"] == pytest.approx(
             row["mean"]["test"]["ndcg@20"] / random_row["mean"]["test"]["ndcg@20"])
     # most popular is the project's popularity reference, counted over all samples' sequences
-    from dealrec.data import PreparedData
-    from dealrec.evaluate import evaluate_scorer, popularity_scorer
+    from dealrec_core.data import PreparedData
+    from dealrec_core.evaluate import evaluate_scorer, popularity_scorer
 
     data = PreparedData(report["prepared"])
     expected = evaluate_scorer(popularity_scorer(data.samples().sequences(), data.n_items), data.eval_split("test"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dealrec.effort import batch_grad_norms, bigrec_target, find_linear, norms_from_rows, per_sample_norm_loop
-from dealrec.errors import DealrecError
+from dealrec_core.errors import DealrecError
 from tiny_lm import make_tiny_causal_lm
 from tiny_surrogate import tiny_samples
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dealrec.engine import LocalExecutor, RayExecutor, ShardStore, plan_shards
-from dealrec.errors import DealrecError
+from dealrec_core.errors import DealrecError
 from dealrec.hvp import HvpConfig
 from dealrec.score import ScoreConfig, run_score
 from surrogates.base import build_surrogate, save_surrogate
@@ -237,7 +237,7 @@ def die_once(task: dict) -> dict:
 
 
 def test_ray_task_whose_actor_dies_runs_again_on_a_fresh_actor(ray_session, tmp_path):
-    from dealrec.errors import DealrecError
+    from dealrec_core.errors import DealrecError
 
     executor = RayExecutor(workers=1, retries=1)
     try:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from dealrec.data import EvalSplit
-from dealrec.evaluate import evaluate_scorer, popularity_scorer, ranking_metrics
+from dealrec_core.data import EvalSplit
+from dealrec_core.evaluate import evaluate_scorer, popularity_scorer, ranking_metrics
 
 
 def _split():

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from dealrec.cli import main
-from dealrec.data import Samples, load_samples, samples_table, write_samples
-from dealrec.errors import DealrecError
+from dealrec_core.data import Samples, load_samples, samples_table, write_samples
+from dealrec_core.errors import DealrecError
 from dealrec.export import bigrec_records, write_bigrec, write_tiger
 from finetune.prompts import DOMAIN_TEMPLATES, PromptTemplate, alpaca_record
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dealrec.errors import DealrecError
+from dealrec_core.errors import DealrecError
 from dealrec.hvp import HessianPool, HvpConfig, solve
 from dealrec.influence import freeze_all_but
 from surrogates.base import build_surrogate

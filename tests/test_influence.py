@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dealrec.errors import DealrecError
+from dealrec_core.errors import DealrecError
 from dealrec.influence import LinearTaps, capture_batch, capture_samples, freeze_all_but, influence_from_rows, \
     length_groups, per_sample_gradient_loop
 from surrogates.base import build_surrogate

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from dealrec.cli import main
-from dealrec.data import PreparedData, sha256_file
+from dealrec_core.data import PreparedData, sha256_file
 from dealrec.prepare import PrepareOptions, prepare
 
 GAMES = Path(__file__).parents[1].parent / "shared" / "data" / "games"

@@ -36,7 +36,7 @@ def write_release(folder: Path) -> Path:
 
 def raw_release_and_tiny_tiger(root: Path, encoder_dir=None) -> tuple[Path, Path]:
     """A raw release folder under ``root`` and a tiny TIGER for its items (the effort target's start)."""
-    from dealrec.data import PreparedData
+    from dealrec_core.data import PreparedData
     from dealrec.prepare import prepare
     from finetune.rqvae import RQVAEConfig
     from finetune.tiger import TigerConfig, build_tiger, save_tiger

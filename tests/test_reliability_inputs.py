@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from dealrec.cli import main
-from dealrec.options import SEED_MAX
+from dealrec_core.options import SEED_MAX
 
 N_ITEMS = 6
 HUGE_SEED = 2**70

@@ -21,8 +21,8 @@ import pytest
 from click.testing import CliRunner
 
 from dealrec.cli import main
-from dealrec.data import EvalSplit, samples_table, write_parquet_atomic, write_samples
-from dealrec.paths import HOST
+from dealrec_core.data import EvalSplit, samples_table, write_parquet_atomic, write_samples
+from dealrec_core.paths import HOST
 
 N_ITEMS, N_USERS = 40, 60
 DEAD_PID = 2**22 + 7   # above Linux's largest pid_max: no process can have it

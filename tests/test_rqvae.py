@@ -54,7 +54,7 @@ def test_real_minilm_embeds_titles_and_caches(tmp_path, monkeypatch):
 
 
 def test_missing_encoder_folder_is_a_one_line_error(tmp_path):
-    from dealrec.errors import DealrecError
+    from dealrec_core.errors import DealrecError
     with pytest.raises(DealrecError, match="no config.json"):
         embed.encode_texts(["x"], tmp_path, progress=False)
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dealrec.data import Samples
-from dealrec.errors import DealrecError
+from dealrec_core.data import Samples
+from dealrec_core.errors import DealrecError
 from surrogates.base import SURROGATES, build_surrogate, load_surrogate, save_surrogate
 from surrogates.sasrec import SASRec, hashed_negatives
 

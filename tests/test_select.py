@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from dealrec.cli import main
-from dealrec.data import read_table, samples_table, write_samples
-from dealrec.errors import DealrecError, InputError
+from dealrec_core.data import read_table, samples_table, write_samples
+from dealrec_core.errors import DealrecError, InputError
 from dealrec.select import (METHODS, PRUNED, allocate_budget, combine_scores, minmax, n_hard_pruned,
                             random_select, select_coreset, stratified_select, stratify, top_n_select)
 

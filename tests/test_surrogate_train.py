@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from dealrec.cli import main
-from dealrec.data import EvalSplit, PreparedData, samples_table, write_parquet_atomic, write_samples
-from dealrec.errors import DealrecError
-from dealrec.evaluate import evaluate_scorer, popularity_scorer
+from dealrec_core.data import EvalSplit, PreparedData, samples_table, write_parquet_atomic, write_samples
+from dealrec_core.errors import DealrecError
+from dealrec_core.evaluate import evaluate_scorer, popularity_scorer
 from surrogates.base import load_surrogate
 from surrogates.train import TrainConfig, train_surrogate
 

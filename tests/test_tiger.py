@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from dealrec.cli import main
-from dealrec.data import EvalSplit, PreparedData, samples_table, write_parquet_atomic, write_samples
-from dealrec.evaluate import ranking_metrics
+from dealrec_core.data import EvalSplit, PreparedData, samples_table, write_parquet_atomic, write_samples
+from dealrec_core.evaluate import ranking_metrics
 from finetune.rqvae import semantic_ids_from_codes
 from finetune.tiger import TigerConfig, TigerModel, load_tiger, save_tiger
 from finetune.tiger_train import TrainConfig, train_tiger, training_pairs
@@ -109,7 +109,7 @@ def test_checkpoint_round_trip_gives_identical_rankings(tmp_path):
 
 
 def test_training_pairs_expand_prefixes():
-    from dealrec.data import Samples
+    from dealrec_core.data import Samples
     s = Samples(np.arange(3), np.arange(3), [np.array([5, 6], np.int32), np.array([], np.int32),
                                              np.array([9], np.int32)], np.array([7, 8, 4], np.int32))
     hist, tgt = training_pairs(s, expand_prefixes=True)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dealrec.data import Samples, samples_table, write_samples
+from dealrec_core.data import Samples, samples_table, write_samples
 
 
 class TinySurrogate(nn.Module):

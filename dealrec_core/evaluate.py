@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from dealrec.data import EvalSplit
+from dealrec_core.data import EvalSplit
 
 DEFAULT_KS = (10, 20, 50)
 

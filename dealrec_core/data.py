@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dealrec.errors import DealrecError, InputError
-from dealrec.paths import remove_stale_temps, temp_file_name, temp_prefix
+from dealrec_core.errors import DealrecError, InputError
+from dealrec_core.paths import remove_stale_temps, temp_file_name, temp_prefix
 
 SAMPLES_SCHEMA = pa.schema([
     ("sample_id", pa.int64()),
@@ -47,6 +47,11 @@ DEFAULT_SHARD_SIZE = 16384
 
 # ----------------------------------------------------------------------------- files
 
+def stable_hash(obj: Any) -> str:
+    """sha256 of a JSON rendering with sorted keys: the same parameters give the same key."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -64,7 +69,7 @@ def atomic_file(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
     On any error the temporary file is removed and ``path`` is left as it was (absent, or the previous
     complete file); a file-system error without a file name is given ``path``'s. Temporaries of a run
-    that was killed are removed first (``dealrec.paths.remove_stale_temps``).
+    that was killed are removed first (``dealrec_core.paths.remove_stale_temps``).
     """
     path = Path(path)
     remove_stale_temps(path)
@@ -389,7 +394,6 @@ class PreparedData:
     def content_digest(self) -> str:
         """sha256 over every file a model trained or evaluated on this folder reads (samples shards, items,
         evaluation splits), by content: the key of anything derived from the data (surrogate, runs)."""
-        from dealrec.engine import stable_hash
 
         files = [*self.shard_paths(), self.root / "items.parquet",
                  *(self.root / "eval" / f"{s}.parquet" for s in SPLITS)]

@@ -44,7 +44,7 @@ SEED = SeedType()
 
 def check_seed(seed, what: str = "seed") -> int:
     """The same rule for seeds that do not come through a click option (``compare --seeds``)."""
-    from dealrec.errors import DealrecError
+    from dealrec_core.errors import DealrecError
 
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise DealrecError(f"{what} {seed}: a seed is an integer 0..{SEED_MAX}")

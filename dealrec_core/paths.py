@@ -1,6 +1,6 @@
 """Where a command may write: never over an input, never half a file (docs/reliability.md).
 
-Ground floor, like ``dealrec.data`` and ``dealrec.errors``: anything may import it.
+Ground floor, like ``dealrec_core.data`` and ``dealrec_core.errors``: anything may import it.
 
 - ``check_output(out, inputs, writes=...)`` refuses, before anything is written, an output that is an
   input, lies inside one, or (for the parts it writes) contains one; and an output that cannot be
@@ -25,7 +25,7 @@ import socket
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from dealrec.errors import DealrecError
+from dealrec_core.errors import DealrecError
 
 # .NAME.tmp-PID@HOST, .NAME.tmp-PID@HOST-RANDOM, .NAME.tmp-PID.png (no @HOST: older names, and writers
 # that name their temporaries themselves; taken to be this machine's), .NAME.old-PID@HOST-RANDOM

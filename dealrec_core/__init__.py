@@ -1,0 +1,9 @@
+"""The ground floor of dealrec: what the models (``surrogates``, ``finetune``) and the engine
+(``dealrec``) all use, importing none of them.
+
+- ``data``: the samples table and item catalogue (read, validate, write, hash), atomic writes;
+- ``evaluate``: the one full-ranking evaluator;
+- ``errors``: the one-line error types; ``paths``: output checks and temporary names;
+- ``options``: click types shared by every command; ``threads``: fixed torch thread counts.
+"""
+__version__ = "0.1.0"
