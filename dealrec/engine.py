@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from dealrec_core.data import stable_hash, write_json_atomic  # noqa: F401  (stable_hash: also engine API)
+from dealrec_core.data import commit_file, stable_hash, temporary_file, write_json_atomic  # noqa: F401  (stable_hash: also engine API)
 from dealrec_core.errors import DealrecError
 
 
@@ -97,14 +97,11 @@ class ShardStore:
 
     def temporary(self, shard: Shard) -> Path:
         """This process's temporary name for the shard's output; a killed run's temporary of it is removed."""
-        from dealrec_core.paths import remove_stale_temps, temp_file_name
-
-        remove_stale_temps(self.output(shard))
-        return temp_file_name(self.output(shard))
+        return temporary_file(self.output(shard))
 
     def commit(self, shard: Shard, tmp: Path, key: str, extra: dict | None = None) -> None:
         """Rename the finished output into place, then write its manifest (the manifest marks it done)."""
-        os.replace(tmp, self.output(shard))
+        commit_file(tmp, self.output(shard))
         write_json_atomic(self.manifest(shard), {"key": key, "phase": self.phase, "start": shard.start,
                                                  "stop": shard.stop, **(extra or {})})
 

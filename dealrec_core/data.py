@@ -63,20 +63,39 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def temporary_file(path: str | Path, suffix: str = "") -> Path:
+    """This process's temporary name beside ``path`` (``.NAME.tmp-PID@HOST[suffix]``), after removing the
+    temporaries of ``path`` that a killed run left (``dealrec_core.paths.remove_stale_temps``).
+
+    For a writer that cannot run inside ``atomic_file``'s block (a shard written by one function and
+    committed by another); ``commit_file`` renames it into place. Everything else uses ``atomic_file``.
+    """
+    path = Path(path)
+    remove_stale_temps(path)
+    return temp_file_name(path, suffix)
+
+
+def commit_file(tmp: str | Path, path: str | Path) -> None:
+    """Rename the complete temporary ``tmp`` (from ``temporary_file``) to ``path``, in one step."""
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary name beside ``path``; rename it to ``path`` only if the block succeeds.
 
-    On any error the temporary file is removed and ``path`` is left as it was (absent, or the previous
-    complete file); a file-system error without a file name is given ``path``'s. Temporaries of a run
-    that was killed are removed first (``dealrec_core.paths.remove_stale_temps``).
+    The one way a file is written in this project: the block hands the name to any writer that takes
+    a path (``save_file(state, str(tmp))``, ``np.save(tmp, a)``, ``fig.savefig(tmp)``; ``suffix`` keeps
+    the extension a writer adds or reads, e.g. ``".npy"``, ``".png"``). On any error the temporary
+    file is removed and ``path`` is left as it was (absent, or the previous complete file); a
+    file-system error without a file name is given ``path``'s. Temporaries of a run that was killed
+    are removed first (``dealrec_core.paths.remove_stale_temps``).
     """
     path = Path(path)
-    remove_stale_temps(path)
-    tmp = temp_file_name(path, suffix)
+    tmp = temporary_file(path, suffix)
     try:
         yield tmp
-        os.replace(tmp, path)
+        commit_file(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()

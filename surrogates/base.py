@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dealrec_core.data import Samples, write_json_atomic
+from dealrec_core.data import Samples, atomic_file, write_json_atomic
 from dealrec_core.errors import DealrecError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -126,9 +126,8 @@ def save_surrogate(model: Surrogate, out_dir: str | Path) -> None:
 
     out_dir = Path(out_dir)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = out_dir / f".{WEIGHTS_FILE}.tmp"
-    save_file(state, str(tmp), metadata={"model": model.name})
-    tmp.replace(out_dir / WEIGHTS_FILE)
+    with atomic_file(out_dir / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"model": model.name})
     write_json_atomic(out_dir / CONFIG_FILE, {"model": model.name, "config": model.config.to_dict()})
 
 

@@ -1,0 +1,99 @@
+"""The repeated mechanics, each written once in the ground floor (docs/design.md, "One helper each"):
+atomic writes, padding, the users the evaluator counts, the early-stopping loop."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dealrec_core.data import atomic_file
+from dealrec_core.paths import HOST, remove_stale_temps
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("dealrec_core", "surrogates", "finetune", "dealrec")
+DEAD_PID = 2**22 + 7   # above Linux's largest pid_max: no process can have it
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def _renames(path: Path) -> list[int]:
+    """Lines of ``path`` that rename a file by hand: ``os.replace``/``os.rename``/``shutil.move``, or a
+    ``.rename(x)``/``.replace(x)`` method call with one argument (``Path.rename``, ``Path.replace``;
+    ``str.replace`` takes two)."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        f = node.func
+        owner = f.value.id if isinstance(f.value, ast.Name) else None
+        if (owner, f.attr) in {("os", "replace"), ("os", "rename"), ("shutil", "move")}:
+            lines.append(node.lineno)
+        elif owner not in ("os", "shutil") and f.attr in ("rename", "replace") and len(node.args) == 1 \
+                and not node.keywords:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_files_are_renamed_into_place_only_by_the_ground_floor():
+    """Every write-to-a-temporary-then-rename goes through ``dealrec_core.data`` (``atomic_file`` and
+    its friends), so every temporary is named, cleaned and reported the same way."""
+    bad = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path == ROOT / "dealrec_core" / "data.py":
+                continue
+            bad += [f"{path.relative_to(ROOT)}:{line}" for line in _renames(path)]
+    assert not bad, "rename by hand (use dealrec_core.data.atomic_file): " + ", ".join(bad)
+
+
+def test_a_writer_that_adds_a_suffix_gets_a_temporary_that_is_cleaned_up(tmp_path):
+    target = tmp_path / "emb.npy"
+    with atomic_file(target, suffix=".npy") as tmp:
+        assert tmp.name.endswith(".npy") and tmp.parent == tmp_path
+        np.save(tmp, np.arange(3))
+    assert np.array_equal(np.load(target), np.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy"]
+    # a killed writer's temporary of the same file, with the suffix, is recognised and removed
+    dead = tmp_path / f".emb.npy.tmp-{DEAD_PID}@{HOST}.npy"
+    dead.write_bytes(b"half")
+    assert remove_stale_temps(target) == [dead]
+
+
+def test_a_failed_write_leaves_the_previous_file(tmp_path):
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_model_writers_clean_a_killed_runs_temporaries(tmp_path):
+    """``save_surrogate`` and ``save_tiger`` write through ``atomic_file``: a temporary that a killed save
+    left beside a weights file is removed by the next save, and none of theirs stays behind."""
+    from surrogates.sasrec import SASRec, SASRecConfig
+    from surrogates.base import save_surrogate
+    from finetune.rqvae import semantic_ids_from_codes
+    from finetune.tiger import TigerConfig, TigerModel, save_tiger
+
+    dead = [tmp_path / f".model.safetensors.tmp-{DEAD_PID}@{HOST}", tmp_path / f".config.json.tmp-{DEAD_PID}"]
+    for p in dead:
+        p.write_bytes(b"half")
+    save_surrogate(SASRec(SASRecConfig(n_items=10, hidden=8, n_heads=1, n_blocks=1, ffn_hidden=8, max_len=4)),
+                   tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+    folder = tmp_path / "tiger"
+    codes = np.stack([np.arange(10) // 4, np.arange(10) % 4], 1)
+    sem, _ = semantic_ids_from_codes(codes, 4)
+    model = TigerModel(TigerConfig(d_model=8, d_ff=16, num_layers=1, num_decoder_layers=1, num_heads=1, d_kv=8),
+                       sem, seed=0)
+    folder.mkdir()
+    (folder / f".semantic_ids.json.tmp-{DEAD_PID}@{HOST}").write_text("half")
+    save_tiger(model, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors",
+                                                        "semantic_ids.json", "semantic_ids.safetensors"]
