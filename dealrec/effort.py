@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dealrec_core.batching import pad_batch
 from dealrec_core.errors import DealrecError
 from dealrec.influence import LinearTaps, length_groups
 
@@ -197,16 +198,10 @@ def bigrec_target(llm_dir: str, titles: list[str], adapter: str | None = None, b
 
     def collate(samples) -> dict:
         rows = encode(samples)
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # right padding: causal attention never lets a real token see it
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.tensor(r["input_ids"])
-            labels[i, :n] = torch.tensor(r["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+        # right padding: causal attention never lets a real token see it
+        batch = pad_batch([r["input_ids"] for r in rows], pad, "right", [r["labels"] for r in rows],
+                          position_ids=False)
+        return {k: v.to(device) for k, v in batch.items()}
 
     info = {"target": "bigrec", "llm": str(llm_dir), "adapter": str(adapter) if adapter else None,
             "lora": {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": list(target_modules)},

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from dealrec_core.batching import pad_batch
 from dealrec_core.data import EvalSplit, PreparedData, atomic_output_dir, check_item_range, load_samples, \
     sha256_file, shard_paths, write_json_atomic
 from dealrec_core.errors import DealrecError
@@ -79,26 +80,6 @@ class BigrecConfig:
 
 
 # ----------------------------------------------------------------------------- batches and losses
-
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str,
-              labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
-    """Pad token id lists to one tensor; ``position_ids`` count real tokens only (left padding safe)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    lab = torch.full((len(sequences), width), -100, dtype=torch.long) if labels is not None else None
-    for i, s in enumerate(sequences):
-        sl = slice(width - len(s), width) if side == "left" else slice(0, len(s))
-        ids[i, sl] = torch.tensor(s, dtype=torch.long)
-        mask[i, sl] = 1
-        if lab is not None:
-            lab[i, sl] = torch.tensor(labels[i], dtype=torch.long)
-    out = {"input_ids": ids, "attention_mask": mask,
-           "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
-    if lab is not None:
-        out["labels"] = lab
-    return out
-
 
 def n_loss_tokens(examples: Sequence[dict]) -> int:
     # the first token is never predicted

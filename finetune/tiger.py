@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dealrec_core.batching import pad_rows
 from dealrec_core.data import PreparedData, atomic_file, write_text_atomic
 from dealrec_core.errors import DealrecError
 from finetune.rqvae import (RQVAE, RQVAEConfig, SemanticIDs, load_semantic_ids, save_semantic_ids,
@@ -152,10 +153,7 @@ class TigerModel(nn.Module):
                 raise DealrecError(f"history item {int(h.max())} is not in the model's catalogue "
                                    f"(1..{self.n_items})")
             rows.append(np.append(item_tokens[h].reshape(-1), EOS))
-        width = max(len(r) for r in rows) if rows else 1
-        input_ids = np.full((len(rows), width), PAD, dtype=np.int64)
-        for i, r in enumerate(rows):
-            input_ids[i, :len(r)] = r
+        input_ids = pad_rows(rows, PAD, "right")
         batch = {"input_ids": torch.from_numpy(input_ids),
                  "attention_mask": torch.from_numpy((input_ids != PAD).astype(np.int64))}
         if targets is not None:

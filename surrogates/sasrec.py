@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dealrec_core.batching import pad_rows
 from dealrec_core.data import Samples
 from dealrec_core.errors import DealrecError
 from surrogates.base import SURROGATES, Surrogate, SurrogateConfig
@@ -165,11 +166,7 @@ class SASRec(Surrogate):
     # ---- batches -------------------------------------------------------------------------
 
     def _pad(self, rows: list[np.ndarray]) -> torch.Tensor:
-        width = max(1, max(len(r) for r in rows)) if rows else 1
-        out = np.zeros((len(rows), width), dtype=np.int64)
-        for i, r in enumerate(rows):
-            out[i, :len(r)] = r
-        return torch.from_numpy(out)
+        return torch.from_numpy(pad_rows(rows, 0, "right"))   # padding id 0, at least one column
 
     def collate(self, samples: Samples, negative_round: int = 0) -> dict[str, torch.Tensor]:
         """Training batch: ``input_ids`` = [BOS] + history, ``labels`` = history + [target].

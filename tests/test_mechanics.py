@@ -97,3 +97,38 @@ def test_model_writers_clean_a_killed_runs_temporaries(tmp_path):
     save_tiger(model, folder)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors",
                                                         "semantic_ids.json", "semantic_ids.safetensors"]
+
+
+# ----------------------------------------------------------------------------- padding
+
+def test_pad_rows_right_and_left():
+    from dealrec_core.batching import pad_rows
+
+    rows = [np.array([5, 6, 7]), [], [1]]
+    assert pad_rows(rows, 0).tolist() == [[5, 6, 7], [0, 0, 0], [1, 0, 0]]
+    assert pad_rows(rows, 9, "left").tolist() == [[5, 6, 7], [9, 9, 9], [9, 9, 1]]
+    assert pad_rows(rows, 0).dtype == np.int64
+    # no rows, or only empty ones: still one column (a model's batch is never zero wide) unless asked
+    assert pad_rows([], 0).shape == (0, 1) and pad_rows([[]], 0).tolist() == [[0]]
+    assert pad_rows([[]], 0, min_width=0).shape == (1, 0)
+    with pytest.raises(ValueError):
+        pad_rows(rows, 0, "middle")
+
+
+def test_pad_batch_masks_labels_and_positions():
+    from dealrec_core.batching import pad_batch
+
+    seqs, labels = [[5, 6, 7], [1]], [[-100, 6, 7], [1]]
+    right = pad_batch(seqs, 0, "right", labels)
+    assert list(right) == ["input_ids", "attention_mask", "position_ids", "labels"]
+    assert right["input_ids"].tolist() == [[5, 6, 7], [1, 0, 0]]
+    assert right["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert right["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
+    assert right["labels"].tolist() == [[-100, 6, 7], [1, -100, -100]]
+    left = pad_batch(seqs, 0, "left")
+    assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 1]]
+    assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert left["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]   # real tokens count from 0 either way
+    assert "labels" not in left
+    assert all(v.dtype == torch.long for v in right.values())
+    assert list(pad_batch(seqs, 0, position_ids=False)) == ["input_ids", "attention_mask"]
