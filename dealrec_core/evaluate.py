@@ -52,8 +52,16 @@ def _metric_sums(ranked: torch.Tensor, truth: torch.Tensor, ks: Sequence[int]) -
     return out
 
 
-def _keep_nonempty(split: EvalSplit) -> EvalSplit:
-    keep = [i for i, t in enumerate(split.targets) if len(np.unique(t[t > 0])) > 0]
+def truth_rows(split: EvalSplit) -> np.ndarray:
+    """The rows of ``split`` that the evaluator counts, in order (``int64``): the users with a non-empty
+    ground truth (padding, id 0, is no ground-truth item). Every evaluation and every subsample of
+    evaluation users starts from these."""
+    return np.array([i for i, t in enumerate(split.targets) if (np.asarray(t) > 0).any()], dtype=np.int64)
+
+
+def users_with_truth(split: EvalSplit) -> EvalSplit:
+    """``split`` without the users that have no ground truth (``split`` itself when every user has one)."""
+    keep = truth_rows(split)
     return split if len(keep) == len(split) else split.subset(keep)
 
 
@@ -74,8 +82,8 @@ def ranking_metrics(ranked: np.ndarray | torch.Tensor, split: EvalSplit,
     ranked = torch.as_tensor(np.asarray(ranked), dtype=torch.long)
     if ranked.shape[0] != len(split):
         raise ValueError(f"{ranked.shape[0]} ranked lists for {len(split)} users")
-    keep = [i for i, t in enumerate(split.targets) if len(t[t > 0]) > 0]
-    ranked = ranked[keep]
+    keep = truth_rows(split)
+    ranked = ranked[torch.from_numpy(keep)]
     split = split.subset(keep)
     n_cols = int(max(ranked.max().item() if ranked.numel() else 0,
                      max((int(t.max()) for t in split.targets), default=0),
@@ -98,7 +106,7 @@ def ranking_metrics(ranked: np.ndarray | torch.Tensor, split: EvalSplit,
 def evaluate_scorer(score_fn: Callable[[list], torch.Tensor], split: EvalSplit, n_items: int,
                     ks: Sequence[int] = DEFAULT_KS, batch_size: int = 1024) -> dict[str, float]:
     """Full-ranking metrics of a model that scores all items for a batch of histories."""
-    split = _keep_nonempty(split)
+    split = users_with_truth(split)
     max_k = max(ks)
     sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
     for start in range(0, len(split), batch_size):

@@ -41,7 +41,7 @@ from dealrec_core.data import EvalSplit, PreparedData, atomic_output_dir, check_
     sha256_file, shard_paths, write_json_atomic
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
-from dealrec_core.evaluate import DEFAULT_KS, evaluate_scorer, format_metrics
+from dealrec_core.evaluate import DEFAULT_KS, evaluate_scorer, format_metrics, truth_rows
 from dealrec_core.paths import check_output
 from finetune.llm import attach_lora, load_causal_lm, pick_device, pick_dtype
 from finetune.prompts import DOMAIN_TEMPLATES, LOSS_ON, PromptTemplate, encode_example, encode_prompt
@@ -281,7 +281,7 @@ class Catalogue:
 
 def nonempty_users(split: EvalSplit, max_users: int | None, seed: int) -> EvalSplit:
     """Users with a ground truth (as the evaluator counts them), at most ``max_users`` at random."""
-    keep = np.array([i for i, t in enumerate(split.targets) if len(np.unique(t[t > 0])) > 0], dtype=np.int64)
+    keep = truth_rows(split)
     if max_users is not None and len(keep) > max_users:
         keep = np.sort(np.random.default_rng(seed).choice(keep, max_users, replace=False))
     return split.subset(keep)

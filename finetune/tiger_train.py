@@ -28,7 +28,7 @@ import torch
 from dealrec_core.data import EvalSplit, PreparedData, Samples, atomic_output_dir, load_samples, write_json_atomic
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
-from dealrec_core.evaluate import DEFAULT_KS, ranking_metrics
+from dealrec_core.evaluate import DEFAULT_KS, ranking_metrics, users_with_truth
 from dealrec_core.paths import check_output
 from finetune.rqvae import RQVAEConfig
 from finetune.tiger import TigerConfig, TigerModel, build_tiger, load_tiger, save_tiger
@@ -70,8 +70,7 @@ def training_pairs(samples: Samples, expand_prefixes: bool) -> tuple[list, np.nd
 
 
 def evaluate_tiger(model: TigerModel, split: EvalSplit, config: TrainConfig, desc: str = "") -> dict:
-    keep = [i for i, t in enumerate(split.targets) if len(t[t > 0])]
-    split = split.subset(keep)
+    split = users_with_truth(split)
     ranked = model.rank(split.history, k=max(DEFAULT_KS), beam_size=config.beam_size,
                         batch_size=config.eval_batch_size, progress=config.progress and bool(desc))
     return ranking_metrics(ranked, split, n_items=model.n_items)
@@ -102,8 +101,7 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
     if len(bad):
         raise DealrecError(f"training item {int(targets[bad[0]])} is not in the model's catalogue "
                            f"(1..{model.n_items}); was the checkpoint built for other data?")
-    valid_full = data.eval_split("valid")
-    valid_full = valid_full.subset([i for i, t in enumerate(valid_full.targets) if len(t[t > 0])])
+    valid_full = users_with_truth(data.eval_split("valid"))
     rng = np.random.default_rng(config.seed)
     valid_idx = np.arange(len(valid_full))
     if config.valid_users and len(valid_full) > config.valid_users:

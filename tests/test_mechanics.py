@@ -132,3 +132,28 @@ def test_pad_batch_masks_labels_and_positions():
     assert "labels" not in left
     assert all(v.dtype == torch.long for v in right.values())
     assert list(pad_batch(seqs, 0, position_ids=False)) == ["input_ids", "attention_mask"]
+
+
+# ----------------------------------------------------------------------------- users the evaluator counts
+
+def test_users_with_a_ground_truth_are_found_in_one_place():
+    from dealrec_core.data import EvalSplit
+    from dealrec_core.evaluate import evaluate_scorer, ranking_metrics, truth_rows, users_with_truth
+    from finetune.bigrec import nonempty_users
+
+    targets = [[], [0], [3], [0, 2], [4, 4]]
+    split = EvalSplit(np.arange(5) + 10, [np.array([1], np.int32)] * 5, [np.array(t, np.int32) for t in targets])
+    assert truth_rows(split).tolist() == [2, 3, 4] and truth_rows(split).dtype == np.int64
+    assert users_with_truth(split).user.tolist() == [12, 13, 14]
+    full = users_with_truth(split)
+    assert users_with_truth(full) is full
+    assert nonempty_users(split, None, 0).user.tolist() == [12, 13, 14]
+    assert set(nonempty_users(split, 2, 0).user.tolist()) < {12, 13, 14}
+    # both evaluators average over those users only
+    ranked = np.array([[3, 2, 4]] * 5)
+    by_list = ranking_metrics(ranked, split, ks=(1,))
+    by_score = evaluate_scorer(lambda h: torch.tensor([[0.0, 0.0, 2.0, 3.0, 1.0]] * len(h)), split, 4, ks=(1,))
+    assert by_list == by_score == pytest.approx({"recall@1": 1 / 3, "ndcg@1": 1 / 3})
+    # no user with a ground truth: zero, not an error
+    none = EvalSplit(np.arange(2), [np.array([1], np.int32)] * 2, [np.array([], np.int32)] * 2)
+    assert ranking_metrics(np.array([[2], [3]]), none, ks=(1,)) == {"recall@1": 0.0, "ndcg@1": 0.0}
