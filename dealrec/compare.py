@@ -258,10 +258,12 @@ def _run_one(task: dict) -> dict:
                             quiet=not task["progress"], **task["finetune"])
         threads = metrics.get("threads")
     else:
+        import click
+
         from finetune.bigrec import bigrec_config, run_bigrec
 
         metrics = run_bigrec(task["llm"], task["data"], train, model_dir, bigrec_config(seed=seed, **task["finetune"]),
-                             overwrite=True)
+                             overwrite=True, log=lambda line: click.echo(line, err=True))
         threads = json.loads((model_dir / "manifest.json").read_text()).get("torch_threads")
     result = {
         "name": task["name"], "method": method, "seed": seed, "inputs": task["inputs"],

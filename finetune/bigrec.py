@@ -26,7 +26,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import click
 import numpy as np
@@ -329,20 +329,24 @@ def _llm_fingerprint(llm: Path) -> dict:
 
 
 def run_bigrec(llm: str | Path, data: str | Path, train: str | Path, out: str | Path,
-               cfg: BigrecConfig, overwrite: bool = False) -> dict:
-    """Fine-tune, generate, ground and evaluate; returns the metrics written to OUT/metrics.json."""
+               cfg: BigrecConfig, overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict:
+    """Fine-tune, generate, ground and evaluate; returns the metrics written to OUT/metrics.json.
+
+    ``log`` receives a line at each milestone (the fine-tuning's end, each split's metrics); the
+    command prints them on stderr. Progress bars go to stderr as everywhere."""
     # On a CPU shared with other jobs, torch's spinning worker threads can be many times slower
     # than one thread: --threads sets the count for this run only.
     threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run_bigrec(Path(llm), Path(data), Path(train), Path(out), cfg, overwrite)
+        return _run_bigrec(Path(llm), Path(data), Path(train), Path(out), cfg, overwrite, log or (lambda line: None))
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig, overwrite: bool) -> dict:
+def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig, overwrite: bool,
+                log: Callable[[str], None]) -> dict:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     # OUT is replaced as a whole: never an input, inside one, or around one
@@ -409,8 +413,8 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
     t = time.perf_counter()
     result = train_lora(model, train_examples, valid_examples, cfg, pad_id, device)
     timings["train"] = time.perf_counter() - t
-    click.echo(f"fine-tuned {result.steps} steps ({result.epochs:.2f} epochs, {result.stopped}); "
-               f"best validation loss {result.best_valid_loss:.4f}", err=True)
+    log(f"fine-tuned {result.steps} steps ({result.epochs:.2f} epochs, {result.stopped}); "
+        f"best validation loss {result.best_valid_loss:.4f}")
 
     metrics: dict = {}
     generations: dict[str, list[str]] = {}
@@ -426,7 +430,7 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
                               desc=f"embed {name}")
         metrics[name] = grounded_metrics(catalogue, gen_emb, split, prepared.n_items)
         timings[f"ground_{name}"] = time.perf_counter() - t
-        click.echo(f"{name} ({len(split)} users): {format_metrics(metrics[name])}", err=True)
+        log(f"{name} ({len(split)} users): {format_metrics(metrics[name])}")
 
     metrics.update({"epochs": round(result.epochs, 4), "steps": result.steps,
                     "seconds": round(time.perf_counter() - t_start, 2),
@@ -524,5 +528,6 @@ def bigrec_config(adapter=None, r=8, alpha=16, dropout=0.05, target_modules=None
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def bigrec_command(llm, data, train_path, out, overwrite, **options):
     """BIGRec: LoRA fine-tune a local causal LM on TRAIN, ground its generations, evaluate."""
-    metrics = run_bigrec(llm, data, train_path, out, bigrec_config(**options), overwrite=overwrite)
+    metrics = run_bigrec(llm, data, train_path, out, bigrec_config(**options), overwrite=overwrite,
+                         log=lambda line: click.echo(line, err=True))
     click.echo(json.dumps({k: metrics[k] for k in ("valid", "test", "steps", "epochs", "seconds")}))

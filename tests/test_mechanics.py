@@ -3,6 +3,7 @@ atomic writes, padding, the users the evaluator counts, the early-stopping loop.
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,50 @@ def test_users_with_a_ground_truth_are_found_in_one_place():
     # no user with a ground truth: zero, not an error
     none = EvalSplit(np.arange(2), [np.array([1], np.int32)] * 2, [np.array([], np.int32)] * 2)
     assert ranking_metrics(np.array([[2], [3]]), none, ks=(1,)) == {"recall@1": 0.0, "ndcg@1": 0.0}
+
+
+# ----------------------------------------------------------------------------- library code does not print
+
+def _echo_outside_commands(path: Path) -> list[int]:
+    """Lines of ``path`` that call ``click.echo`` outside a function decorated as a click command."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    inside = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and any("command" in ast.unparse(d) for d in node.decorator_list):
+            inside.update(id(n) for n in ast.walk(node))
+    return [n.lineno for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and ast.unparse(n.func) == "click.echo" and id(n) not in inside]
+
+
+def test_model_libraries_return_results_and_their_commands_print_them():
+    """``run_bigrec``, ``run_tiger``, ``train_surrogate`` and the rest return what they did (or pass lines
+    to a ``log`` callback); only the click commands print."""
+    bad = []
+    for package in ("dealrec_core", "surrogates", "finetune"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            bad += [f"{path.relative_to(ROOT)}:{line}" for line in _echo_outside_commands(path)]
+    assert not bad, "click.echo in library code: " + ", ".join(bad)
+
+
+def test_bigrec_command_prints_the_lines_run_bigrec_logs(tmp_path):
+    """The lines ``finetune bigrec`` prints on stderr come from ``run_bigrec``'s ``log`` callback, and a
+    caller with its own ``log`` gets the same lines."""
+    from click.testing import CliRunner
+
+    from dealrec.cli import main
+    from finetune.bigrec import bigrec_config, run_bigrec
+    from test_bigrec import TITLES, _write_prepared
+    from tiny_lm import make_tiny_causal_lm
+
+    data = _write_prepared(tmp_path / "data")
+    llm = make_tiny_causal_lm("llama", TITLES[1:], tmp_path / "llama")
+    quick = {"batch_size": 8, "epochs": 1, "max_new_tokens": 4, "max_users": 3, "max_tokens": 400}
+    result = CliRunner().invoke(main, ["finetune", "bigrec", "--llm", str(llm), "--data", str(data), "--train",
+                                       str(data / "samples"), "--out", str(tmp_path / "cli"),
+                                       *(f"--{k.replace('_', '-')}={v}" for k, v in quick.items())])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)) == {"valid", "test", "steps", "epochs", "seconds"}
+    printed = [ln for ln in result.stderr.splitlines() if ln.startswith(("fine-tuned ", "valid (", "test ("))]
+    lines = []
+    run_bigrec(llm, data, data / "samples", tmp_path / "lib", bigrec_config(**quick), log=lines.append)
+    assert lines == printed and [ln.split(" ")[0] for ln in lines] == ["fine-tuned", "valid", "test"]
