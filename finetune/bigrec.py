@@ -43,6 +43,7 @@ from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
 from dealrec_core.evaluate import DEFAULT_KS, evaluate_scorer, format_metrics, truth_rows
 from dealrec_core.paths import check_output
+from dealrec_core.training import MAX_EPOCHS, PATIENCE, train_with_early_stopping
 from finetune.llm import attach_lora, load_causal_lm, pick_device, pick_dtype
 from finetune.prompts import DOMAIN_TEMPLATES, LOSS_ON, PromptTemplate, encode_example, encode_prompt
 
@@ -150,10 +151,9 @@ def train_lora(model, train_examples: list[dict], valid_examples: list[dict], cf
     warmup = min(cfg.warmup_steps, planned // 10)
     rng = np.random.default_rng(cfg.seed)
     result = TrainResult()
-    best_state = None
-    bad_epochs = 0
     bar = tqdm(total=planned, desc="fine-tune", unit="step", leave=False)
-    for epoch in range(cfg.epochs):
+
+    def train_epoch(epoch: int) -> str | None:
         order = rng.permutation(len(train_examples))
         for start in range(0, len(order), cfg.batch_size):
             for group in optimizer.param_groups:
@@ -161,32 +161,35 @@ def train_lora(model, train_examples: list[dict], valid_examples: list[dict], cf
             batch = [train_examples[i] for i in order[start:start + cfg.batch_size]]
             loss = train_step(model, optimizer, batch, cfg, pad_id, device)
             result.steps += 1
-            result.epochs = epoch + min(start + cfg.batch_size, len(order)) / len(order)
+            result.epochs = epoch - 1 + min(start + cfg.batch_size, len(order)) / len(order)
             result.train_losses.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
             if cfg.max_steps is not None and result.steps >= cfg.max_steps:
-                result.stopped = "max_steps"
-                break
+                return "max_steps"
+        return None
+
+    def validate(epoch: int) -> float:
         valid_loss = mean_token_loss(model, valid_examples, pad_id, device, cfg.micro_batch_size)
         result.valid_losses.append([round(result.epochs, 4), valid_loss])
-        if valid_loss < result.best_valid_loss:
+        return valid_loss
+
+    def report(epoch: int, valid_loss: float, improved: bool) -> None:
+        if improved:
             result.best_valid_loss, result.best_epoch = valid_loss, result.epochs
-            best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-        if result.stopped == "max_steps":
-            break
-        if bad_epochs >= cfg.patience:
-            result.stopped = "early_stopping"
-            break
-    bar.close()
-    if best_state is not None:
+
+    def restore(best_state: dict) -> None:
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if n in best_state:
                     p.copy_(best_state[n])
+
+    stop = train_with_early_stopping(
+        train_epoch, validate, max_epochs=cfg.epochs, patience=cfg.patience, higher_is_better=False,
+        snapshot=lambda: {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+        restore=restore, report=report)
+    result.stopped = {MAX_EPOCHS: "epochs", PATIENCE: "early_stopping"}.get(stop.reason, stop.reason)
+    bar.close()
     model.eval()
     return result
 

@@ -30,6 +30,7 @@ from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
 from dealrec_core.evaluate import DEFAULT_KS, ranking_metrics, users_with_truth
 from dealrec_core.paths import check_output
+from dealrec_core.training import train_with_early_stopping
 from finetune.rqvae import RQVAEConfig
 from finetune.tiger import TigerConfig, TigerModel, build_tiger, load_tiger, save_tiger
 
@@ -117,11 +118,14 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
     steps_per_epoch = math.ceil(len(targets) / config.batch_size)
     eval_every_epochs = max(1, math.ceil(config.eval_every_steps / steps_per_epoch))
 
-    best_score, best_state, best_epoch, stale, epoch, step = -math.inf, None, 0, 0, 0, 0
+    step, train_loss = 0, 0.0
+    metrics: dict[str, float] = {}
     history = []
     bar = tqdm(total=config.max_epochs * steps_per_epoch, desc="tiger train", unit="step",
                disable=not config.progress)
-    for epoch in range(1, config.max_epochs + 1):
+
+    def train_epoch(epoch: int) -> None:
+        nonlocal step, train_loss
         model.train()
         order = rng.permutation(len(targets))
         total, count = 0.0, 0
@@ -139,36 +143,34 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
             count += len(idx)
             bar.update(1)
         train_loss = total / max(count, 1)
-        out_of_time = config.max_minutes > 0 and time.time() - t_start > 60 * config.max_minutes
-        last = epoch == config.max_epochs or out_of_time
-        if epoch % eval_every_epochs and not last:
-            continue
+
+    def validate(epoch: int) -> float:
+        nonlocal metrics
         if config.metric == "loss":
             metrics = {"loss": validation_loss(model, valid_small)}
-            score = -metrics["loss"]
-        else:
-            metrics = evaluate_tiger(model, valid_small, config)
-            score = metrics[config.metric]
+            return -metrics["loss"]
+        metrics = evaluate_tiger(model, valid_small, config)
+        return metrics[config.metric]
+
+    def report(epoch: int, score: float, improved: bool) -> None:
         history.append({"epoch": epoch, "step": step, "train_loss": train_loss,
                         **{f"valid_{k}": v for k, v in metrics.items()}})
         bar.set_postfix(loss=f"{train_loss:.3f}", **{f"valid_{config.metric}": f"{abs(score):.4f}"})
-        if score > best_score:
-            best_score, best_epoch, stale = score, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.t5.state_dict().items()}
-        else:
-            stale += 1
-        if stale >= config.patience or out_of_time:
-            break
+
+    stop = train_with_early_stopping(
+        train_epoch, validate, max_epochs=config.max_epochs, patience=config.patience,
+        validate_every=eval_every_epochs, report=report,
+        snapshot=lambda: {k: v.detach().clone() for k, v in model.t5.state_dict().items()},
+        restore=model.t5.load_state_dict,
+        out_of_time=lambda: config.max_minutes > 0 and time.time() - t_start > 60 * config.max_minutes)
     bar.close()
-    if best_state is not None:
-        model.t5.load_state_dict(best_state)
     model.eval()
     train_seconds = time.time() - t_start
     result = {
         "valid": evaluate_tiger(model, valid_full, config, desc="valid"),
         "test": evaluate_tiger(model, data.eval_split("test"), config, desc="test"),
-        "epochs": epoch,
-        "best_epoch": best_epoch,
+        "epochs": stop.epochs,
+        "best_epoch": stop.best_epoch,
         "seconds": time.time() - t_start,
         "train_seconds": train_seconds,
         "train_samples": len(train),

@@ -24,10 +24,13 @@ from dealrec_core.threads import fixed_threads
 from dealrec_core.data import PreparedData, Samples, atomic_output_dir, check_item_range, write_json_atomic
 from dealrec_core.errors import DealrecError
 from dealrec_core.paths import check_output
+from dealrec_core.training import MAX_EPOCHS, PATIENCE, TIME_BUDGET, train_with_early_stopping
 from dealrec_core.evaluate import evaluate_scorer, format_metrics
 from surrogates.base import Surrogate, save_surrogate, surrogate_class
 
 WEIGHTINGS = ("position", "sample")
+# metrics.json's stopped_by for each way the loop ends
+STOPPED_BY = {MAX_EPOCHS: "max epochs", PATIENCE: "early stopping", TIME_BUDGET: "time budget"}
 
 
 @dataclass
@@ -79,15 +82,17 @@ def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainCon
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_batches = math.ceil(len(samples) / cfg.batch_size)
 
-    best = {"ndcg@10": -1.0, "epoch": 0, "state": None, "valid": None}
+    best_valid = None
     history = []
     started = time.perf_counter()
     train_seconds = 0.0
     train_cpu_seconds = 0.0  # this process's CPU time: a load-independent view on a shared machine
     latest = ""
-    epoch = 0
-    stopped_by = "max epochs"
-    for epoch in range(1, cfg.max_epochs + 1):
+    epoch_loss = epoch_train_seconds = 0.0
+    valid: dict[str, float] = {}
+
+    def train_epoch(epoch: int) -> None:
+        nonlocal train_seconds, train_cpu_seconds, epoch_loss, epoch_train_seconds
         epoch_start, epoch_cpu_start = time.perf_counter(), time.process_time()
         model.train()
         order = shuffle_rng.permutation(len(samples))
@@ -107,40 +112,46 @@ def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainCon
             if b % 20 == 0 or b == n_batches - 1:
                 bar.set_postfix_str(f"loss {loss_sum / (b + 1):.4f}{latest}")
         bar.close()
+        epoch_loss = loss_sum / n_batches
         epoch_train_seconds = time.perf_counter() - epoch_start
         train_seconds += epoch_train_seconds
         train_cpu_seconds += time.process_time() - epoch_cpu_start
 
+    def validate(epoch: int) -> float:
+        nonlocal valid
         valid = evaluate_scorer(model.score_histories, valid_split, data.n_items, batch_size=cfg.eval_batch_size)
-        improved = valid["ndcg@10"] > best["ndcg@10"]
+        return valid["ndcg@10"]
+
+    def report(epoch: int, score: float, improved: bool) -> None:
+        nonlocal best_valid, latest
         if improved:
-            best.update({"ndcg@10": valid["ndcg@10"], "epoch": epoch, "valid": valid,
-                         "state": copy.deepcopy(model.state_dict())})
-        history.append({"epoch": epoch, "loss": loss_sum / n_batches, "train_seconds": epoch_train_seconds,
+            best_valid = valid
+        history.append({"epoch": epoch, "loss": epoch_loss, "train_seconds": epoch_train_seconds,
                         **{f"valid_{k}": v for k, v in valid.items()}})
         latest = f" | valid N@10 {valid['ndcg@10']:.4f} R@20 {valid['recall@20']:.4f}"
         if cfg.progress:
-            tqdm.write(f"epoch {epoch:3d}  loss {loss_sum / n_batches:.4f}  {epoch_train_seconds:5.1f}s  "
+            tqdm.write(f"epoch {epoch:3d}  loss {epoch_loss:.4f}  {epoch_train_seconds:5.1f}s  "
                        f"valid {format_metrics(valid)}{'  *' if improved else ''}")
-        if epoch - best["epoch"] >= cfg.patience:
-            stopped_by = "early stopping"
-            break
-        if cfg.max_minutes is not None and time.perf_counter() - started > cfg.max_minutes * 60:
-            # the one stop that depends on the machine's speed: say so, here and in metrics.json
-            tqdm.write(f"stopping: the {cfg.max_minutes:g}-minute budget is spent (epoch {epoch}); the result "
-                       f"depends on this machine's speed")
-            stopped_by = "time budget"
-            break
 
-    model.load_state_dict(best["state"])
+    stop = train_with_early_stopping(
+        train_epoch, validate, max_epochs=cfg.max_epochs, patience=cfg.patience,
+        snapshot=lambda: copy.deepcopy(model.state_dict()), restore=model.load_state_dict, report=report,
+        out_of_time=None if cfg.max_minutes is None else
+        (lambda: time.perf_counter() - started > cfg.max_minutes * 60), budget_counts_validation=True)
+    epoch = stop.epochs
+    stopped_by = STOPPED_BY[stop.reason]
+    if stop.reason == TIME_BUDGET:
+        # the one stop that depends on the machine's speed: say so, here and in metrics.json
+        tqdm.write(f"stopping: the {cfg.max_minutes:g}-minute budget is spent (epoch {epoch}); the result "
+                   f"depends on this machine's speed")
     model.eval()
     test = evaluate_model(model, data, "test", cfg.eval_batch_size)
     seconds = time.perf_counter() - started
     return {
-        "valid": best["valid"],
+        "valid": best_valid,
         "test": test,
         "epochs": epoch,
-        "best_epoch": best["epoch"],
+        "best_epoch": stop.best_epoch,
         "stopped_by": stopped_by,   # "early stopping", "max epochs" or "time budget" (machine-dependent)
         "seconds": seconds,
         # training time only (no evaluation): what one pass of gradients over all samples costs

@@ -205,3 +205,78 @@ def test_bigrec_command_prints_the_lines_run_bigrec_logs(tmp_path):
     lines = []
     run_bigrec(llm, data, data / "samples", tmp_path / "lib", bigrec_config(**quick), log=lines.append)
     assert lines == printed and [ln.split(" ")[0] for ln in lines] == ["fine-tuned", "valid", "test"]
+
+
+# ----------------------------------------------------------------------------- the early-stopping loop
+
+def _scripted(scores, *, stops=None, spent_after=None, **kw):
+    """Run the loop on a script: the score of each validation in turn; ``stops`` maps an epoch to the
+    reason its training returns; the budget is spent from ``spent_after`` budget reads on."""
+    from dealrec_core.training import train_with_early_stopping
+
+    log, weights, reads = [], {"epoch": 0}, [0]
+
+    def out_of_time():
+        reads[0] += 1
+        return spent_after is not None and reads[0] > spent_after
+
+    def train_epoch(epoch):
+        weights["epoch"] = epoch
+        log.append(("train", epoch))
+        return (stops or {}).get(epoch)
+
+    def validate(epoch):
+        log.append(("validate", epoch))
+        return scores[len([e for e in log if e[0] == "validate"]) - 1]
+
+    restored = []
+    stop = train_with_early_stopping(train_epoch, validate, snapshot=lambda: dict(weights), restore=restored.append,
+                                     report=lambda e, s, imp: log.append(("report", e, imp)),
+                                     out_of_time=out_of_time if spent_after is not None else None, **kw)
+    return stop, log, restored
+
+
+def test_loop_stops_on_patience_and_restores_the_best():
+    from dealrec_core.training import PATIENCE
+
+    stop, log, restored = _scripted([0.1, 0.3, 0.3, 0.2, 0.9], max_epochs=10, patience=2)
+    assert (stop.epochs, stop.best_epoch, stop.best_score, stop.reason, stop.validations) == (4, 2, 0.3, PATIENCE, 4)
+    assert restored == [{"epoch": 2}]   # an equal score is no improvement
+    assert [e for e in log if e[0] == "report"] == [("report", 1, True), ("report", 2, True), ("report", 3, False),
+                                                     ("report", 4, False)]
+
+
+def test_loop_validates_every_n_epochs_and_at_the_cap():
+    from dealrec_core.training import MAX_EPOCHS
+
+    stop, log, _ = _scripted([1, 2, 3], max_epochs=8, patience=5, validate_every=3)
+    assert [e[1] for e in log if e[0] == "validate"] == [3, 6, 8]
+    assert (stop.epochs, stop.best_epoch, stop.reason) == (8, 8, MAX_EPOCHS)
+    # training and validation alternate in this order: the same random draws as a hand-written loop
+    assert log[:5] == [("train", 1), ("train", 2), ("train", 3), ("validate", 3), ("report", 3, True)]
+
+
+def test_loop_time_budget_forces_a_last_validation():
+    from dealrec_core.training import TIME_BUDGET
+
+    # budget read once per epoch, after training: spent from epoch 5's read on, a non-validation epoch
+    stop, log, _ = _scripted([1, 2, 3], max_epochs=20, patience=5, validate_every=3, spent_after=4)
+    assert [e[1] for e in log if e[0] == "validate"] == [3, 5]
+    assert (stop.epochs, stop.reason) == (5, TIME_BUDGET)
+    # budget_counts_validation reads it again after each validation (the validation's time counts)
+    stop, log, _ = _scripted([1, 2, 3, 4], max_epochs=20, patience=5, spent_after=3, budget_counts_validation=True)
+    assert (stop.epochs, stop.reason) == (2, TIME_BUDGET)   # reads: after train 1, after validation 1, ... 4th
+    stop, log, _ = _scripted([1, 2, 3, 4], max_epochs=20, patience=5, spent_after=3)
+    assert (stop.epochs, stop.reason) == (4, TIME_BUDGET)
+
+
+def test_loop_trainer_stop_comes_first_lower_is_better_and_nan_never_improves():
+    stop, log, restored = _scripted([5.0, float("nan"), 4.0], max_epochs=9, patience=1, higher_is_better=False,
+                                    stops={3: "max_steps"})
+    assert (stop.epochs, stop.best_epoch, stop.reason) == (2, 1, "patience")   # NaN at epoch 2: not better
+    stop, log, restored = _scripted([5.0, 4.0, 6.0], max_epochs=9, patience=1, higher_is_better=False,
+                                    stops={3: "max_steps"})
+    assert (stop.epochs, stop.best_epoch, stop.best_score, stop.reason) == (3, 2, 4.0, "max_steps")
+    assert restored == [{"epoch": 2}]
+    stop, log, restored = _scripted([], max_epochs=0, patience=1)
+    assert (stop.epochs, stop.best_epoch, stop.reason, restored) == (0, 0, "max_epochs", [])
