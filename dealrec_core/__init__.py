@@ -3,6 +3,7 @@
 
 - ``data``: the samples table and item catalogue (read, validate, write, hash), atomic writes;
 - ``evaluate``: the one full-ranking evaluator;
+- ``batching``: padding ragged id rows into batches; ``training``: the one early-stopping loop;
 - ``errors``: the one-line error types; ``paths``: output checks and temporary names;
 - ``options``: click types shared by every command; ``threads``: fixed torch thread counts.
 """
