@@ -10,7 +10,7 @@ from dealrec_core.options import SEED
 from surrogates.base import SURROGATES, surrogate_class
 from surrogates import train as training
 from surrogates.sasrec import LOSSES, POSITIONS, SASRecConfig
-from surrogates.train import DEFAULT_THREADS, WEIGHTINGS, TrainConfig
+from surrogates.config import DEFAULT_THREADS, WEIGHTINGS, TrainConfig
 
 # The model options (--hidden ... --positions) have no click default: left unset, the model's own
 # default applies (and metrics.json's model_fields stays empty). Their help states SASRec's default,
