@@ -321,9 +321,6 @@ class _LazyExecutor:
             return iter(())
         return self._started().run(fn, tasks, desc, progress=progress, use_gpu=use_gpu)
 
-    def has_gpu(self) -> bool:
-        return self._started().has_gpu()
-
     def describe(self) -> dict:
         if self._executor is None:
             return {"executor": "local" if self.workers == 0 else "ray", "workers": self.workers, "started": False}
