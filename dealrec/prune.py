@@ -25,7 +25,8 @@ from dealrec_core.paths import check_output
 from dealrec.score import MANIFEST_FILE, ScoreConfig, _read_manifest, _score_options, config_from_options, \
     run_score
 from dealrec.select import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N
-from surrogates.config import DEFAULT_THREADS as SURROGATE_THREADS, TrainConfig as SurrogateTrainConfig
+from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
+    TrainConfig as SurrogateTrainConfig
 
 
 def is_prepared(path: Path) -> bool:
@@ -81,7 +82,7 @@ def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max
         return target, {"trained": True, "surrogate": str(target), "resumed": True}
     if redone and log is not None:
         log(f"{target}: {redone}; training it again")
-    metrics = train_surrogate(data, "sasrec", target, train_cfg=cfg, overwrite=True)
+    metrics = train_surrogate(data, SURROGATE_MODEL, target, train_cfg=cfg, overwrite=True)
     info = {"trained": True, "surrogate": str(target), "epochs": metrics.get("epochs"),
             "stopped_by": metrics.get("stopped_by"),
             "seconds_per_epoch": metrics.get("seconds_per_epoch"), "valid": metrics.get("valid")}
@@ -104,7 +105,7 @@ def _stale_surrogate(folder: Path, data: PreparedData, cfg) -> str | None:
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     except ValueError:
         return "the surrogate's metrics.json is unreadable"
-    if metrics.get("model") != "sasrec" or metrics.get("model_fields"):
+    if metrics.get("model") != SURROGATE_MODEL or metrics.get("model_fields"):
         return "the surrogate there is not the default SASRec"
     if metrics.get("data_sha256") != data.content_digest():
         return "the surrogate there was trained on other data" if metrics.get("data_sha256") else \

@@ -10,7 +10,7 @@ from dealrec_core.options import SEED
 from surrogates.base import SURROGATES, surrogate_class
 from surrogates import train as training
 from surrogates.sasrec import LOSSES, POSITIONS, SASRecConfig
-from surrogates.config import DEFAULT_THREADS, WEIGHTINGS, TrainConfig
+from surrogates.config import DEFAULT_MODEL, DEFAULT_THREADS, WEIGHTINGS, TrainConfig
 
 # The model options (--hidden ... --positions) have no click default: left unset, the model's own
 # default applies (and metrics.json's model_fields stays empty). Their help states SASRec's default,
@@ -19,7 +19,7 @@ from surrogates.config import DEFAULT_THREADS, WEIGHTINGS, TrainConfig
 
 @click.command("train-surrogate")
 @click.argument("data", type=click.Path(file_okay=False))
-@click.option("--model", "model_name", default="sasrec", show_default=True,
+@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
               type=click.Choice(sorted(SURROGATES)), help="Surrogate model.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: model.safetensors, config.json, metrics.json.")

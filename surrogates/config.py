@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from dealrec_core.errors import DealrecError
 
 WEIGHTINGS = ("position", "sample")
+DEFAULT_MODEL = "sasrec"   # the surrogate that train-surrogate, prune and compare train when none is named
 
 
 @dataclass
