@@ -41,8 +41,10 @@ from dealrec_core.data import (PreparedData, atomic_file, read_table, sha256_fil
 from dealrec_core.errors import DealrecError
 from dealrec.select import (CORESET_FILE, DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, METHOD_COLUMNS,
                             METHODS, STRATIFIED_METHODS, n_hard_pruned)
+from surrogates.config import DEFAULT_THREADS as SURROGATE_THREADS, TrainConfig as SurrogateTrainConfig
 
 DOWNSTREAM = ("tiger", "bigrec")
+DEFAULT_TARGET = "tiger"
 DEFAULT_METHODS = ("dealrec", "random", "influence", "effort", "el2n", "grand", "ccs")
 DEFAULT_SEEDS = (0, 1, 2)
 ALL = "all"                      # the --full reference run: every sample
@@ -319,9 +321,6 @@ class _LazyExecutor:
             return iter(())
         return self._started().run(fn, tasks, desc, progress=progress, use_gpu=use_gpu)
 
-    def has_gpu(self) -> bool:
-        return self._started().has_gpu()
-
     def describe(self) -> dict:
         if self._executor is None:
             return {"executor": "local" if self.workers == 0 else "ray", "workers": self.workers, "started": False}
@@ -395,10 +394,11 @@ def _check_out(out: Path, data: Path, llm, surrogate, needs_surrogate: bool, con
 
 
 def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DEFAULT_METHODS,
-                seeds: str | Sequence[int] = DEFAULT_SEEDS, target: str = "tiger", full: bool = False,
+                seeds: str | Sequence[int] = DEFAULT_SEEDS, target: str = DEFAULT_TARGET, full: bool = False,
                 llm: str | None = None, workers: int | None = None, ray_address: str | None = None,
-                surrogate: str | None = None, surrogate_epochs: int = 100, surrogate_minutes: float | None = None,
-                threads: int | None = None, lam: float = DEFAULT_LAMBDA, k: int = DEFAULT_K,
+                surrogate: str | None = None, surrogate_epochs: int = SurrogateTrainConfig.max_epochs,
+                surrogate_minutes: float | None = SurrogateTrainConfig.max_minutes,
+                threads: int | None = SurrogateTrainConfig.threads, lam: float = DEFAULT_LAMBDA, k: int = DEFAULT_K,
                 hard_prune: float = DEFAULT_HARD_PRUNE, score_args: str = "", finetune_args: str = "",
                 progress: bool = True, log=None) -> dict:
     """Score once, run every (method, seed) not done yet, write the report; returns report.json's content.
@@ -871,7 +871,7 @@ def _make_command():
     @click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
                   help=f"Comma-separated selection methods ({', '.join(METHODS)}).")
     @click.option("--full", is_flag=True, help="Also train on every sample (the 'all data' reference, one run a seed).")
-    @click.option("--target", type=click.Choice(DOWNSTREAM), default="tiger", show_default=True,
+    @click.option("--target", type=click.Choice(DOWNSTREAM), default=DEFAULT_TARGET, show_default=True,
                   help="Downstream model trained on each coreset (also the effort score's target model).")
     @click.option("--llm", type=click.Path(), default=None, help="Causal LM folder for --target bigrec.")
     @click.option("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), show_default=True,
@@ -882,11 +882,13 @@ def _make_command():
                        "0 runs everything one after another in this process.")
     @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting one.")
     @click.option("--surrogate", type=click.Path(), default=None, help="A trained surrogate (default: train SASRec).")
-    @click.option("--surrogate-epochs", type=int, default=100, show_default=True,
+    @click.option("--surrogate-epochs", type=int, default=SurrogateTrainConfig.max_epochs, show_default=True,
                   help="At most this many surrogate epochs (early stopping on validation NDCG@10 too).")
-    @click.option("--surrogate-minutes", type=float, default=None,
+    @click.option("--surrogate-minutes", type=float, default=SurrogateTrainConfig.max_minutes,
                   help="Wall-clock budget of surrogate training [default: none, early stopping alone].")
-    @click.option("--threads", type=int, default=None, help="Torch threads for surrogate training [2, on any machine: the weights depend on it].")
+    @click.option("--threads", type=int, default=SurrogateTrainConfig.threads,
+                  help=f"Torch threads for surrogate training [{SURROGATE_THREADS}, on any machine: the weights "
+                       f"depend on it].")
     @click.option("--lambda", "lam", type=float, default=DEFAULT_LAMBDA, show_default=True,
                   help="Weight of the effort score (dealrec, greedy).")
     @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Strata (stratified methods).")

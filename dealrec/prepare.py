@@ -77,8 +77,9 @@ class PrepareOptions:
 
 
 @dataclass
-class Prepared:
-    """Everything a prepared folder holds, in memory, before it is written."""
+class PreparedInMemory:
+    """Everything a prepared folder holds, in memory, before it is written (``dealrec_core.data.PreparedData``
+    reads a written one)."""
 
     users: np.ndarray                 # int64 [U], one per sample, in sample order
     train: list                       # int32 arrays, one per user, time order, each non-empty
@@ -255,7 +256,7 @@ def read_items_jsonl(path: Path) -> pa.Table:
     return table.take(pc.sort_indices(table, [("item", "ascending")]))
 
 
-def read_release(folder: Path) -> Prepared:
+def read_release(folder: Path) -> PreparedInMemory:
     paths = {k: folder / name for k, name in RELEASE_FILES.items()}
     items = read_items_jsonl(paths["items"])
     known = set(items.column("item").to_pylist())
@@ -308,7 +309,7 @@ def read_release(folder: Path) -> Prepared:
     if without_training:
         notes.append(f"{len(without_training)} users have a training line with no items: they have no sample "
                      f"and are left out of validation and test (users_without_training_items)")
-    return Prepared(
+    return PreparedInMemory(
         users=np.array([user for _, user, _ in train_rows], np.int64),
         train=[np.asarray(seq, np.int32) for _, _, seq in train_rows],
         valid=eval_seqs["valid"], test=eval_seqs["test"],
@@ -673,7 +674,7 @@ def _as_text(arr: pa.Array) -> pa.Array:
                          for v in arr.to_pylist()], pa.string())
 
 
-def read_log_and_split(path: Path, options: PrepareOptions) -> Prepared:
+def read_log_and_split(path: Path, options: PrepareOptions) -> PreparedInMemory:
     """Filter an interaction log and split it by global timestamp into per-user sequences."""
     log = read_interaction_log(path)
     n_rows = len(log.timestamp)
@@ -753,7 +754,7 @@ def read_log_and_split(path: Path, options: PrepareOptions) -> Prepared:
     stages.update()
     stages.close()
     sources = [path] + ([Path(options.items_file)] if options.items_file else [])
-    return Prepared(
+    return PreparedInMemory(
         users=np.arange(1, n_users + 1, dtype=np.int64),
         train=seqs[0], valid=seqs[1], test=seqs[2],
         items=pa.table(items),
@@ -772,7 +773,7 @@ def _count_duplicate_titles(titles: list[str]) -> tuple[int, int]:
     return sum(shared.values()), len(shared)
 
 
-def write_prepared(p: Prepared, out: Path, fmt: str, options: PrepareOptions, overwrite: bool) -> dict:
+def write_prepared(p: PreparedInMemory, out: Path, fmt: str, options: PrepareOptions, overwrite: bool) -> dict:
     n_users = len(p.users)
     histories = [seq[:-1] for seq in p.train]
     targets = np.array([seq[-1] for seq in p.train], np.int32)

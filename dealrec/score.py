@@ -42,7 +42,7 @@ CAPTURE_FORMAT = 2  # 2: captures also hold the position-weighted gradient sums
 
 @dataclass
 class ScoreConfig:
-    hvp: HvpConfig = field(default_factory=lambda: HvpConfig(solver="cg"))
+    hvp: HvpConfig = field(default_factory=HvpConfig)
     target: str = "tiger"
     v_weighting: str = "training"  # the risk whose gradient is v: the one the surrogate was trained on
                                    # ("training"), or explicitly "position" / "sample" (docs/engine.md)
@@ -181,12 +181,6 @@ def effort_task(task: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- driver side
-
-def _load_npz(path: Path) -> dict:
-    from safetensors.numpy import load_file
-
-    return load_file(str(path))
-
 
 def surrogate_digest(surrogate_dir: Path) -> str:
     return stable_hash([sha256_file(surrogate_dir / "model.safetensors"), sha256_file(surrogate_dir / "config.json")])
@@ -497,43 +491,52 @@ def _score_options(f):
     from dealrec_core.options import SEED
 
     options = [
-        click.option("--hvp", "hvp", type=click.Choice(SOLVERS), default="cg", show_default=True,
-                     help="How H^-1 v is computed: conjugate gradient (default: fits the time budget), the "
-                          "paper's LiSSA (5,000 minibatch HVPs), or the exact solve (small blocks/pools)."),
-        click.option("--damping", type=float, default=0.01, show_default=True,
+        click.option("--hvp", "hvp", type=click.Choice(SOLVERS), default=HvpConfig.solver, show_default=True,
+                     help=f"How H^-1 v is computed: cg, conjugate gradient (fits the time budget); lissa, the "
+                          f"paper's LiSSA ({HvpConfig.lissa_steps:,} minibatch HVPs); exact, the exact solve "
+                          f"(small blocks/pools)."),
+        click.option("--damping", type=float, default=HvpConfig.damping, show_default=True,
                      help="LiSSA damping; CG/exact solve (H + damping*scale*I) x = v, LiSSA's fixed point."),
-        click.option("--lissa-scale", type=float, default=25.0, show_default=True, help="LiSSA scale."),
-        click.option("--lissa-steps", type=int, default=5000, show_default=True, help="LiSSA recursion depth."),
-        click.option("--hessian-samples", type=int, default=1024, show_default=True,
+        click.option("--lissa-scale", type=float, default=HvpConfig.scale, show_default=True, help="LiSSA scale."),
+        click.option("--lissa-steps", type=int, default=HvpConfig.lissa_steps, show_default=True,
+                     help="LiSSA recursion depth."),
+        click.option("--hessian-samples", type=int, default=HvpConfig.hessian_samples, show_default=True,
                      help="Samples in the seeded Hessian pool used by every solver."),
-        click.option("--hvp-batch", type=int, default=64, show_default=True,
+        click.option("--hvp-batch", type=int, default=HvpConfig.hvp_batch, show_default=True,
                      help="Pool minibatch size (one LiSSA step = one HVP on one minibatch)."),
-        click.option("--v-weighting", type=click.Choice(V_WEIGHTINGS), default="training", show_default=True,
+        click.option("--v-weighting", type=click.Choice(V_WEIGHTINGS), default=ScoreConfig.v_weighting,
+                     show_default=True,
                      help="Whose gradient v is: the risk the surrogate was trained on ('training', read from its "
                           "metrics.json), every predicted position alike ('position'), or every sample alike "
                           "('sample', what dealrec used before this option)."),
-        click.option("--target", type=click.Choice(TARGETS), default="tiger", show_default=True,
+        click.option("--target", type=click.Choice(TARGETS), default=ScoreConfig.target, show_default=True,
                      help="Target model of the effort score ('none': influence only)."),
-        click.option("--llm", type=click.Path(), default=None, help="Causal LM folder for --target bigrec."),
-        click.option("--adapter", type=click.Path(), default=None, help="LoRA adapter to load first (bigrec)."),
-        click.option("--target-init", type=click.Path(), default=None,
+        click.option("--llm", type=click.Path(), default=ScoreConfig.llm, help="Causal LM folder for --target bigrec."),
+        click.option("--adapter", type=click.Path(), default=ScoreConfig.adapter,
+                     help="LoRA adapter to load first (bigrec)."),
+        click.option("--target-init", type=click.Path(), default=ScoreConfig.target_init,
                      help="TIGER checkpoint to start from (default: fresh for the data's semantic IDs)."),
-        click.option("--effort-block", default=None,
+        click.option("--effort-block", default=ScoreConfig.effort_block,
                      help="Linear module (name or unique suffix) whose gradient norm is the effort."),
-        click.option("--batch-size", type=int, default=256, show_default=True, help="Surrogate batch size."),
-        click.option("--effort-batch-size", type=int, default=64, show_default=True, help="Target batch size."),
-        click.option("--chunk-tokens", type=int, default=1024, show_default=True,
+        click.option("--batch-size", type=int, default=ScoreConfig.batch_size, show_default=True,
+                     help="Surrogate batch size."),
+        click.option("--effort-batch-size", type=int, default=ScoreConfig.effort_batch_size, show_default=True,
+                     help="Target batch size."),
+        click.option("--chunk-tokens", type=int, default=ScoreConfig.chunk_tokens, show_default=True,
                      help="Influence capture runs each surrogate batch as length-sorted chunks of at most "
                           "this many padded positions (0: one block); the scores do not depend on it beyond "
                           "float rounding."),
-        click.option("--workers", type=int, default=None,
+        click.option("--workers", type=int, default=ScoreConfig.workers,
                      help="Ray workers (default: CPUs - 1); 0 runs in this process without Ray."),
-        click.option("--shard-size", type=int, default=4096, show_default=True, help="Rows per shard."),
-        click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting one."),
-        click.option("--threads-per-worker", "threads_per_worker", type=int, default=1, show_default=True,
+        click.option("--shard-size", type=int, default=ScoreConfig.shard_size, show_default=True,
+                     help="Rows per shard."),
+        click.option("--ray-address", default=ScoreConfig.ray_address,
+                     help="Join this Ray cluster instead of starting one."),
+        click.option("--threads-per-worker", "threads_per_worker", type=int, default=ScoreConfig.threads,
+                     show_default=True,
                      help="Torch threads of each worker and of the solve (fixed: results do not depend on "
                           "--workers; the same value gives the same bits)."),
-        click.option("--seed", type=SEED, default=0, show_default=True),
+        click.option("--seed", type=SEED, default=ScoreConfig.seed, show_default=True),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -543,8 +546,8 @@ def _score_options(f):
 
 def config_from_options(hvp, damping, lissa_scale, lissa_steps, hessian_samples, hvp_batch, target, llm, adapter,
                         target_init, effort_block, batch_size, effort_batch_size, workers, shard_size,
-                        ray_address, seed, threads_per_worker=1, chunk_tokens=1024,
-                        v_weighting="training") -> ScoreConfig:
+                        ray_address, seed, threads_per_worker=ScoreConfig.threads,
+                        chunk_tokens=ScoreConfig.chunk_tokens, v_weighting=ScoreConfig.v_weighting) -> ScoreConfig:
     return ScoreConfig(
         hvp=HvpConfig(solver=hvp, damping=damping, scale=lissa_scale, lissa_steps=lissa_steps,
                       hessian_samples=hessian_samples, hvp_batch=hvp_batch, seed=seed),

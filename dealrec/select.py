@@ -456,8 +456,8 @@ def manifest_path(manifest: dict, key: str, run) -> "str | None":
     return str(p)
 
 
-def run_select(run=None, method: str = "dealrec", n: int = DEFAULT_N, lam: float = DEFAULT_LAMBDA,
-               k: int = DEFAULT_K, hard_prune: float = DEFAULT_HARD_PRUNE, seed: int = 0, data=None,
+def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_N, lam: float = DEFAULT_LAMBDA,
+               k: int = DEFAULT_K, hard_prune: float = DEFAULT_HARD_PRUNE, seed: int = SelectionConfig.seed, data=None,
                surrogate=None, out=None, plot: bool = True, progress: bool = True) -> dict:
     """``dealrec select``: read RUN's scores (and samples), select, write scores/coreset/manifest/plot.
 
@@ -596,7 +596,7 @@ def _select_command():
 
     @click.command("select")
     @click.argument("run", required=False, type=click.Path(file_okay=False))
-    @click.option("--method", type=click.Choice(METHODS), default="dealrec", show_default=True,
+    @click.option("--method", type=click.Choice(METHODS), default=SelectionConfig.method, show_default=True,
                   help="dealrec; ablations influence, effort, greedy; baselines random, grand, el2n, ccs.")
     @click.option("--n", "n", type=int, default=DEFAULT_N, show_default=True, help="Coreset size.")
     @click.option("--lambda", "lam", type=float, default=DEFAULT_LAMBDA, show_default=True,
@@ -604,7 +604,7 @@ def _select_command():
     @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Number of strata.")
     @click.option("--hard-prune", type=float, default=DEFAULT_HARD_PRUNE, show_default=True,
                   help="Share of the highest scores dropped before stratifying.")
-    @click.option("--seed", type=SEED, default=0, show_default=True)
+    @click.option("--seed", type=SEED, default=SelectionConfig.seed, show_default=True)
     @click.option("--data", type=click.Path(file_okay=False), default=None,
                   help="Prepared data folder (default: the one RUN/manifest.json names).")
     @click.option("--surrogate", type=click.Path(file_okay=False), default=None,
