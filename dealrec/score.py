@@ -30,10 +30,10 @@ from dealrec.engine import ShardStore, batch_ranges, make_executor, plan_shards,
 from dealrec_core.data import stable_hash
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HvpConfig, SOLVERS
+from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec_core.paths import check_output
 
 SCORES_FILE = "scores.parquet"
-MANIFEST_FILE = "manifest.json"
 TARGETS = ("tiger", "bigrec", "none")
 V_WEIGHTINGS = ("training", "position", "sample")
 RUN_WRITES = ("work", SCORES_FILE, MANIFEST_FILE)   # what run_score writes in its run folder
@@ -288,6 +288,7 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
     for option, path in (("--llm", config.llm), ("--adapter", config.adapter), ("--target-init", config.target_init)):
         if path and not Path(path).exists():
             raise DealrecError(f"{path}: no such folder ({option})")
+    RunManifest.read(out)   # a manifest the run cannot update is refused now, not after the work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
@@ -401,8 +402,7 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
     write_parquet_atomic(pa.table(columns), out / SCORES_FILE)
 
     lengths = np.asarray([len(h) for h in samples.history])
-    manifest = _read_manifest(out)
-    manifest.update({
+    return update_manifest(out, {
         "command": "dealrec score",
         "inputs": {"data": str(prepared.root), "surrogate": str(surrogate), "samples_sha256": samples_sha,
                    "surrogate_sha256": {"model.safetensors": sha256_file(surrogate / "model.safetensors"),
@@ -417,22 +417,10 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
                    "influence_exactly_zero_short_histories": int(np.sum((influence == 0) & (lengths <= 1))),
                    "effort_exactly_zero": int(np.sum(effort == 0)) if effort is not None else None},
         "package_versions": _package_versions(),
-        "phases": {**manifest.get("phases", {}), **phases},
+        "phases": phases,
         "score_seconds": round(time.perf_counter() - t_start, 3),
         "outputs": {"scores": SCORES_FILE},
-    })
-    write_json_atomic(out / MANIFEST_FILE, manifest)
-    return manifest
-
-
-def _read_manifest(out: Path) -> dict:
-    path = out / MANIFEST_FILE
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return {}
+    }, merge=("phases",)).data
 
 
 def tensors_digest(path: Path) -> str:
