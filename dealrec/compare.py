@@ -342,16 +342,16 @@ def _sync_base(base: Path, scores_dir: Path | None, samples_dir: Path) -> None:
     import pyarrow as pa
 
     from dealrec.baselines import BASELINE_COLUMNS
-    from dealrec.select import read_manifest
+    from dealrec.manifest import RunManifest
 
     base.mkdir(parents=True, exist_ok=True)
     if scores_dir is not None:
         fresh = read_table(scores_dir / "scores.parquet", required=("sample_id",), what="scores table")
         fresh = fresh.select([c for c in fresh.column_names if c in ("sample_id", "influence", "effort")])
-        manifest = read_manifest(scores_dir)
+        manifest = RunManifest.read(scores_dir)
     else:
         fresh = read_table(samples_dir, required=("sample_id",), what="samples table").select(["sample_id"])
-        manifest = {}
+        manifest = RunManifest(base)
     fresh = fresh.take(pa.array(np.argsort(fresh.column("sample_id").to_numpy(), kind="stable")))
     old_path = base / "scores.parquet"
     known = {}
@@ -359,7 +359,7 @@ def _sync_base(base: Path, scores_dir: Path | None, samples_dir: Path) -> None:
         old = read_table(old_path, required=("sample_id",), what="scores table")
         old_ids = old.column("sample_id").to_numpy().astype(np.int64)
         ids = fresh.column("sample_id").to_numpy().astype(np.int64)
-        records = read_manifest(base).get("selection", {}).get("inputs", {}).get("baseline_columns", {})
+        records = RunManifest.read(base).baseline_columns()
         if len(old_ids) == len(ids) and np.array_equal(np.sort(old_ids), ids):
             order = np.argsort(old_ids, kind="stable")
             for col in sorted(set(BASELINE_COLUMNS.values())):
@@ -367,11 +367,11 @@ def _sync_base(base: Path, scores_dir: Path | None, samples_dir: Path) -> None:
                     fresh = fresh.append_column(col, old.column(col).take(pa.array(order)))
                     known[col] = records[col]
     if known:
-        manifest["selection"] = {"inputs": {"baseline_columns": known}}
+        manifest.data["selection"] = {"inputs": {"baseline_columns": known}}
     else:
-        manifest.pop("selection", None)
+        manifest.data.pop("selection", None)
     write_parquet_atomic(fresh, old_path)
-    write_json_atomic(base / "manifest.json", manifest)
+    manifest.write(base)   # the scores' record, whose selection is only the baseline columns kept
 
 
 def _check_out(out: Path, data: Path, llm, surrogate, needs_surrogate: bool, config, train_options: dict) -> None:

@@ -19,11 +19,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dealrec_core.data import PreparedData, write_json_atomic
+from dealrec_core.data import PreparedData
 from dealrec_core.errors import DealrecError, InputError
 from dealrec_core.paths import check_output
-from dealrec.score import MANIFEST_FILE, ScoreConfig, _read_manifest, _score_options, config_from_options, \
-    run_score
+from dealrec.manifest import RunManifest, update_manifest
+from dealrec.score import ScoreConfig, _score_options, config_from_options, run_score
 from dealrec.select import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
@@ -164,6 +164,7 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
         from surrogates.base import check_surrogate_fits
 
         check_surrogate_fits(surrogate, PreparedData(data).n_items, data)
+    RunManifest.read(out)   # a manifest the run cannot update is refused before any work
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     phases: dict = {}
@@ -193,14 +194,11 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
     run_export(out, "all", data=str(prepared))
     phases["export"] = {"seconds": round(time.perf_counter() - t0, 3)}
 
-    manifest = _read_manifest(out)
-    manifest["prune"] = {"command": "dealrec prune", "data": str(data), "n": n, "seed": config.seed,
-                         "surrogate_minutes": surrogate_minutes, "surrogate_epochs": surrogate_epochs,
-                         "threads": threads,
-                         "phases": phases, "seconds": round(time.perf_counter() - t_all, 3),
-                         "n_selected": selection.get("n_selected")}
-    write_json_atomic(out / MANIFEST_FILE, manifest)
-    return manifest
+    return update_manifest(out, {"prune": {
+        "command": "dealrec prune", "data": str(data), "n": n, "seed": config.seed,
+        "surrogate_minutes": surrogate_minutes, "surrogate_epochs": surrogate_epochs, "threads": threads,
+        "phases": phases, "seconds": round(time.perf_counter() - t_all, 3),
+        "n_selected": selection.get("n_selected")}}).data
 
 
 def _make_command():

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from dealrec_core.errors import DealrecError, InputError
+from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 
 # method -> (score columns it needs, selection rule)
 METHOD_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -408,52 +409,7 @@ def _coreset_rows(samples_tbl: pa.Table, selected_scores: pa.Table, selected: np
 
 SCORES_FILE = "scores.parquet"
 CORESET_FILE = "coreset.parquet"
-MANIFEST_FILE = "manifest.json"
 PLOT_FILE = "selection.png"
-
-
-def read_manifest(run) -> dict:
-    import json
-    from pathlib import Path
-
-    path = Path(run) / MANIFEST_FILE
-    if not path.exists():
-        return {}
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise InputError(path, f"not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise InputError(path, "not a JSON object")
-    return manifest
-
-
-def manifest_path(manifest: dict, key: str, run) -> "str | None":
-    """The folder that ``manifest`` records under ``key`` (``data``, ``surrogate``).
-
-    Accepts ``{key: "DIR"}``, ``{key: {"path"|"dir": "DIR", ...}}`` and the same under an
-    ``inputs`` section (``dealrec score``) or ``selection.inputs`` (a run ``select`` started); a relative path is tried against the working folder, then ``run``.
-    """
-    from pathlib import Path
-
-    def lookup(section):
-        v = section.get(key) if isinstance(section, dict) else None
-        if isinstance(v, str):
-            return v
-        if isinstance(v, dict):
-            for k in ("path", "dir", "root", "out"):
-                if isinstance(v.get(k), str):
-                    return v[k]
-        return None
-
-    selection = manifest.get("selection") if isinstance(manifest.get("selection"), dict) else {}
-    value = lookup(manifest) or lookup(manifest.get("inputs")) or lookup(selection.get("inputs"))
-    if value is None:
-        return None
-    p = Path(value)
-    if not p.is_absolute() and not p.exists() and (Path(run) / p).exists():
-        p = Path(run) / p
-    return str(p)
 
 
 def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_N, lam: float = DEFAULT_LAMBDA,
@@ -466,8 +422,7 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
     import time
     from pathlib import Path
 
-    from dealrec_core.data import PreparedData, load_samples, read_table, sha256_file, write_json_atomic, \
-        write_parquet_atomic
+    from dealrec_core.data import PreparedData, load_samples, read_table, sha256_file, write_parquet_atomic
 
     t0 = time.time()
     SelectionConfig(method, n, lam, k, hard_prune, seed)  # a bad method or parameter: one line before any work
@@ -477,16 +432,18 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
         raise DealrecError(f"{run}: no such run folder" if not Path(run).exists() else f"{run}: not a folder (RUN)")
     out = Path(out if out is not None else run)
     run = Path(run) if run is not None else out
-    manifest = read_manifest(run)
+    manifest = RunManifest.read(run)
+    if out != run:
+        RunManifest.read(out)   # the manifest that gets the selection: an unreadable one is refused before any work
     scores_path = run / SCORES_FILE
-    data = data or manifest_path(manifest, "data", run)
+    data = data or manifest.data_folder()
     if data is None:
         raise DealrecError(f"no data folder: {run / MANIFEST_FILE} names none; pass --data DIR")
     # OUT (RUN by default: select rewrites RUN's scores by design) is written in place; the data and the
     # surrogate may sit beside what it writes (RUN/data of 'dealrec prune'), never be OUT or contain it.
     from dealrec_core.paths import check_output
 
-    used_surrogate = surrogate or (manifest_path(manifest, "surrogate", run) if method in BASELINE_METHODS else None)
+    used_surrogate = surrogate or (manifest.surrogate_folder() if method in BASELINE_METHODS else None)
     check_output(out, {"--data": data, "--surrogate": used_surrogate},
                  writes=(SCORES_FILE, CORESET_FILE, MANIFEST_FILE, PLOT_FILE), option="--out" if out != run else "RUN")
     prepared = PreparedData(data)
@@ -508,13 +465,12 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
     if scores_path.exists():
         inputs["scores_sha256"] = sha256_file(scores_path)
     # baseline columns already in the scores, with the surrogate and samples they came from
-    known = {c: v for c, v in manifest.get("selection", {}).get("inputs", {}).get("baseline_columns", {}).items()
-             if c in scores.column_names}
+    known = {c: v for c, v in manifest.baseline_columns().items() if c in scores.column_names}
     if method in BASELINE_METHODS:
         from dealrec.baselines import BASELINE_COLUMNS, baseline_scores
         from surrogates.base import load_surrogate
 
-        surrogate = surrogate or manifest_path(manifest, "surrogate", run)
+        surrogate = surrogate or manifest.surrogate_folder()
         if surrogate is None:
             raise DealrecError(f"--method {method} scores samples with a trained surrogate: "
                                f"{run / MANIFEST_FILE} names none; pass --surrogate DIR")
@@ -552,10 +508,8 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
         plot_selection(result, out / PLOT_FILE)
         section["outputs"]["plot"] = PLOT_FILE
     section["seconds"] = round(time.time() - t0, 3)
-    # re-read (only our section changes); a fresh --out starts from RUN's manifest
-    manifest = read_manifest(out) if (out / MANIFEST_FILE).exists() else read_manifest(run)
-    manifest["selection"] = section
-    write_json_atomic(out / MANIFEST_FILE, manifest)
+    # only our section changes; a fresh --out starts from RUN's manifest
+    update_manifest(out, {"selection": section}, start_from=run)
     return section
 
 
