@@ -8,9 +8,9 @@ The selection is a pure function of ``(sample_id, score)`` pairs and the paramet
   equal-width strata and fills the budget stratum by stratum, fewest-first, each stratum
   taking at most ``remaining budget // remaining strata``;
 - inside a stratum the samples are drawn at random, where "random" means: ordered by a
-  64-bit hash of ``(seed, sample_id)``. No global random state is used, so the result
-  depends neither on the order of the rows, nor on how the scores were sharded, nor on
-  how many workers computed them.
+  64-bit hash of ``(seed, sample_id)`` (``dealrec_core.hashing``). No global random state
+  is used, so the result depends neither on the order of the rows, nor on how the scores
+  were sharded, nor on how many workers computed them.
 
 Stratum labels in the scores table: ``0..k-1`` for stratified methods, ``-1`` for a sample
 removed by the hard prune. Methods that do not stratify (``greedy``, ``el2n``, ``grand``,
@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from dealrec_core.errors import DealrecError, InputError
+from dealrec_core.hashing import splitmix64
 
 # method -> (score columns it needs, selection rule)
 METHOD_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -81,24 +82,12 @@ def combine_scores(influence: Sequence[float], effort: Sequence[float], lam: flo
 
 # ----------------------------------------------------------------------------- randomness
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser, vectorised: a bijective, well-mixed map of uint64."""
-    with np.errstate(over="ignore"):
-        z = x + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
 def sample_keys(sample_id: Sequence[int], seed: int) -> np.ndarray:
     """A uint64 pseudo-random key per sample, a function of ``(seed, sample_id)`` only."""
     ids = np.ascontiguousarray(np.asarray(sample_id, dtype=np.int64)).view(np.uint64)
-    seed_key = _splitmix64(np.asarray([seed], dtype=np.int64).view(np.uint64))[0]
+    seed_key = splitmix64(np.asarray([seed], dtype=np.int64).view(np.uint64))[0]
     with np.errstate(over="ignore"):
-        return _splitmix64(_splitmix64(ids) ^ seed_key)
+        return splitmix64(splitmix64(ids) ^ seed_key)
 
 
 def uniform_keys(sample_id: Sequence[int], seed: int) -> np.ndarray:
