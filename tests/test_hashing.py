@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from dealrec_core.hashing import GOLDEN, mix64, splitmix64
-from dealrec.select import sample_keys, uniform_keys
+from dealrec.strata import sample_keys, uniform_keys
 from surrogates.sasrec import hashed_negatives
 
 
