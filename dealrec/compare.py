@@ -39,8 +39,9 @@ import numpy as np
 from dealrec_core.data import (PreparedData, atomic_file, read_table, sha256_file, write_json_atomic,
                           write_parquet_atomic, write_text_atomic)
 from dealrec_core.errors import DealrecError
-from dealrec.select import (CORESET_FILE, DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, METHOD_COLUMNS,
-                            METHODS, STRATIFIED_METHODS, n_hard_pruned)
+from dealrec.methods import BASELINES, METHODS, REGISTRY
+from dealrec.select import CORESET_FILE
+from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, n_hard_pruned
 from surrogates.config import DEFAULT_THREADS as SURROGATE_THREADS, TrainConfig as SurrogateTrainConfig
 
 DOWNSTREAM = ("tiger", "bigrec")
@@ -72,7 +73,7 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
     if not names:
         raise DealrecError(f"--methods names no method (choose from {', '.join(METHODS)})")
     for m in names:
-        if m not in METHOD_COLUMNS:
+        if m not in REGISTRY:
             raise DealrecError(f"--methods: unknown method {m!r} (choose from {', '.join(METHODS)})")
     return list(dict.fromkeys(names))
 
@@ -341,7 +342,6 @@ def _sync_base(base: Path, scores_dir: Path | None, samples_dir: Path) -> None:
     """
     import pyarrow as pa
 
-    from dealrec.baselines import BASELINE_COLUMNS
     from dealrec.manifest import RunManifest
 
     base.mkdir(parents=True, exist_ok=True)
@@ -362,7 +362,7 @@ def _sync_base(base: Path, scores_dir: Path | None, samples_dir: Path) -> None:
         records = RunManifest.read(base).baseline_columns()
         if len(old_ids) == len(ids) and np.array_equal(np.sort(old_ids), ids):
             order = np.argsort(old_ids, kind="stable")
-            for col in sorted(set(BASELINE_COLUMNS.values())):
+            for col in sorted(b.column for b in BASELINES):
                 if col in old.column_names and col in records:
                     fresh = fresh.append_column(col, old.column(col).take(pa.array(order)))
                     known[col] = records[col]
@@ -430,7 +430,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         raise DealrecError("--ray-address needs --workers >= 1 (or leave --workers out)")
     if surrogate and not (Path(surrogate) / "model.safetensors").exists():
         raise DealrecError(f"{surrogate}: not a trained surrogate folder (no model.safetensors)")
-    needs = {c for m in methods for c in METHOD_COLUMNS[m]}
+    needs = {c for m in methods for c in REGISTRY[m].columns}
     score_target = target if "effort" in needs else "none"   # effort is the downstream model's own gradient
     config = score_config(score_args, score_target, llm, workers, ray_address)
     train_options = finetune_options(target, finetune_args)
@@ -456,7 +456,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         phases["prepare"] = {"seconds": round(time.perf_counter() - t0, 3), **prep_info}
         n_samples = len(read_table(prepared.samples_dir, required=("sample_id",), what="samples table"))
         available = n_samples - (n_hard_pruned(n_samples, hard_prune)
-                                 if any(m in STRATIFIED_METHODS for m in methods) else 0)
+                                 if any(REGISTRY[m].stratified for m in methods) else 0)
         if n > available:
             raise DealrecError(f"--n {n} exceeds the {available} samples that can be selected ({n_samples} samples"
                                + (f" less the hard prune of {hard_prune}" if available < n_samples else "") + ")")
@@ -482,11 +482,10 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         t0 = time.perf_counter()
         _sync_base(base, scores_dir if scored else None, prepared.samples_dir)
         baseline_info = {}
-        from dealrec.baselines import BASELINE_COLUMNS
-
-        for column in sorted({BASELINE_COLUMNS[m] for m in methods if m in BASELINE_COLUMNS}):
+        for column in sorted({REGISTRY[m].baseline.column for m in methods if REGISTRY[m].baseline}):
             from dealrec.select import run_select
 
+            # the baseline method named after its column ranks by that column alone (tests/test_methods.py)
             section = run_select(base, method=column, n=min(n, n_samples), seed=0, data=str(prepared.root),
                                  surrogate=str(surrogate_dir), plot=False, progress=progress)
             (base / CORESET_FILE).unlink(missing_ok=True)   # a by-product of computing the column, not a result
@@ -504,11 +503,11 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
             inputs = {"method": method, "seed": seed, "target": target, "finetune": train_options, "data": digest}
             if method != ALL:
                 inputs["n"] = n
-                if method in ("dealrec", "greedy"):
+                if REGISTRY[method].uses_lambda:
                     inputs["lambda"] = lam
-                if method in STRATIFIED_METHODS:
+                if REGISTRY[method].stratified:
                     inputs.update(k=k, hard_prune=hard_prune)
-                inputs["scores"] = columns_digest(base / "scores.parquet", METHOD_COLUMNS[method])
+                inputs["scores"] = columns_digest(base / "scores.parquet", REGISTRY[method].columns)
             if target == "bigrec":
                 inputs["llm"] = _llm_fingerprint(llm)
             inputs = json.loads(json.dumps(inputs))   # as result.json will hold it (tuples -> lists)
