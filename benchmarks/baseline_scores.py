@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from dealrec.baselines import el2n_scores, grand_scores
-from dealrec_core.data import PreparedData
+from common import parse_with_data
 from surrogates.base import load_surrogate
 from surrogates.sasrec import SASRec, SASRecConfig
 
@@ -45,18 +45,12 @@ def timed(fn, repeats):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", required=True)
     ap.add_argument("--surrogate", default=None)
     ap.add_argument("--grand-samples", type=int, default=64)
     ap.add_argument("--el2n-samples", type=int, default=1000)
     ap.add_argument("--batch-sizes", default="1,4,16")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    data = PreparedData(args.data)
-    samples = data.samples()
+    args, data, samples = parse_with_data(ap)
     model = load_surrogate(args.surrogate) if args.surrogate else SASRec(SASRecConfig(n_items=data.n_items)).eval()
     rng = np.random.default_rng(args.seed)
     g_sub = samples.subset(np.sort(rng.choice(len(samples), args.grand_samples, replace=False)))

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import parse_with_data
 from dealrec_core.data import PreparedData
 from dealrec.effort import EffortTarget, _last_matching, find_linear, freeze_all_but_weight, per_sample_norm_loop
 
@@ -55,18 +56,12 @@ def bigrec_target_random(data: PreparedData, hidden: int, layers: int, workdir: 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--targets", default="tiger,bigrec")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    data = PreparedData(args.data)
-    samples = data.samples()
+    args, data, samples = parse_with_data(ap)
     idx = np.sort(np.random.default_rng(args.seed).choice(len(samples), args.samples, replace=False))
     samples = samples.subset(idx)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}, load average "

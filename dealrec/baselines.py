@@ -6,26 +6,34 @@
   (``sample_losses``) over the surrogate's trainable parameters (all of them by default).
 
 CCS (Zheng et al., ICLR 2023) needs no score of its own: it stratifies EL2N
-(``dealrec.select``, method ``ccs``).
+(``dealrec.methods``, method ``ccs``).
 
 Both use nothing but the surrogate contract (``collate``, ``collate_histories``,
 ``full_sort_scores``, ``sample_losses``), so they serve every surrogate. Scores come back
 aligned with the rows of the given samples; each sample's value does not depend on which
 other samples share its batch (the surrogates are padding-invariant and eval mode is
 deterministic).
+
+``add_baseline_column`` is what ``dealrec select`` runs for a baseline method: load the
+surrogate, compute the column and add it to the scores table, or reuse the column already
+there when it came from the same surrogate and samples.
 """
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from dealrec_core.data import Samples
+from dealrec_core.data import PreparedData, Samples, load_samples, sha256_file
 from dealrec_core.errors import DealrecError
-
-BASELINE_COLUMNS = {"el2n": "el2n", "ccs": "el2n", "grand": "grand"}
+from dealrec.coreset import check_same_samples
+from dealrec.methods import REGISTRY, Baseline
+from surrogates.base import check_surrogate_fits, load_surrogate
 
 
 def prediction_positions(samples: Samples, max_len: int | None) -> tuple[np.ndarray, list, np.ndarray]:
@@ -123,9 +131,64 @@ def grand_scores(model, samples: Samples, batch_size: int = 1, param_names: Sequ
 
 def baseline_scores(method: str, model, samples: Samples, progress: bool = True, **kwargs) -> dict[str, np.ndarray]:
     """The score column a baseline method needs, as ``{column: values aligned with samples}``."""
-    if method not in BASELINE_COLUMNS:
+    baseline = REGISTRY[method].baseline if method in REGISTRY else None
+    if baseline is None:
         raise DealrecError(f"{method!r} is not a surrogate-scored baseline (choose from "
-                           f"{', '.join(BASELINE_COLUMNS)})")
-    col = BASELINE_COLUMNS[method]
-    fn = el2n_scores if col == "el2n" else grand_scores
-    return {col: fn(model, samples, progress=progress, **kwargs)}
+                           f"{', '.join(name for name, m in REGISTRY.items() if m.baseline)})")
+    return {baseline.column: baseline.compute(model, samples, progress=progress, **kwargs)}
+
+
+def add_baseline_column(scores: pa.Table, baseline: Baseline, surrogate, prepared: PreparedData,
+                        samples_sha256: list, record: dict | None = None, source: str = "scores table",
+                        progress: bool = True) -> tuple[pa.Table, dict, dict]:
+    """``scores`` with ``baseline``'s column, computed with ``surrogate`` on ``prepared``'s samples.
+
+    ``record`` is what an earlier selection recorded about the column already in ``scores``
+    (``surrogate_sha256``, ``samples_sha256``, ``values_sha256``): when all three still match,
+    the column is reused as it is. Returns ``(scores, inputs, record)``: what the selection's
+    manifest records as its inputs (the surrogate, its sha256, and ``baseline_reused`` or
+    ``baseline_seconds``) and the column's record.
+    """
+    column = baseline.column
+    origin = {"surrogate_sha256": sha256_file(Path(surrogate) / "model.safetensors"),
+              "samples_sha256": samples_sha256}
+    inputs = {"surrogate": str(surrogate), "surrogate_sha256": origin["surrogate_sha256"]}
+    if record is not None and record.get("values_sha256") == _column_digest(scores, column) and \
+            {k: record.get(k) for k in origin} == origin:
+        inputs["baseline_reused"] = column  # same surrogate, same samples, untouched values
+        return scores, inputs, record
+    check_surrogate_fits(surrogate, prepared.n_items, prepared.root)
+    model = load_surrogate(surrogate)
+    samples = load_samples(prepared.samples_dir)
+    t_base = time.time()
+    values = baseline.compute(model, samples, progress=progress)
+    inputs["baseline_seconds"] = round(time.time() - t_base, 3)
+    scores = _join_by_sample_id(scores, samples.sample_id, {column: values}, source)
+    return scores, inputs, {**origin, "values_sha256": _column_digest(scores, column)}
+
+
+def _column_digest(scores: pa.Table, column: str) -> "str | None":
+    """sha256 of a score column in sample_id order (detects a column edited after it was computed)."""
+    import hashlib
+
+    if column not in scores.column_names:
+        return None
+    sid = scores.column("sample_id").to_numpy().astype(np.int64)
+    order = np.argsort(sid, kind="stable")
+    values = scores.column(column).to_numpy().astype(np.float64)[order]
+    return hashlib.sha256(sid[order].tobytes() + values.tobytes()).hexdigest()
+
+
+def _join_by_sample_id(scores: pa.Table, sample_id: np.ndarray, cols: dict, source: str) -> pa.Table:
+    """Add baseline columns (aligned with ``sample_id``) to ``scores`` by sample_id."""
+    sid = scores.column("sample_id").to_numpy().astype(np.int64)
+    check_same_samples(sid, np.asarray(sample_id, dtype=np.int64), source)
+    pos = np.argsort(sample_id)
+    rows = pos[np.searchsorted(np.asarray(sample_id)[pos], sid)]
+    for name, values in cols.items():
+        arr = pa.array(np.asarray(values, dtype=np.float64)[rows], pa.float64())
+        if name in scores.column_names:
+            scores = scores.set_column(scores.column_names.index(name), name, arr)
+        else:
+            scores = scores.append_column(name, arr)
+    return scores

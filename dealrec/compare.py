@@ -39,10 +39,13 @@ import numpy as np
 from dealrec_core.data import (PreparedData, atomic_file, read_table, sha256_file, write_json_atomic,
                           write_parquet_atomic, write_text_atomic)
 from dealrec_core.errors import DealrecError
-from dealrec.select import (CORESET_FILE, DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, METHOD_COLUMNS,
-                            METHODS, STRATIFIED_METHODS, n_hard_pruned)
+from dealrec.methods import BASELINES, METHODS, REGISTRY
+from dealrec.select import CORESET_FILE
+from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, n_hard_pruned
+from surrogates.config import DEFAULT_THREADS as SURROGATE_THREADS, TrainConfig as SurrogateTrainConfig
 
 DOWNSTREAM = ("tiger", "bigrec")
+DEFAULT_TARGET = "tiger"
 DEFAULT_METHODS = ("dealrec", "random", "influence", "effort", "el2n", "grand", "ccs")
 DEFAULT_SEEDS = (0, 1, 2)
 ALL = "all"                      # the --full reference run: every sample
@@ -70,7 +73,7 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
     if not names:
         raise DealrecError(f"--methods names no method (choose from {', '.join(METHODS)})")
     for m in names:
-        if m not in METHOD_COLUMNS:
+        if m not in REGISTRY:
             raise DealrecError(f"--methods: unknown method {m!r} (choose from {', '.join(METHODS)})")
     return list(dict.fromkeys(names))
 
@@ -321,9 +324,6 @@ class _LazyExecutor:
             return iter(())
         return self._started().run(fn, tasks, desc, progress=progress, use_gpu=use_gpu)
 
-    def has_gpu(self) -> bool:
-        return self._started().has_gpu()
-
     def describe(self) -> dict:
         if self._executor is None:
             return {"executor": "local" if self.workers == 0 else "ray", "workers": self.workers, "started": False}
@@ -344,17 +344,16 @@ def _sync_base(base: Path, scores_dir: Path | None, samples_dir: Path) -> None:
     """
     import pyarrow as pa
 
-    from dealrec.baselines import BASELINE_COLUMNS
-    from dealrec.select import read_manifest
+    from dealrec.manifest import RunManifest
 
     base.mkdir(parents=True, exist_ok=True)
     if scores_dir is not None:
         fresh = read_table(scores_dir / "scores.parquet", required=("sample_id",), what="scores table")
         fresh = fresh.select([c for c in fresh.column_names if c in ("sample_id", "influence", "effort")])
-        manifest = read_manifest(scores_dir)
+        manifest = RunManifest.read(scores_dir)
     else:
         fresh = read_table(samples_dir, required=("sample_id",), what="samples table").select(["sample_id"])
-        manifest = {}
+        manifest = RunManifest(base)
     fresh = fresh.take(pa.array(np.argsort(fresh.column("sample_id").to_numpy(), kind="stable")))
     old_path = base / "scores.parquet"
     known = {}
@@ -362,19 +361,19 @@ def _sync_base(base: Path, scores_dir: Path | None, samples_dir: Path) -> None:
         old = read_table(old_path, required=("sample_id",), what="scores table")
         old_ids = old.column("sample_id").to_numpy().astype(np.int64)
         ids = fresh.column("sample_id").to_numpy().astype(np.int64)
-        records = read_manifest(base).get("selection", {}).get("inputs", {}).get("baseline_columns", {})
+        records = RunManifest.read(base).baseline_columns()
         if len(old_ids) == len(ids) and np.array_equal(np.sort(old_ids), ids):
             order = np.argsort(old_ids, kind="stable")
-            for col in sorted(set(BASELINE_COLUMNS.values())):
+            for col in sorted(b.column for b in BASELINES):
                 if col in old.column_names and col in records:
                     fresh = fresh.append_column(col, old.column(col).take(pa.array(order)))
                     known[col] = records[col]
     if known:
-        manifest["selection"] = {"inputs": {"baseline_columns": known}}
+        manifest.data["selection"] = {"inputs": {"baseline_columns": known}}
     else:
-        manifest.pop("selection", None)
+        manifest.data.pop("selection", None)
     write_parquet_atomic(fresh, old_path)
-    write_json_atomic(base / "manifest.json", manifest)
+    manifest.write(base)   # the scores' record, whose selection is only the baseline columns kept
 
 
 def _check_out(out: Path, data: Path, llm, surrogate, needs_surrogate: bool, config, train_options: dict) -> None:
@@ -397,10 +396,11 @@ def _check_out(out: Path, data: Path, llm, surrogate, needs_surrogate: bool, con
 
 
 def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DEFAULT_METHODS,
-                seeds: str | Sequence[int] = DEFAULT_SEEDS, target: str = "tiger", full: bool = False,
+                seeds: str | Sequence[int] = DEFAULT_SEEDS, target: str = DEFAULT_TARGET, full: bool = False,
                 llm: str | None = None, workers: int | None = None, ray_address: str | None = None,
-                surrogate: str | None = None, surrogate_epochs: int = 100, surrogate_minutes: float | None = None,
-                threads: int | None = None, lam: float = DEFAULT_LAMBDA, k: int = DEFAULT_K,
+                surrogate: str | None = None, surrogate_epochs: int = SurrogateTrainConfig.max_epochs,
+                surrogate_minutes: float | None = SurrogateTrainConfig.max_minutes,
+                threads: int | None = SurrogateTrainConfig.threads, lam: float = DEFAULT_LAMBDA, k: int = DEFAULT_K,
                 hard_prune: float = DEFAULT_HARD_PRUNE, score_args: str = "", finetune_args: str = "",
                 progress: bool = True, log=None) -> dict:
     """Score once, run every (method, seed) not done yet, write the report; returns report.json's content.
@@ -432,7 +432,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         raise DealrecError("--ray-address needs --workers >= 1 (or leave --workers out)")
     if surrogate and not (Path(surrogate) / "model.safetensors").exists():
         raise DealrecError(f"{surrogate}: not a trained surrogate folder (no model.safetensors)")
-    needs = {c for m in methods for c in METHOD_COLUMNS[m]}
+    needs = {c for m in methods for c in REGISTRY[m].columns}
     score_target = target if "effort" in needs else "none"   # effort is the downstream model's own gradient
     config = score_config(score_args, score_target, llm, workers, ray_address)
     train_options = finetune_options(target, finetune_args)
@@ -458,7 +458,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         phases["prepare"] = {"seconds": round(time.perf_counter() - t0, 3), **prep_info}
         n_samples = len(read_table(prepared.samples_dir, required=("sample_id",), what="samples table"))
         available = n_samples - (n_hard_pruned(n_samples, hard_prune)
-                                 if any(m in STRATIFIED_METHODS for m in methods) else 0)
+                                 if any(REGISTRY[m].stratified for m in methods) else 0)
         if n > available:
             raise DealrecError(f"--n {n} exceeds the {available} samples that can be selected ({n_samples} samples"
                                + (f" less the hard prune of {hard_prune}" if available < n_samples else "") + ")")
@@ -484,11 +484,10 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         t0 = time.perf_counter()
         _sync_base(base, scores_dir if scored else None, prepared.samples_dir)
         baseline_info = {}
-        from dealrec.baselines import BASELINE_COLUMNS
-
-        for column in sorted({BASELINE_COLUMNS[m] for m in methods if m in BASELINE_COLUMNS}):
+        for column in sorted({REGISTRY[m].baseline.column for m in methods if REGISTRY[m].baseline}):
             from dealrec.select import run_select
 
+            # the baseline method named after its column ranks by that column alone (tests/test_methods.py)
             section = run_select(base, method=column, n=min(n, n_samples), seed=0, data=str(prepared.root),
                                  surrogate=str(surrogate_dir), plot=False, progress=progress)
             (base / CORESET_FILE).unlink(missing_ok=True)   # a by-product of computing the column, not a result
@@ -506,11 +505,11 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
             inputs = {"method": method, "seed": seed, "target": target, "finetune": train_options, "data": digest}
             if method != ALL:
                 inputs["n"] = n
-                if method in ("dealrec", "greedy"):
+                if REGISTRY[method].uses_lambda:
                     inputs["lambda"] = lam
-                if method in STRATIFIED_METHODS:
+                if REGISTRY[method].stratified:
                     inputs.update(k=k, hard_prune=hard_prune)
-                inputs["scores"] = columns_digest(base / "scores.parquet", METHOD_COLUMNS[method])
+                inputs["scores"] = columns_digest(base / "scores.parquet", REGISTRY[method].columns)
             if target == "bigrec":
                 inputs["llm"] = _llm_fingerprint(llm)
             inputs = json.loads(json.dumps(inputs))   # as result.json will hold it (tuples -> lists)
@@ -873,7 +872,7 @@ def _make_command():
     @click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
                   help=f"Comma-separated selection methods ({', '.join(METHODS)}).")
     @click.option("--full", is_flag=True, help="Also train on every sample (the 'all data' reference, one run a seed).")
-    @click.option("--target", type=click.Choice(DOWNSTREAM), default="tiger", show_default=True,
+    @click.option("--target", type=click.Choice(DOWNSTREAM), default=DEFAULT_TARGET, show_default=True,
                   help="Downstream model trained on each coreset (also the effort score's target model).")
     @click.option("--llm", type=click.Path(), default=None, help="Causal LM folder for --target bigrec.")
     @click.option("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), show_default=True,
@@ -884,11 +883,13 @@ def _make_command():
                        "0 runs everything one after another in this process.")
     @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting one.")
     @click.option("--surrogate", type=click.Path(), default=None, help="A trained surrogate (default: train SASRec).")
-    @click.option("--surrogate-epochs", type=int, default=100, show_default=True,
+    @click.option("--surrogate-epochs", type=int, default=SurrogateTrainConfig.max_epochs, show_default=True,
                   help="At most this many surrogate epochs (early stopping on validation NDCG@10 too).")
-    @click.option("--surrogate-minutes", type=float, default=None,
+    @click.option("--surrogate-minutes", type=float, default=SurrogateTrainConfig.max_minutes,
                   help="Wall-clock budget of surrogate training [default: none, early stopping alone].")
-    @click.option("--threads", type=int, default=None, help="Torch threads for surrogate training [2, on any machine: the weights depend on it].")
+    @click.option("--threads", type=int, default=SurrogateTrainConfig.threads,
+                  help=f"Torch threads for surrogate training [{SURROGATE_THREADS}, on any machine: the weights "
+                       f"depend on it].")
     @click.option("--lambda", "lam", type=float, default=DEFAULT_LAMBDA, show_default=True,
                   help="Weight of the effort score (dealrec, greedy).")
     @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Strata (stratified methods).")

@@ -118,19 +118,12 @@ def _progress(total: int, desc: str, enabled: bool):
 class LocalExecutor:
     """Runs tasks one after another in this process (``--workers 0``)."""
 
-    kind = "local"
-
     def __init__(self, threads: int = 1):
         self.workers = 0
         self.threads = threads
 
     def describe(self) -> dict:
         return {"executor": "local", "workers": 0, "threads": self.threads}
-
-    def has_gpu(self) -> bool:
-        import torch
-
-        return torch.cuda.is_available()
 
     def run(self, fn: Callable[[dict], dict], tasks: list[dict], desc: str, progress: bool = True,
             use_gpu: bool = False) -> Iterator[dict]:
@@ -178,8 +171,6 @@ def _one_line(e: BaseException) -> str:
 class RayExecutor:
     """A pool of Ray actors sized from the cluster's resources."""
 
-    kind = "ray"
-
     def __init__(self, workers: int | None = None, address: str | None = None, threads: int = 1,
                  retries: int = ACTOR_RETRIES):
         import ray
@@ -222,9 +213,6 @@ class RayExecutor:
     def describe(self) -> dict:
         return {"executor": "ray", "workers": self.workers, "cluster_cpus": self.cpus, "cluster_gpus": self.gpus,
                 "cpus_per_actor": self.cpus_per_actor, "threads_per_actor": self.threads}
-
-    def has_gpu(self) -> bool:
-        return self.gpus > 0
 
     def _actor_class(self, gpu: bool):
         return self.ray.remote(_Actor).options(

@@ -70,7 +70,7 @@ def _check_targets(run: Path, fmt: str, data) -> None:
     """Before anything is written: RUN is written in place (bigrec.json, tiger/, manifest.json), so the data
     folder must not be RUN, hold it or be one of those; and no file may stand where a folder goes (or back)."""
     from dealrec_core.paths import check_output
-    from dealrec.select import MANIFEST_FILE
+    from dealrec.manifest import MANIFEST_FILE
 
     check_output(run, {"--data": data}, writes=(BIGREC_FILE, TIGER_DIR, MANIFEST_FILE), option="RUN")
     files = [MANIFEST_FILE]
@@ -88,8 +88,9 @@ def _check_targets(run: Path, fmt: str, data) -> None:
 
 def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dict:
     """``dealrec export``: write the chosen exports of RUN/coreset.parquet into RUN."""
-    from dealrec_core.data import sha256_file, write_json_atomic
-    from dealrec.select import CORESET_FILE, MANIFEST_FILE, manifest_path, read_manifest
+    from dealrec_core.data import sha256_file
+    from dealrec.manifest import RunManifest, update_manifest
+    from dealrec.select import CORESET_FILE
 
     if fmt not in FORMATS:
         raise DealrecError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -104,10 +105,11 @@ def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dic
 
         if template not in DOMAIN_TEMPLATES:
             raise DealrecError(f"unknown prompt template {template!r} (choose from {', '.join(DOMAIN_TEMPLATES)})")
-        data = data or manifest_path(read_manifest(run), "data", run)
+        data = data or RunManifest.read(run).data_folder()
         if data is None:
             raise DealrecError(f"no data folder for item titles: {run}/manifest.json names none; pass --data DIR")
     _check_targets(run, fmt, data if fmt in ("bigrec", "all") else None)
+    RunManifest.read(run)   # an unreadable manifest is refused before any file is written
     if fmt in ("bigrec", "all"):
         titles = PreparedData(data).titles()
         write_bigrec(samples, titles, run / BIGREC_FILE, DOMAIN_TEMPLATES[template], source=coreset_path)
@@ -115,10 +117,9 @@ def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dic
     if fmt in ("tiger", "all"):
         write_tiger(samples, run / TIGER_DIR)
         written["tiger"] = [f"{TIGER_DIR}/{TIGER_PARQUET}", f"{TIGER_DIR}/{TIGER_TEXT}"]
-    manifest = read_manifest(run)  # only the exports section changes
-    manifest["exports"] = {**manifest.get("exports", {}), **written, "n_samples": len(samples),
-                           "coreset_sha256": sha256_file(coreset_path)}
-    write_json_atomic(run / MANIFEST_FILE, manifest)
+    # only the exports section changes, merged into the exports already recorded
+    update_manifest(run, {"exports": {**written, "n_samples": len(samples),
+                                      "coreset_sha256": sha256_file(coreset_path)}}, merge=("exports",))
     return {"n_samples": len(samples), "files": written}
 
 

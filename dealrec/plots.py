@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from dealrec_core.data import atomic_file
+from dealrec.methods import REGISTRY
 
 
 def plot_selection(result, path: str | Path) -> None:
@@ -42,7 +43,7 @@ def plot_selection(result, path: str | Path) -> None:
     ax.set_xlabel("score")
     ax.set_ylabel("samples")
     params = f"method {s['method']}, n {s['n']}, seed {s['seed']}"
-    if s["method"] in ("dealrec", "greedy"):
+    if REGISTRY[s["method"]].uses_lambda:
         params += f", lambda {s['lambda']}"
     if two_panels:
         params += f", k {s['k']}, hard prune {s['hard_prune']}"

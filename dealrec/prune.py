@@ -19,11 +19,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dealrec_core.data import PreparedData, write_json_atomic
+from dealrec_core.data import PreparedData
 from dealrec_core.errors import DealrecError, InputError
 from dealrec_core.paths import check_output
-from dealrec.score import MANIFEST_FILE, ScoreConfig, _read_manifest, _score_options, config_from_options, \
-    run_score
+from dealrec.manifest import RunManifest, update_manifest
+from dealrec.score import ScoreConfig, _score_options, config_from_options, run_score
+from dealrec.select import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N
+from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
+    TrainConfig as SurrogateTrainConfig
 
 
 def is_prepared(path: Path) -> bool:
@@ -79,7 +82,7 @@ def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max
         return target, {"trained": True, "surrogate": str(target), "resumed": True}
     if redone and log is not None:
         log(f"{target}: {redone}; training it again")
-    metrics = train_surrogate(data, "sasrec", target, train_cfg=cfg, overwrite=True)
+    metrics = train_surrogate(data, SURROGATE_MODEL, target, train_cfg=cfg, overwrite=True)
     info = {"trained": True, "surrogate": str(target), "epochs": metrics.get("epochs"),
             "stopped_by": metrics.get("stopped_by"),
             "seconds_per_epoch": metrics.get("seconds_per_epoch"), "valid": metrics.get("valid")}
@@ -102,7 +105,7 @@ def _stale_surrogate(folder: Path, data: PreparedData, cfg) -> str | None:
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     except ValueError:
         return "the surrogate's metrics.json is unreadable"
-    if metrics.get("model") != "sasrec" or metrics.get("model_fields"):
+    if metrics.get("model") != SURROGATE_MODEL or metrics.get("model_fields"):
         return "the surrogate there is not the default SASRec"
     if metrics.get("data_sha256") != data.content_digest():
         return "the surrogate there was trained on other data" if metrics.get("data_sha256") else \
@@ -136,12 +139,13 @@ def run_writes(data: Path, surrogate) -> tuple[str, ...]:
             *(() if is_prepared(Path(data)) else ("data",)), *(() if surrogate else ("surrogate",)))
 
 
-def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: ScoreConfig | None = None,
+def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, config: ScoreConfig | None = None,
               lam: float | None = None, k: int | None = None, hard_prune: float | None = None,
-              surrogate_minutes: float | None = None, surrogate_epochs: int = 100, progress: bool = True,
-              threads: int | None = None) -> dict:
+              surrogate_minutes: float | None = SurrogateTrainConfig.max_minutes,
+              surrogate_epochs: int = SurrogateTrainConfig.max_epochs, progress: bool = True,
+              threads: int | None = SurrogateTrainConfig.threads) -> dict:
     from dealrec.export import run_export
-    from dealrec.select import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, run_select
+    from dealrec.select import run_select
 
     config = config or ScoreConfig()
     config.check()
@@ -160,6 +164,7 @@ def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: Sc
         from surrogates.base import check_surrogate_fits
 
         check_surrogate_fits(surrogate, PreparedData(data).n_items, data)
+    RunManifest.read(out)   # a manifest the run cannot update is refused before any work
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     phases: dict = {}
@@ -189,14 +194,11 @@ def run_prune(data, out, n: int = 1024, surrogate: str | None = None, config: Sc
     run_export(out, "all", data=str(prepared))
     phases["export"] = {"seconds": round(time.perf_counter() - t0, 3)}
 
-    manifest = _read_manifest(out)
-    manifest["prune"] = {"command": "dealrec prune", "data": str(data), "n": n, "seed": config.seed,
-                         "surrogate_minutes": surrogate_minutes, "surrogate_epochs": surrogate_epochs,
-                         "threads": threads,
-                         "phases": phases, "seconds": round(time.perf_counter() - t_all, 3),
-                         "n_selected": selection.get("n_selected")}
-    write_json_atomic(out / MANIFEST_FILE, manifest)
-    return manifest
+    return update_manifest(out, {"prune": {
+        "command": "dealrec prune", "data": str(data), "n": n, "seed": config.seed,
+        "surrogate_minutes": surrogate_minutes, "surrogate_epochs": surrogate_epochs, "threads": threads,
+        "phases": phases, "seconds": round(time.perf_counter() - t_all, 3),
+        "n_selected": selection.get("n_selected")}}).data
 
 
 def _make_command():
@@ -204,20 +206,20 @@ def _make_command():
 
     @click.command("prune")
     @click.argument("data", type=click.Path())
-    @click.option("--n", "n", type=int, default=1024, show_default=True, help="Samples in the coreset.")
+    @click.option("--n", "n", type=int, default=DEFAULT_N, show_default=True, help="Samples in the coreset.")
     @click.option("--out", required=True, type=click.Path(), help="Run folder (a rerun resumes it).")
     @click.option("--surrogate", type=click.Path(), default=None, help="A trained surrogate (default: train SASRec).")
-    @click.option("--surrogate-minutes", type=float, default=None,
+    @click.option("--surrogate-minutes", type=float, default=SurrogateTrainConfig.max_minutes,
                   help="Wall-clock budget of surrogate training, checked after each epoch [default: none: "
                        "early stopping alone decides, so the coreset does not depend on the machine's speed].")
-    @click.option("--surrogate-epochs", type=int, default=100, show_default=True,
+    @click.option("--surrogate-epochs", type=int, default=SurrogateTrainConfig.max_epochs, show_default=True,
                   help="At most this many surrogate epochs (early stopping on validation NDCG@10 too).")
-    @click.option("--threads", type=int, default=None,
-                  help="Torch threads for surrogate training [2, on any machine: the surrogate's weights, and so the "
-                       "coreset, depend on it] (scoring uses --threads-per-worker).")
-    @click.option("--lambda", "lam", type=float, default=None, help="Weight of the effort score [0.3].")
-    @click.option("--k", "k", type=int, default=None, help="Strata [50].")
-    @click.option("--hard-prune", type=float, default=None, help="Share of top scores dropped [0.1].")
+    @click.option("--threads", type=int, default=SurrogateTrainConfig.threads,
+                  help=f"Torch threads for surrogate training [{SURROGATE_THREADS}, on any machine: the surrogate's "
+                       f"weights, and so the coreset, depend on it] (scoring uses --threads-per-worker).")
+    @click.option("--lambda", "lam", type=float, default=None, help=f"Weight of the effort score [{DEFAULT_LAMBDA}].")
+    @click.option("--k", "k", type=int, default=None, help=f"Strata [{DEFAULT_K}].")
+    @click.option("--hard-prune", type=float, default=None, help=f"Share of top scores dropped [{DEFAULT_HARD_PRUNE}].")
     @_score_options
     def prune_command(data, n, out, surrogate, surrogate_minutes, surrogate_epochs, threads, lam, k, hard_prune,
                       quiet, **options):

@@ -30,10 +30,10 @@ from dealrec.engine import ShardStore, batch_ranges, make_executor, plan_shards,
 from dealrec_core.data import stable_hash
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HvpConfig, SOLVERS
+from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec_core.paths import check_output
 
 SCORES_FILE = "scores.parquet"
-MANIFEST_FILE = "manifest.json"
 TARGETS = ("tiger", "bigrec", "none")
 V_WEIGHTINGS = ("training", "position", "sample")
 RUN_WRITES = ("work", SCORES_FILE, MANIFEST_FILE)   # what run_score writes in its run folder
@@ -42,7 +42,7 @@ CAPTURE_FORMAT = 2  # 2: captures also hold the position-weighted gradient sums
 
 @dataclass
 class ScoreConfig:
-    hvp: HvpConfig = field(default_factory=lambda: HvpConfig(solver="cg"))
+    hvp: HvpConfig = field(default_factory=HvpConfig)
     target: str = "tiger"
     v_weighting: str = "training"  # the risk whose gradient is v: the one the surrogate was trained on
                                    # ("training"), or explicitly "position" / "sample" (docs/engine.md)
@@ -182,12 +182,6 @@ def effort_task(task: dict) -> dict:
 
 # ----------------------------------------------------------------------------- driver side
 
-def _load_npz(path: Path) -> dict:
-    from safetensors.numpy import load_file
-
-    return load_file(str(path))
-
-
 def surrogate_digest(surrogate_dir: Path) -> str:
     return stable_hash([sha256_file(surrogate_dir / "model.safetensors"), sha256_file(surrogate_dir / "config.json")])
 
@@ -264,15 +258,56 @@ def solve_influence_system(surrogate_dir: Path, samples: Samples, v: np.ndarray,
     return solve(pool, v, config)
 
 
+@dataclass
+class ScoreJob:
+    """What every phase of ``run_score`` reads: the checked inputs, their content hashes and OUT."""
+    prepared: PreparedData
+    surrogate: Path
+    out: Path
+    samples: Samples
+    samples_sha: list[str]         # sha256 of each samples shard
+    samples_key: str               # one digest of those
+    surrogate_sha: str
+
+    @property
+    def work(self) -> Path:
+        return self.out / "work"
+
+    @property
+    def samples_dir(self) -> str:
+        return str(self.prepared.samples_dir)
+
+
+@dataclass
+class InfluenceResult:
+    sample_id: np.ndarray          # in the samples table's order
+    influence: np.ndarray
+    n_rows: int
+    solve_summary: dict
+
+
 def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: ScoreConfig,
               progress: bool = True, executor=None) -> dict:
     """Score every sample of the prepared ``data``; returns the manifest written to ``out``."""
-    from safetensors.numpy import load_file, save_file
-
-    from dealrec.influence import influence_from_rows
-
     config.check()
     t_start = time.perf_counter()
+    job = prepare_score_inputs(data, surrogate, out, config)
+    phases: dict = {}
+    own_executor = executor is None
+    executor = executor or make_executor(config.workers, config.ray_address, config.threads)
+    try:
+        result = influence_phase(job, config, executor, phases, progress)
+        effort, target_info = effort_phase(job, config, executor, phases, result.sample_id, progress)
+        executor_info = executor.describe()
+    finally:
+        if own_executor:
+            executor.shutdown()
+    return write_score_outputs(job, config, result, effort, target_info, executor_info, phases, t_start)
+
+
+def prepare_score_inputs(data: str | Path, surrogate: str | Path, out: str | Path,
+                         config: ScoreConfig) -> ScoreJob:
+    """Check every input before OUT is created, then create it, hash the inputs and read the samples."""
     prepared = PreparedData(data)
     surrogate = Path(surrogate)
     for f in ("model.safetensors", "config.json"):
@@ -288,111 +323,125 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
     for option, path in (("--llm", config.llm), ("--adapter", config.adapter), ("--target-init", config.target_init)):
         if path and not Path(path).exists():
             raise DealrecError(f"{path}: no such folder ({option})")
+    RunManifest.read(out)   # a manifest the run cannot update is refused now, not after the work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    work = out / "work"
 
     samples_dir = str(prepared.samples_dir)
     samples_sha = [sha256_file(p) for p in prepared.shard_paths()]
-    samples_key = stable_hash(samples_sha)
-    surrogate_sha = surrogate_digest(surrogate)
     samples = Samples.from_table(read_table(samples_dir, required=("sample_id", "history", "target")), samples_dir)
-    n = len(samples)
-    if n == 0:
+    if len(samples) == 0:
         raise DealrecError(f"{samples_dir}: the samples table is empty")
-    phases: dict = {}
-    own_executor = executor is None
-    executor = executor or make_executor(config.workers, config.ray_address, config.threads)
-    try:
-        # ---- 1. capture
-        shards = plan_shards(n, config.shard_size, config.batch_size)
-        cap_store = ShardStore(work / "capture", "capture", "safetensors")
-        cap_inputs = {"samples": samples_sha, "surrogate": surrogate_sha, "batch_size": config.batch_size,
-                      "chunk_tokens": config.chunk_tokens, "threads": executor.threads, "format": CAPTURE_FORMAT}
-        phases["capture"] = run_phase(
-            executor, capture_task, cap_store, shards,
-            lambda s: {"samples_dir": samples_dir, "samples_sha256": samples_key, "surrogate": str(surrogate),
-                       "surrogate_sha256": surrogate_sha,
-                       "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens},
-            cap_inputs, "influence: capture", progress)
+    return ScoreJob(prepared, surrogate, out, samples, samples_sha, stable_hash(samples_sha),
+                    surrogate_digest(surrogate))
 
-        # ---- 2. mean gradient and solve
-        t0 = time.perf_counter()
-        captures = [load_file(str(cap_store.output(s))) for s in shards]
-        weighting = resolve_v_weighting(config.v_weighting, surrogate)
-        v = mean_gradient(captures, weighting)
-        solve_store = ShardStore(work / "solve", "solve", "safetensors")
-        solve_key = stable_hash({"capture": cap_inputs, "hvp": config.hvp.to_dict(), "n": n,
-                                 "threads": config.threads, "v_weighting": weighting})
-        solve_shard = plan_shards(1, 1, 1)[0]
-        if solve_store.is_done(solve_shard, solve_key):
-            u = load_file(str(solve_store.output(solve_shard)))["u"]
-            solve_summary = json.loads(solve_store.manifest(solve_shard).read_text())["summary"]
-            solve_summary["resumed"] = True
-        else:
-            import torch
 
-            before = torch.get_num_threads()
-            torch.set_num_threads(config.threads)
-            try:
-                result = solve_influence_system(surrogate, samples, v, config.hvp)
-            finally:
-                torch.set_num_threads(before)
-            u = result.x
-            solve_summary = result.summary()
-            tmp = solve_store.temporary(solve_shard)
-            save_file({"u": np.ascontiguousarray(u), "v": np.ascontiguousarray(v)}, str(tmp))
-            solve_store.commit(solve_shard, tmp, solve_key, {"summary": solve_summary})
-        phases["solve"] = {"seconds": round(time.perf_counter() - t0, 3), "solver": config.hvp.solver,
-                           "v_weighting": weighting}
+def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
+                    progress: bool = True) -> InfluenceResult:
+    """Phases ``capture`` (shards), ``solve`` and ``influence`` (driver); each is timed into ``phases``."""
+    from safetensors.numpy import load_file, save_file
 
-        # ---- 3. influence from the kept rows
-        t0 = time.perf_counter()
-        influence = np.concatenate([influence_from_rows(c["row_sample"], c["a"], c["g"], u, len(c["sample_id"]))
-                                    for c in captures])
-        sample_id = np.concatenate([c["sample_id"] for c in captures])
-        n_rows = int(sum(len(c["row_sample"]) for c in captures))
-        del captures
-        phases["influence"] = {"seconds": round(time.perf_counter() - t0, 3), "rows": n_rows}
+    from dealrec.influence import influence_from_rows
 
-        # ---- 4. effort
-        effort = None
-        target_info: dict = {"target": config.target}
-        if config.target != "none":
-            t0 = time.perf_counter()
-            task_base = {"samples_dir": samples_dir, "samples_sha256": samples_key, "data": str(prepared.root),
-                         "target": config.target,
-                         "batch_size": config.effort_batch_size, "effort_block": config.effort_block}
-            eff_inputs = {"samples": samples_sha, "target": config.target, "batch_size": config.effort_batch_size,
-                          "block": config.effort_block, "threads": executor.threads}
-            if config.target == "bigrec":
-                task_base.update({"llm": str(config.llm), "adapter": config.adapter})
-                eff_inputs.update(_folder_digest(config.llm, "llm"))
-                if config.adapter:
-                    eff_inputs.update(_folder_digest(config.adapter, "adapter"))
-            else:
-                tiger_dir, tiger_info = prepare_tiger_target(prepared, work / "tiger-init", config, progress)
-                task_base["tiger_dir"] = str(tiger_dir)
-                eff_inputs["tiger"] = tiger_info.get("built_sha256", tiger_info["sha256"])  # the content
-                phases["semantic_ids"] = {"seconds": tiger_info.pop("seconds")}
-                target_info.update(tiger_info)
-            task_base["target_sha256"] = stable_hash({k: v for k, v in eff_inputs.items() if k != "samples"})
-            eff_store = ShardStore(work / "effort", "effort", "safetensors")
-            eff_shards = plan_shards(n, config.shard_size, config.effort_batch_size)
-            phases["effort"] = run_phase(executor, effort_task, eff_store, eff_shards,
-                                         lambda s: dict(task_base), eff_inputs, "effort", progress,
-                                         use_gpu=True)
-            parts = [load_file(str(eff_store.output(s))) for s in eff_shards]
-            if not np.array_equal(np.concatenate([p["sample_id"] for p in parts]), sample_id):
-                raise DealrecError(f"{eff_store.root}: effort shards do not line up with the samples table")
-            effort = np.concatenate([p["effort"] for p in parts])
-            target_info.update(json.loads(eff_store.manifest(eff_shards[0]).read_text())["target"])
-        executor_info = executor.describe()
-    finally:
-        if own_executor:
-            executor.shutdown()
+    n, surrogate, work = len(job.samples), job.surrogate, job.work
+    # ---- capture
+    shards = plan_shards(n, config.shard_size, config.batch_size)
+    cap_store = ShardStore(work / "capture", "capture", "safetensors")
+    cap_inputs = {"samples": job.samples_sha, "surrogate": job.surrogate_sha, "batch_size": config.batch_size,
+                  "chunk_tokens": config.chunk_tokens, "threads": executor.threads, "format": CAPTURE_FORMAT}
+    phases["capture"] = run_phase(
+        executor, capture_task, cap_store, shards,
+        lambda s: {"samples_dir": job.samples_dir, "samples_sha256": job.samples_key,
+                   "surrogate": str(surrogate), "surrogate_sha256": job.surrogate_sha,
+                   "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens},
+        cap_inputs, "influence: capture", progress)
 
-    # ---- outputs, keyed and sorted by sample_id
+    # ---- mean gradient and solve
+    t0 = time.perf_counter()
+    captures = [load_file(str(cap_store.output(s))) for s in shards]
+    weighting = resolve_v_weighting(config.v_weighting, surrogate)
+    v = mean_gradient(captures, weighting)
+    solve_store = ShardStore(work / "solve", "solve", "safetensors")
+    solve_key = stable_hash({"capture": cap_inputs, "hvp": config.hvp.to_dict(), "n": n,
+                             "threads": config.threads, "v_weighting": weighting})
+    solve_shard = plan_shards(1, 1, 1)[0]
+    if solve_store.is_done(solve_shard, solve_key):
+        u = load_file(str(solve_store.output(solve_shard)))["u"]
+        solve_summary = json.loads(solve_store.manifest(solve_shard).read_text())["summary"]
+        solve_summary["resumed"] = True
+    else:
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(config.threads)
+        try:
+            result = solve_influence_system(surrogate, job.samples, v, config.hvp)
+        finally:
+            torch.set_num_threads(before)
+        u = result.x
+        solve_summary = result.summary()
+        tmp = solve_store.temporary(solve_shard)
+        save_file({"u": np.ascontiguousarray(u), "v": np.ascontiguousarray(v)}, str(tmp))
+        solve_store.commit(solve_shard, tmp, solve_key, {"summary": solve_summary})
+    phases["solve"] = {"seconds": round(time.perf_counter() - t0, 3), "solver": config.hvp.solver,
+                       "v_weighting": weighting}
+
+    # ---- influence from the kept rows
+    t0 = time.perf_counter()
+    influence = np.concatenate([influence_from_rows(c["row_sample"], c["a"], c["g"], u, len(c["sample_id"]))
+                                for c in captures])
+    sample_id = np.concatenate([c["sample_id"] for c in captures])
+    n_rows = int(sum(len(c["row_sample"]) for c in captures))
+    del captures
+    phases["influence"] = {"seconds": round(time.perf_counter() - t0, 3), "rows": n_rows}
+    return InfluenceResult(sample_id, influence, n_rows, solve_summary)
+
+
+def effort_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict, sample_id: np.ndarray,
+                 progress: bool = True) -> tuple[np.ndarray | None, dict]:
+    """Phase ``effort`` (shards; TIGER's ``semantic_ids`` first): the effort per sample, in ``sample_id``'s
+    order, and what the target was (None and ``{"target": "none"}`` for ``--target none``)."""
+    from safetensors.numpy import load_file
+
+    target_info: dict = {"target": config.target}
+    if config.target == "none":
+        return None, target_info
+    prepared, work = job.prepared, job.work
+    task_base = {"samples_dir": job.samples_dir, "samples_sha256": job.samples_key, "data": str(prepared.root),
+                 "target": config.target,
+                 "batch_size": config.effort_batch_size, "effort_block": config.effort_block}
+    eff_inputs = {"samples": job.samples_sha, "target": config.target, "batch_size": config.effort_batch_size,
+                  "block": config.effort_block, "threads": executor.threads}
+    if config.target == "bigrec":
+        task_base.update({"llm": str(config.llm), "adapter": config.adapter})
+        eff_inputs.update(_folder_digest(config.llm, "llm"))
+        if config.adapter:
+            eff_inputs.update(_folder_digest(config.adapter, "adapter"))
+    else:
+        tiger_dir, tiger_info = prepare_tiger_target(prepared, work / "tiger-init", config, progress)
+        task_base["tiger_dir"] = str(tiger_dir)
+        eff_inputs["tiger"] = tiger_info.get("built_sha256", tiger_info["sha256"])  # the content
+        phases["semantic_ids"] = {"seconds": tiger_info.pop("seconds")}
+        target_info.update(tiger_info)
+    task_base["target_sha256"] = stable_hash({k: v for k, v in eff_inputs.items() if k != "samples"})
+    eff_store = ShardStore(work / "effort", "effort", "safetensors")
+    eff_shards = plan_shards(len(job.samples), config.shard_size, config.effort_batch_size)
+    phases["effort"] = run_phase(executor, effort_task, eff_store, eff_shards,
+                                 lambda s: dict(task_base), eff_inputs, "effort", progress,
+                                 use_gpu=True)
+    parts = [load_file(str(eff_store.output(s))) for s in eff_shards]
+    if not np.array_equal(np.concatenate([p["sample_id"] for p in parts]), sample_id):
+        raise DealrecError(f"{eff_store.root}: effort shards do not line up with the samples table")
+    effort = np.concatenate([p["effort"] for p in parts])
+    target_info.update(json.loads(eff_store.manifest(eff_shards[0]).read_text())["target"])
+    return effort, target_info
+
+
+def write_score_outputs(job: ScoreJob, config: ScoreConfig, result: InfluenceResult,
+                        effort: np.ndarray | None, target_info: dict, executor_info: dict, phases: dict,
+                        t_start: float) -> dict:
+    """``scores.parquet`` (keyed and sorted by sample_id), then score's keys of the manifest; returns it."""
+    out, surrogate, sample_id, influence = job.out, job.surrogate, result.sample_id, result.influence
     order = np.argsort(sample_id, kind="stable")
     columns = {"sample_id": pa.array(sample_id[order], pa.int64()),
                "influence": pa.array(influence[order], pa.float64())}
@@ -400,39 +449,26 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
         columns["effort"] = pa.array(effort[order], pa.float64())
     write_parquet_atomic(pa.table(columns), out / SCORES_FILE)
 
-    lengths = np.asarray([len(h) for h in samples.history])
-    manifest = _read_manifest(out)
-    manifest.update({
+    lengths = np.asarray([len(h) for h in job.samples.history])
+    return update_manifest(out, {
         "command": "dealrec score",
-        "inputs": {"data": str(prepared.root), "surrogate": str(surrogate), "samples_sha256": samples_sha,
+        "inputs": {"data": str(job.prepared.root), "surrogate": str(surrogate), "samples_sha256": job.samples_sha,
                    "surrogate_sha256": {"model.safetensors": sha256_file(surrogate / "model.safetensors"),
                                         "config.json": sha256_file(surrogate / "config.json")}},
         "parameters": config.to_dict(),
         "seed": config.seed,
-        "hvp": solve_summary,
+        "hvp": result.solve_summary,
         "target": target_info,
         "executor": executor_info,
-        "counts": {"samples": n, "rows": n_rows,
+        "counts": {"samples": len(job.samples), "rows": result.n_rows,
                    "influence_exactly_zero": int(np.sum(influence == 0)),
                    "influence_exactly_zero_short_histories": int(np.sum((influence == 0) & (lengths <= 1))),
                    "effort_exactly_zero": int(np.sum(effort == 0)) if effort is not None else None},
         "package_versions": _package_versions(),
-        "phases": {**manifest.get("phases", {}), **phases},
+        "phases": phases,
         "score_seconds": round(time.perf_counter() - t_start, 3),
         "outputs": {"scores": SCORES_FILE},
-    })
-    write_json_atomic(out / MANIFEST_FILE, manifest)
-    return manifest
-
-
-def _read_manifest(out: Path) -> dict:
-    path = out / MANIFEST_FILE
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return {}
+    }, merge=("phases",)).data
 
 
 def tensors_digest(path: Path) -> str:
@@ -497,43 +533,52 @@ def _score_options(f):
     from dealrec_core.options import SEED
 
     options = [
-        click.option("--hvp", "hvp", type=click.Choice(SOLVERS), default="cg", show_default=True,
-                     help="How H^-1 v is computed: conjugate gradient (default: fits the time budget), the "
-                          "paper's LiSSA (5,000 minibatch HVPs), or the exact solve (small blocks/pools)."),
-        click.option("--damping", type=float, default=0.01, show_default=True,
+        click.option("--hvp", "hvp", type=click.Choice(SOLVERS), default=HvpConfig.solver, show_default=True,
+                     help=f"How H^-1 v is computed: cg, conjugate gradient (fits the time budget); lissa, the "
+                          f"paper's LiSSA ({HvpConfig.lissa_steps:,} minibatch HVPs); exact, the exact solve "
+                          f"(small blocks/pools)."),
+        click.option("--damping", type=float, default=HvpConfig.damping, show_default=True,
                      help="LiSSA damping; CG/exact solve (H + damping*scale*I) x = v, LiSSA's fixed point."),
-        click.option("--lissa-scale", type=float, default=25.0, show_default=True, help="LiSSA scale."),
-        click.option("--lissa-steps", type=int, default=5000, show_default=True, help="LiSSA recursion depth."),
-        click.option("--hessian-samples", type=int, default=1024, show_default=True,
+        click.option("--lissa-scale", type=float, default=HvpConfig.scale, show_default=True, help="LiSSA scale."),
+        click.option("--lissa-steps", type=int, default=HvpConfig.lissa_steps, show_default=True,
+                     help="LiSSA recursion depth."),
+        click.option("--hessian-samples", type=int, default=HvpConfig.hessian_samples, show_default=True,
                      help="Samples in the seeded Hessian pool used by every solver."),
-        click.option("--hvp-batch", type=int, default=64, show_default=True,
+        click.option("--hvp-batch", type=int, default=HvpConfig.hvp_batch, show_default=True,
                      help="Pool minibatch size (one LiSSA step = one HVP on one minibatch)."),
-        click.option("--v-weighting", type=click.Choice(V_WEIGHTINGS), default="training", show_default=True,
+        click.option("--v-weighting", type=click.Choice(V_WEIGHTINGS), default=ScoreConfig.v_weighting,
+                     show_default=True,
                      help="Whose gradient v is: the risk the surrogate was trained on ('training', read from its "
                           "metrics.json), every predicted position alike ('position'), or every sample alike "
                           "('sample', what dealrec used before this option)."),
-        click.option("--target", type=click.Choice(TARGETS), default="tiger", show_default=True,
+        click.option("--target", type=click.Choice(TARGETS), default=ScoreConfig.target, show_default=True,
                      help="Target model of the effort score ('none': influence only)."),
-        click.option("--llm", type=click.Path(), default=None, help="Causal LM folder for --target bigrec."),
-        click.option("--adapter", type=click.Path(), default=None, help="LoRA adapter to load first (bigrec)."),
-        click.option("--target-init", type=click.Path(), default=None,
+        click.option("--llm", type=click.Path(), default=ScoreConfig.llm, help="Causal LM folder for --target bigrec."),
+        click.option("--adapter", type=click.Path(), default=ScoreConfig.adapter,
+                     help="LoRA adapter to load first (bigrec)."),
+        click.option("--target-init", type=click.Path(), default=ScoreConfig.target_init,
                      help="TIGER checkpoint to start from (default: fresh for the data's semantic IDs)."),
-        click.option("--effort-block", default=None,
+        click.option("--effort-block", default=ScoreConfig.effort_block,
                      help="Linear module (name or unique suffix) whose gradient norm is the effort."),
-        click.option("--batch-size", type=int, default=256, show_default=True, help="Surrogate batch size."),
-        click.option("--effort-batch-size", type=int, default=64, show_default=True, help="Target batch size."),
-        click.option("--chunk-tokens", type=int, default=1024, show_default=True,
+        click.option("--batch-size", type=int, default=ScoreConfig.batch_size, show_default=True,
+                     help="Surrogate batch size."),
+        click.option("--effort-batch-size", type=int, default=ScoreConfig.effort_batch_size, show_default=True,
+                     help="Target batch size."),
+        click.option("--chunk-tokens", type=int, default=ScoreConfig.chunk_tokens, show_default=True,
                      help="Influence capture runs each surrogate batch as length-sorted chunks of at most "
                           "this many padded positions (0: one block); the scores do not depend on it beyond "
                           "float rounding."),
-        click.option("--workers", type=int, default=None,
+        click.option("--workers", type=int, default=ScoreConfig.workers,
                      help="Ray workers (default: CPUs - 1); 0 runs in this process without Ray."),
-        click.option("--shard-size", type=int, default=4096, show_default=True, help="Rows per shard."),
-        click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting one."),
-        click.option("--threads-per-worker", "threads_per_worker", type=int, default=1, show_default=True,
+        click.option("--shard-size", type=int, default=ScoreConfig.shard_size, show_default=True,
+                     help="Rows per shard."),
+        click.option("--ray-address", default=ScoreConfig.ray_address,
+                     help="Join this Ray cluster instead of starting one."),
+        click.option("--threads-per-worker", "threads_per_worker", type=int, default=ScoreConfig.threads,
+                     show_default=True,
                      help="Torch threads of each worker and of the solve (fixed: results do not depend on "
                           "--workers; the same value gives the same bits)."),
-        click.option("--seed", type=SEED, default=0, show_default=True),
+        click.option("--seed", type=SEED, default=ScoreConfig.seed, show_default=True),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -543,8 +588,8 @@ def _score_options(f):
 
 def config_from_options(hvp, damping, lissa_scale, lissa_steps, hessian_samples, hvp_batch, target, llm, adapter,
                         target_init, effort_block, batch_size, effort_batch_size, workers, shard_size,
-                        ray_address, seed, threads_per_worker=1, chunk_tokens=1024,
-                        v_weighting="training") -> ScoreConfig:
+                        ray_address, seed, threads_per_worker=ScoreConfig.threads,
+                        chunk_tokens=ScoreConfig.chunk_tokens, v_weighting=ScoreConfig.v_weighting) -> ScoreConfig:
     return ScoreConfig(
         hvp=HvpConfig(solver=hvp, damping=damping, scale=lissa_scale, lissa_steps=lissa_steps,
                       hessian_samples=hessian_samples, hvp_batch=hvp_batch, seed=seed),

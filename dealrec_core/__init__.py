@@ -6,5 +6,6 @@
 - ``batching``: padding ragged id rows into batches; ``training``: the one early-stopping loop;
 - ``errors``: the one-line error types; ``paths``: output checks and temporary names;
 - ``options``: click types shared by every command; ``threads``: fixed torch thread counts.
+- ``hashing``: the splitmix64 mixer behind every id-keyed random draw.
 """
 __version__ = "0.1.0"

@@ -2,7 +2,7 @@
 
 ``SEED`` is the type of every ``--seed``: an integer 0..2**32-1. The seeds reach numpy
 (``default_rng``, which refuses negatives), torch (``manual_seed``, 64 bits) and hash keys built
-from an int64 (``dealrec.select.sample_keys``); the smallest common range is numpy's legacy 32-bit
+from an int64 (``dealrec.strata.sample_keys``); the smallest common range is numpy's legacy 32-bit
 one, which also keeps a seed valid for any library that seeds ``np.random.seed``. A value outside
 it is refused by click with one line (``Error: Invalid value for '--seed': ...``), exit 2, before
 any work, instead of a traceback deep inside a run.

@@ -470,20 +470,13 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
 
 # ----------------------------------------------------------------------------- the command
 
-def bigrec_config(adapter=None, r=8, alpha=16, dropout=0.05, target_modules=None, lr=1e-4, batch_size=128,
-                  micro_batch_size=4, epochs=50, patience=3, loss_on="all", max_tokens=512, max_steps=None,
-                  max_users=None, valid_loss_samples=512, num_beams=4, max_new_tokens=None, eval_batch_size=16,
-                  domain="games", device="auto", dtype="auto", threads=0, seed=0) -> BigrecConfig:
+def bigrec_config(adapter=None, target_modules=None, **options) -> BigrecConfig:
     """The ``BigrecConfig`` of the command's options (``--target-modules`` as one comma-separated string):
-    the command and ``dealrec compare`` build the configuration the same way."""
+    the command and ``dealrec compare`` build the configuration the same way. An option left out keeps
+    ``BigrecConfig``'s default, the one place the defaults are written."""
     return BigrecConfig(
-        r=r, alpha=alpha, dropout=dropout,
         target_modules=tuple(m.strip() for m in target_modules.split(",") if m.strip()) if target_modules else None,
-        lr=lr, batch_size=batch_size, micro_batch_size=micro_batch_size, epochs=epochs, patience=patience,
-        max_tokens=max_tokens, loss_on=loss_on, valid_loss_samples=valid_loss_samples, max_steps=max_steps,
-        max_users=max_users, num_beams=num_beams, max_new_tokens=max_new_tokens,
-        eval_batch_size=eval_batch_size, domain=domain, seed=seed, device=device, dtype=dtype, threads=threads,
-        adapter=str(adapter) if adapter else None)
+        adapter=str(adapter) if adapter else None, **options)
 
 
 @click.command("bigrec")
@@ -494,40 +487,44 @@ def bigrec_config(adapter=None, r=8, alpha=16, dropout=0.05, target_modules=None
 @click.option("--train", "train_path", required=True, type=click.Path(path_type=Path),
               help="Coreset or samples table (Parquet file or folder with history and target).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--adapter", type=click.Path(path_type=Path), default=None,
+@click.option("--adapter", type=click.Path(path_type=Path), default=BigrecConfig.adapter,
               help="Existing LoRA adapter folder to continue training from.")
-@click.option("--r", "r", default=8, show_default=True, help="LoRA rank.")
-@click.option("--alpha", default=16, show_default=True, help="LoRA alpha.")
-@click.option("--dropout", default=0.05, show_default=True, help="LoRA dropout.")
-@click.option("--target-modules", default=None,
+@click.option("--r", "r", default=BigrecConfig.r, show_default=True, help="LoRA rank.")
+@click.option("--alpha", default=BigrecConfig.alpha, show_default=True, help="LoRA alpha.")
+@click.option("--dropout", default=BigrecConfig.dropout, show_default=True, help="LoRA dropout.")
+@click.option("--target-modules", default=BigrecConfig.target_modules,
               help="Comma-separated modules to adapt [default: q_proj,v_proj, or the fused qkv projection].")
-@click.option("--lr", default=1e-4, show_default=True, help="Learning rate (AdamW).")
-@click.option("--batch-size", default=128, show_default=True, help="Samples per optimizer step.")
-@click.option("--micro-batch-size", default=4, show_default=True,
+@click.option("--lr", default=BigrecConfig.lr, show_default=True, help="Learning rate (AdamW).")
+@click.option("--batch-size", default=BigrecConfig.batch_size, show_default=True,
+              help="Samples per optimizer step.")
+@click.option("--micro-batch-size", default=BigrecConfig.micro_batch_size, show_default=True,
               help="Samples per forward pass; gradients accumulate up to --batch-size.")
-@click.option("--epochs", default=50, show_default=True, help="Most epochs (early stopping may end sooner).")
-@click.option("--patience", default=3, show_default=True,
+@click.option("--epochs", default=BigrecConfig.epochs, show_default=True,
+              help="Most epochs (early stopping may end sooner).")
+@click.option("--patience", default=BigrecConfig.patience, show_default=True,
               help="Stop after this many epochs without a better validation loss.")
-@click.option("--loss-on", type=click.Choice(LOSS_ON), default="all", show_default=True,
+@click.option("--loss-on", type=click.Choice(LOSS_ON), default=BigrecConfig.loss_on, show_default=True,
               help="Train on the whole prompt or on the response only.")
-@click.option("--max-tokens", default=512, show_default=True,
+@click.option("--max-tokens", default=BigrecConfig.max_tokens, show_default=True,
               help="Token budget per example; the oldest history titles are dropped whole.")
-@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
-@click.option("--max-users", type=int, default=None, help="Evaluate at most this many users per split.")
-@click.option("--valid-loss-samples", default=512, show_default=True,
+@click.option("--max-steps", type=int, default=BigrecConfig.max_steps, help="Stop after this many optimizer steps.")
+@click.option("--max-users", type=int, default=BigrecConfig.max_users,
+              help="Evaluate at most this many users per split.")
+@click.option("--valid-loss-samples", default=BigrecConfig.valid_loss_samples, show_default=True,
               help="Validation users whose loss drives early stopping.")
-@click.option("--num-beams", default=4, show_default=True)
-@click.option("--max-new-tokens", type=int, default=None,
+@click.option("--num-beams", default=BigrecConfig.num_beams, show_default=True)
+@click.option("--max-new-tokens", type=int, default=BigrecConfig.max_new_tokens,
               help="Generated tokens per user [default: the longest title's length, at most 64].")
-@click.option("--eval-batch-size", default=16, show_default=True, help="Prompts per beam search call.")
-@click.option("--domain", type=click.Choice(sorted(DOMAIN_TEMPLATES)), default="games", show_default=True,
-              help="Prompt wording.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+@click.option("--eval-batch-size", default=BigrecConfig.eval_batch_size, show_default=True,
+              help="Prompts per beam search call.")
+@click.option("--domain", type=click.Choice(sorted(DOMAIN_TEMPLATES)), default=BigrecConfig.domain,
+              show_default=True, help="Prompt wording.")
+@click.option("--device", default=BigrecConfig.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default=BigrecConfig.dtype,
               show_default=True, help="auto: bfloat16 on a GPU that has it, else float32.")
-@click.option("--threads", default=0, show_default=True,
+@click.option("--threads", default=BigrecConfig.threads, show_default=True,
               help="CPU threads for torch (0: torch's default). 1 is often fastest on a busy machine.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=BigrecConfig.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def bigrec_command(llm, data, train_path, out, overwrite, **options):
     """BIGRec: LoRA fine-tune a local causal LM on TRAIN, ground its generations, evaluate."""

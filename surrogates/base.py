@@ -1,4 +1,4 @@
-"""The surrogate contract: what every small recommender (SASRec, BERT4Rec, DCRec) provides.
+"""The surrogate contract: what every small recommender provides (SASRec, in sasrec.py, is the one built in).
 
 The trainer, the evaluator and the scoring engine only talk to a surrogate through this
 class, so adding a model means one new file plus one line in ``SURROGATES``.

@@ -9,40 +9,46 @@ from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
 from surrogates.base import SURROGATES, surrogate_class
 from surrogates import train as training
-from surrogates.train import TrainConfig
+from surrogates.sasrec import LOSSES, POSITIONS, SASRecConfig
+from surrogates.config import DEFAULT_MODEL, DEFAULT_THREADS, WEIGHTINGS, TrainConfig
 
-# CLI option -> model config field; left unset, the model's own default applies.
-MODEL_OPTIONS = ("hidden", "n_blocks", "n_heads", "ffn_hidden", "max_len", "dropout", "loss", "positions")
+# The model options (--hidden ... --positions) have no click default: left unset, the model's own
+# default applies (and metrics.json's model_fields stays empty). Their help states SASRec's default,
+# read from SASRecConfig.
 
 
 @click.command("train-surrogate")
 @click.argument("data", type=click.Path(file_okay=False))
-@click.option("--model", "model_name", default="sasrec", show_default=True,
+@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
               type=click.Choice(sorted(SURROGATES)), help="Surrogate model.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: model.safetensors, config.json, metrics.json.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-@click.option("--hidden", type=int, help="Hidden size [64].")
-@click.option("--n-blocks", type=int, help="Transformer blocks [2].")
-@click.option("--n-heads", type=int, help="Attention heads [2].")
-@click.option("--ffn-hidden", type=int, help="Feed-forward inner size [256].")
-@click.option("--max-len", type=int, help="Most recent positions kept [50].")
-@click.option("--dropout", type=float, help="Dropout rate [model default].")
-@click.option("--loss", type=click.Choice(["ce", "bce"]),
-              help="ce: full-softmax cross-entropy (default); bce: one sampled negative (DEALRec reference).")
-@click.option("--positions", type=click.Choice(["from_start", "from_end"]),
-              help="Position ids counted from the sequence start (default) or its end.")
+@click.option("--hidden", type=int, help=f"Hidden size [{SASRecConfig.hidden}].")
+@click.option("--n-blocks", type=int, help=f"Transformer blocks [{SASRecConfig.n_blocks}].")
+@click.option("--n-heads", type=int, help=f"Attention heads [{SASRecConfig.n_heads}].")
+@click.option("--ffn-hidden", type=int, help=f"Feed-forward inner size [{SASRecConfig.ffn_hidden}].")
+@click.option("--max-len", type=int, help=f"Most recent positions kept [{SASRecConfig.max_len}].")
+@click.option("--dropout", type=float, help=f"Dropout rate [{SASRecConfig.dropout}].")
+@click.option("--loss", type=click.Choice(LOSSES),
+              help=f"ce: full-softmax cross-entropy; bce: one sampled negative (DEALRec reference) "
+                   f"[{SASRecConfig.loss}].")
+@click.option("--positions", type=click.Choice(POSITIONS),
+              help=f"Position ids counted back from the sequence's end (from_end) or from its start (from_start) "
+                   f"[{SASRecConfig.positions}].")
 @click.option("--lr", type=float, default=TrainConfig.lr, show_default=True)
 @click.option("--weight-decay", type=float, default=TrainConfig.weight_decay, show_default=True)
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
 @click.option("--max-epochs", type=int, default=TrainConfig.max_epochs, show_default=True)
 @click.option("--patience", type=int, default=TrainConfig.patience, show_default=True,
               help="Stop after this many epochs without a better validation NDCG@10.")
-@click.option("--max-minutes", type=float, default=None, help="Stop after the epoch that passes this budget.")
-@click.option("--weighting", type=click.Choice(["position", "sample"]), default=TrainConfig.weighting,
+@click.option("--max-minutes", type=float, default=TrainConfig.max_minutes,
+              help="Stop after the epoch that passes this budget.")
+@click.option("--weighting", type=click.Choice(WEIGHTINGS), default=TrainConfig.weighting,
               show_default=True, help="Weigh every predicted item (position) or every sample equally.")
 @click.option("--seed", type=SEED, default=TrainConfig.seed, show_default=True)
-@click.option("--threads", type=int, default=None, help="Torch threads [2, whatever the machine: the weights depend on the thread count].")
+@click.option("--threads", type=int, default=TrainConfig.threads,
+              help=f"Torch threads [{DEFAULT_THREADS}, whatever the machine: the weights depend on the thread count].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_decay, batch_size, max_epochs,
                             patience, max_minutes, weighting, seed, threads, quiet, **model_options):

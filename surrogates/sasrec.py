@@ -37,6 +37,7 @@ from torch import nn
 from dealrec_core.batching import pad_rows
 from dealrec_core.data import Samples
 from dealrec_core.errors import DealrecError
+from dealrec_core.hashing import GOLDEN, mix64
 from surrogates.base import SURROGATES, Surrogate, SurrogateConfig
 
 LOSSES = ("ce", "bce")
@@ -106,15 +107,6 @@ class Block(nn.Module):
         return x + self.dropout(self.ffn_out(self.dropout(F.gelu(self.ffn_in(self.ln_ffn(x))))))
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: a well-spread hash of uint64 values (wrapping arithmetic)."""
-    x = x.astype(np.uint64)
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
 def hashed_negatives(seed: int, sample_id: np.ndarray, labels: np.ndarray, n_items: int,
                      round_: int = 0) -> np.ndarray:
     """One negative item per position, a pure function of (seed, round, sample_id, position).
@@ -124,8 +116,8 @@ def hashed_negatives(seed: int, sample_id: np.ndarray, labels: np.ndarray, n_ite
     b, t = labels.shape
     pos = np.arange(t, dtype=np.uint64)[None, :]
     with np.errstate(over="ignore"):
-        key = _mix64(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(round_))
-        h = _mix64(key ^ _mix64(sample_id.astype(np.uint64)[:, None] * np.uint64(1 << 8) + pos))
+        key = mix64(np.uint64(seed) * GOLDEN + np.uint64(round_))
+        h = mix64(key ^ mix64(sample_id.astype(np.uint64)[:, None] * np.uint64(1 << 8) + pos))
     neg = (h % np.uint64(n_items)).astype(np.int64) + 1
     clash = neg == labels
     neg[clash] = neg[clash] % n_items + 1  # the next item id, wrapping around

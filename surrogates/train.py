@@ -12,7 +12,6 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,41 +26,10 @@ from dealrec_core.paths import check_output
 from dealrec_core.training import MAX_EPOCHS, PATIENCE, TIME_BUDGET, train_with_early_stopping
 from dealrec_core.evaluate import evaluate_scorer, format_metrics
 from surrogates.base import Surrogate, save_surrogate, surrogate_class
+from surrogates.config import DEFAULT_THREADS, TrainConfig
 
-WEIGHTINGS = ("position", "sample")
 # metrics.json's stopped_by for each way the loop ends
 STOPPED_BY = {MAX_EPOCHS: "max epochs", PATIENCE: "early stopping", TIME_BUDGET: "time budget"}
-
-
-@dataclass
-class TrainConfig:
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    max_epochs: int = 100
-    patience: int = 3                 # epochs without a better validation NDCG@10 before stopping
-    seed: int = 0
-    weighting: str = "position"       # "position": every predicted item weighs the same; "sample": every sample
-    max_minutes: float | None = None  # wall-clock budget; checked after each epoch
-    threads: int | None = None        # torch intra-op threads; default DEFAULT_THREADS, whatever the machine
-    eval_batch_size: int = 1024
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.weighting not in WEIGHTINGS:
-            raise DealrecError(f"unknown weighting {self.weighting!r} (choose from {', '.join(WEIGHTINGS)})")
-        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
-            raise DealrecError("batch_size, max_epochs and patience must be at least 1")
-        if not self.lr > 0:
-            raise DealrecError("lr must be positive")
-
-
-# A fixed default, not the machine's core count: a float sum over another number of threads adds in
-# another order, so the trained weights (and the coreset after them) would depend on the machine
-# (measured: 1 and 2 threads give different SASRec bytes). 2 because every machine has two cores and
-# the reference numbers in the docs were trained so; --threads trades this for speed, and metrics.json
-# records the count.
-DEFAULT_THREADS = 2
 
 
 def evaluate_model(model: Surrogate, data: PreparedData, split: str, batch_size: int = 1024) -> dict[str, float]:

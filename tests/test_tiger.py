@@ -14,7 +14,7 @@ from dealrec_core.data import EvalSplit, PreparedData, samples_table, write_parq
 from dealrec_core.evaluate import ranking_metrics
 from finetune.rqvae import semantic_ids_from_codes
 from finetune.tiger import TigerConfig, TigerModel, load_tiger, save_tiger
-from finetune.tiger_train import TrainConfig, train_tiger, training_pairs
+from finetune.tiger_train import TigerTrainConfig, train_tiger, training_pairs
 
 TINY = TigerConfig(d_model=16, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=8,
                    dropout=0.0, max_history_items=5)
@@ -214,8 +214,8 @@ def test_train_tiger_learns_a_walk(tmp_path):
     model = TigerModel(cfg, sem, seed=0)
     test = data.eval_split("test")
     untrained = ranking_metrics(model.rank(test.history, k=50), test)
-    result = train_tiger(model, data.samples(), data, TrainConfig(max_epochs=60, lr=1e-2, batch_size=64,
-                                                                   eval_every_steps=10, patience=100,
-                                                                   progress=False))
+    result = train_tiger(model, data.samples(), data, TigerTrainConfig(max_epochs=60, lr=1e-2, batch_size=64,
+                                                                        eval_every_steps=10, patience=100,
+                                                                        progress=False))
     assert result["test"]["recall@10"] > untrained["recall@10"] + 0.3
     assert result["test"]["recall@10"] > 0.6

@@ -15,9 +15,9 @@ splits and a manifest. Everything is built in a temporary folder and renamed int
 complete; bad input raises ``InputError`` naming the file, the line (or row) and the field.
 
 The package, one job a module: ``release`` reads a release folder, ``log`` reads, filters and
-splits an interaction log, both into a ``Prepared`` (``common``, with the options and the
-numbered line reading they share); ``write`` writes a ``Prepared`` as a prepared folder; ``cli``
-is the command. ``prepare`` (here) chooses the reader and writes.
+splits an interaction log, both into a ``PreparedInMemory`` (``common``, with the options and
+the numbered line reading they share); ``write`` writes a ``PreparedInMemory`` as a prepared
+folder; ``cli`` is the command. ``prepare`` (here) chooses the reader and writes.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from dealrec_core.errors import DealrecError, InputError
 from dealrec_core.paths import check_output
-from dealrec.prepare.common import INT32_MAX, INT64_MAX, PROGRESS_MIN_ROWS, Prepared, PrepareOptions
+from dealrec.prepare.common import INT32_MAX, INT64_MAX, PROGRESS_MIN_ROWS, PreparedInMemory, PrepareOptions
 from dealrec.prepare.log import (ID_COLUMNS, LOG_SUFFIXES, InteractionLog, _log_kind, k_core, read_any_table,
                                  read_interaction_log, read_item_catalogue, read_log_and_split)
 from dealrec.prepare.release import RELEASE_FILES, read_items_jsonl, read_release, read_sequence_file
@@ -33,9 +33,9 @@ from dealrec.prepare.write import write_prepared
 from dealrec.prepare.cli import prepare_command
 
 __all__ = ["ID_COLUMNS", "INT32_MAX", "INT64_MAX", "LOG_SUFFIXES", "PROGRESS_MIN_ROWS", "RELEASE_FILES",
-           "InteractionLog", "PrepareOptions", "Prepared", "k_core", "prepare", "prepare_command", "read_any_table",
-           "read_interaction_log", "read_item_catalogue", "read_items_jsonl", "read_log_and_split", "read_release",
-           "read_sequence_file", "write_prepared"]
+           "InteractionLog", "PrepareOptions", "PreparedInMemory", "k_core", "prepare", "prepare_command",
+           "read_any_table", "read_interaction_log", "read_item_catalogue", "read_items_jsonl", "read_log_and_split",
+           "read_release", "read_sequence_file", "write_prepared"]
 
 
 def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = None,

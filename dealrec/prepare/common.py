@@ -1,6 +1,6 @@
 """What the readers and the writer of ``dealrec prepare`` share: the options, the folder in memory
-(``Prepared``), the id bounds, and reading a text file line by line with numbered lines (so that
-every error names its line)."""
+(``PreparedInMemory``), the id bounds, and reading a text file line by line with numbered lines
+(so that every error names its line)."""
 from __future__ import annotations
 
 import json
@@ -47,8 +47,9 @@ class PrepareOptions:
 
 
 @dataclass
-class Prepared:
-    """Everything a prepared folder holds, in memory, before it is written."""
+class PreparedInMemory:
+    """Everything a prepared folder holds, in memory, before it is written (``dealrec_core.data.PreparedData``
+    reads a written one)."""
 
     users: np.ndarray                 # int64 [U], one per sample, in sample order
     train: list                       # int32 arrays, one per user, time order, each non-empty

@@ -1,7 +1,7 @@
 """Interaction logs: one Parquet, CSV or JSONL file with columns ``user``, ``item``, ``timestamp`` and
 optionally ``rating`` (and an optional item catalogue), filtered (minimum rating, iterative k-core)
-and split 8:1:1 by global timestamp, as in the paper, into a ``Prepared``. A bad value is an
-``InputError`` naming the file, the row (Parquet, CSV) or line (JSONL) and the field."""
+and split 8:1:1 by global timestamp, as in the paper, into a ``PreparedInMemory``. A bad value is
+an ``InputError`` naming the file, the row (Parquet, CSV) or line (JSONL) and the field."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from dealrec_core.errors import DealrecError, InputError
-from dealrec.prepare.common import INT32_MAX, INT64_MAX, PROGRESS_MIN_ROWS, Prepared, PrepareOptions, _json_objects
+from dealrec.prepare.common import (INT32_MAX, INT64_MAX, PROGRESS_MIN_ROWS, PreparedInMemory, PrepareOptions,
+                                    _json_objects)
 
 LOG_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv",
                 ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
@@ -373,7 +374,7 @@ def _as_text(arr: pa.Array) -> pa.Array:
                          for v in arr.to_pylist()], pa.string())
 
 
-def read_log_and_split(path: Path, options: PrepareOptions) -> Prepared:
+def read_log_and_split(path: Path, options: PrepareOptions) -> PreparedInMemory:
     """Filter an interaction log and split it by global timestamp into per-user sequences."""
     log = read_interaction_log(path)
     n_rows = len(log.timestamp)
@@ -453,7 +454,7 @@ def read_log_and_split(path: Path, options: PrepareOptions) -> Prepared:
     stages.update()
     stages.close()
     sources = [path] + ([Path(options.items_file)] if options.items_file else [])
-    return Prepared(
+    return PreparedInMemory(
         users=np.arange(1, n_users + 1, dtype=np.int64),
         train=seqs[0], valid=seqs[1], test=seqs[2],
         items=pa.table(items),

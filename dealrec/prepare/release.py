@@ -1,6 +1,7 @@
 """The DEALRec release format: ``sequential_{train,valid,test}.txt`` (one line a user: ``user item
 item ...``) and ``items.jsonl`` (``item``, ``title``, optional ``categories`` and any other fields),
-read into a ``Prepared``; a bad line is an ``InputError`` naming the file, the line and the field."""
+read into a ``PreparedInMemory``; a bad line is an ``InputError`` naming the file, the line and the
+field."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import pyarrow.compute as pc
 
 from dealrec_core.data import check_item_ids
 from dealrec_core.errors import InputError
-from dealrec.prepare.common import INT32_MAX, INT64_MAX, Prepared, _json_objects, _lines
+from dealrec.prepare.common import INT32_MAX, INT64_MAX, PreparedInMemory, _json_objects, _lines
 
 RELEASE_FILES = {"train": "sequential_train.txt", "valid": "sequential_valid.txt",
                  "test": "sequential_test.txt", "items": "items.jsonl"}
@@ -121,7 +122,7 @@ def read_items_jsonl(path: Path) -> pa.Table:
     return table.take(pc.sort_indices(table, [("item", "ascending")]))
 
 
-def read_release(folder: Path) -> Prepared:
+def read_release(folder: Path) -> PreparedInMemory:
     paths = {k: folder / name for k, name in RELEASE_FILES.items()}
     items = read_items_jsonl(paths["items"])
     known = set(items.column("item").to_pylist())
@@ -174,7 +175,7 @@ def read_release(folder: Path) -> Prepared:
     if without_training:
         notes.append(f"{len(without_training)} users have a training line with no items: they have no sample "
                      f"and are left out of validation and test (users_without_training_items)")
-    return Prepared(
+    return PreparedInMemory(
         users=np.array([user for _, user, _ in train_rows], np.int64),
         train=[np.asarray(seq, np.int32) for _, _, seq in train_rows],
         valid=eval_seqs["valid"], test=eval_seqs["test"],

@@ -1,6 +1,6 @@
-"""Writing a ``Prepared`` as a prepared folder (layout in ``dealrec_core.data``): samples shards, item
-catalogue, evaluation splits, users (logs) and the manifest, built under a temporary name and
-renamed into place when complete."""
+"""Writing a ``PreparedInMemory`` as a prepared folder (layout in ``dealrec_core.data``): samples
+shards, item catalogue, evaluation splits, users (logs) and the manifest, built under a temporary
+name and renamed into place when complete."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ import numpy as np
 from dealrec_core import __version__
 from dealrec_core.data import (EvalSplit, atomic_output_dir, samples_table, sha256_file, write_json_atomic,
                                write_parquet_atomic, write_samples)
-from dealrec.prepare.common import Prepared, PrepareOptions
+from dealrec.prepare.common import PreparedInMemory, PrepareOptions
 
 
 def _count_duplicate_titles(titles: list[str]) -> tuple[int, int]:
@@ -23,7 +23,7 @@ def _count_duplicate_titles(titles: list[str]) -> tuple[int, int]:
     return sum(shared.values()), len(shared)
 
 
-def write_prepared(p: Prepared, out: Path, fmt: str, options: PrepareOptions, overwrite: bool) -> dict:
+def write_prepared(p: PreparedInMemory, out: Path, fmt: str, options: PrepareOptions, overwrite: bool) -> dict:
     n_users = len(p.users)
     histories = [seq[:-1] for seq in p.train]
     targets = np.array([seq[-1] for seq in p.train], np.int32)
