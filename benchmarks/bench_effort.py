@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from common import parse_with_data
 from dealrec_core.data import PreparedData

@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dealrec_core.data import (PreparedData, atomic_file, read_table, sha256_file, write_json_atomic,
+from dealrec_core.data import (PreparedData, atomic_file, read_table, write_json_atomic,
                           write_parquet_atomic, write_text_atomic)
 from dealrec_core.errors import DealrecError
 from dealrec.methods import BASELINES, METHODS, REGISTRY

@@ -23,14 +23,13 @@ bytes (a test checks it).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from dealrec_core.data import commit_file, stable_hash, temporary_file, write_json_atomic  # noqa: F401  (stable_hash: also engine API)
 from dealrec_core.errors import DealrecError

@@ -16,7 +16,6 @@ Everything under ``RUN/work/`` is a resumable shard output; ``RUN/scores.parquet
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field

@@ -21,7 +21,7 @@ Public API (used by the scoring engine; keep stable):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
