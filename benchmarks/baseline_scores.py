@@ -16,22 +16,11 @@ import statistics
 import time
 
 import numpy as np
-import torch
 
-from dealrec.baselines import el2n_scores, grand_scores
+from dealrec.baselines import el2n_scores, grand_scores, grand_scores_loop
 from common import parse_with_data
 from surrogates.base import load_surrogate
 from surrogates.sasrec import SASRec, SASRecConfig
-
-
-def per_sample_loop(model, samples) -> np.ndarray:
-    params = [p for p in model.parameters() if p.requires_grad]
-    out = []
-    for i in range(len(samples)):
-        loss = model.sample_losses(model.collate(samples.subset([i])))[0]
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        out.append(float(sum((g.double() ** 2).sum() for g in grads if g is not None)) ** 0.5)
-    return np.asarray(out)
 
 
 def timed(fn, repeats):
@@ -59,7 +48,7 @@ def main():
     rows = []
     t, _ = timed(lambda: el2n_scores(model, e_sub, progress=False), args.repeats)
     rows.append(("EL2N", f"{t / len(e_sub) * 1000:.2f} s / 1000 samples", ""))
-    t_loop, ref = timed(lambda: per_sample_loop(model, g_sub), args.repeats)
+    t_loop, ref = timed(lambda: grand_scores_loop(model, g_sub), args.repeats)
     for b in [int(x) for x in args.batch_sizes.split(",")]:
         t, got = timed(lambda: grand_scores(model, g_sub, batch_size=b, progress=False), args.repeats)
         err = float(np.max(np.abs(got - ref) / ref))

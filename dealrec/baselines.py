@@ -129,6 +129,18 @@ def grand_scores(model, samples: Samples, batch_size: int = 1, param_names: Sequ
     return out
 
 
+def grand_scores_loop(model, samples: Samples) -> np.ndarray:
+    """GraNd by the plain per-sample autograd loop (one backward per sample over every trainable
+    parameter): the yardstick that ``grand_scores`` is tested against and timed against."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = []
+    for i in range(len(samples)):
+        loss = model.sample_losses(model.collate(samples.subset([i])))[0]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        out.append(float(sum((g.double() ** 2).sum() for g in grads if g is not None)) ** 0.5)
+    return np.asarray(out)
+
+
 def baseline_scores(method: str, model, samples: Samples, progress: bool = True, **kwargs) -> dict[str, np.ndarray]:
     """The score column a baseline method needs, as ``{column: values aligned with samples}``."""
     baseline = REGISTRY[method].baseline if method in REGISTRY else None
