@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from dealrec_core.data import DEFAULT_SHARD_SIZE
+from dealrec.prepare import prepare
 from dealrec.prepare.common import PrepareOptions
 
 
@@ -43,8 +44,6 @@ def _parse_split(text: str) -> tuple[float, float, float]:
 def prepare_command(src, out, items_file, min_rating, min_user_count, min_item_count, split,
                     shard_size, overwrite):
     """Prepare SRC (a DEALRec release folder or an interaction log file) into DIR (--out)."""
-    from dealrec.prepare import prepare
-
     options = PrepareOptions(min_rating=min_rating, min_user_count=min_user_count,
                              min_item_count=min_item_count, split=split,
                              items_file=str(items_file) if items_file else None, shard_size=shard_size)
