@@ -17,10 +17,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 
-from dealrec_core.data import PreparedData, SAMPLES_SCHEMA, Samples, load_samples, write_parquet_atomic, \
-    write_text_atomic
+from dealrec_core.data import PreparedData, SAMPLES_SCHEMA, Samples, load_samples, sha256_file, \
+    write_parquet_atomic, write_text_atomic
 from dealrec_core.errors import DealrecError, InputError
+from dealrec_core.paths import check_output
+from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
+from dealrec.select import CORESET_FILE
+from finetune.prompts import DOMAIN_TEMPLATES, PromptTemplate, alpaca_record
 
 FORMATS = ("bigrec", "tiger", "all")
 BIGREC_FILE = "bigrec.json"
@@ -35,8 +40,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def bigrec_records(samples: Samples, titles: list[str], template=None, source="coreset") -> list[dict[str, str]]:
     """One alpaca record per sample, in the samples' order; ``source`` names the samples' file in errors."""
-    from finetune.prompts import PromptTemplate, alpaca_record
-
     template = template or PromptTemplate()
     n_items = len(titles) - 1
 
@@ -69,9 +72,6 @@ def write_tiger(samples: Samples, out_dir: str | Path) -> int:
 def _check_targets(run: Path, fmt: str, data) -> None:
     """Before anything is written: RUN is written in place (bigrec.json, tiger/, manifest.json), so the data
     folder must not be RUN, hold it or be one of those; and no file may stand where a folder goes (or back)."""
-    from dealrec_core.paths import check_output
-    from dealrec.manifest import MANIFEST_FILE
-
     check_output(run, {"--data": data}, writes=(BIGREC_FILE, TIGER_DIR, MANIFEST_FILE), option="RUN")
     files = [MANIFEST_FILE]
     if fmt in ("bigrec", "all"):
@@ -88,10 +88,6 @@ def _check_targets(run: Path, fmt: str, data) -> None:
 
 def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dict:
     """``dealrec export``: write the chosen exports of RUN/coreset.parquet into RUN."""
-    from dealrec_core.data import sha256_file
-    from dealrec.manifest import RunManifest, update_manifest
-    from dealrec.select import CORESET_FILE
-
     if fmt not in FORMATS:
         raise DealrecError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
     run = Path(run)
@@ -101,8 +97,6 @@ def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dic
     samples = load_samples(coreset_path)
     written = {}
     if fmt in ("bigrec", "all"):
-        from finetune.prompts import DOMAIN_TEMPLATES
-
         if template not in DOMAIN_TEMPLATES:
             raise DealrecError(f"unknown prompt template {template!r} (choose from {', '.join(DOMAIN_TEMPLATES)})")
         data = data or RunManifest.read(run).data_folder()
@@ -124,8 +118,6 @@ def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dic
 
 
 def _export_command():
-    import click
-
     @click.command("export")
     @click.argument("run", type=click.Path(file_okay=False))
     @click.option("--format", "fmt", type=click.Choice(FORMATS), default="all", show_default=True)

@@ -20,6 +20,7 @@ Output folder (written atomically)::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from dealrec_core import __version__
 from dealrec_core.batching import pad_batch
 from dealrec_core.data import EvalSplit, PreparedData, atomic_output_dir, check_item_range, load_samples, \
     sha256_file, shard_paths, write_json_atomic
@@ -198,7 +200,6 @@ def train_lora(model, train_examples: list[dict], valid_examples: list[dict], cf
 
 def _adapters_off(model):
     """Context in which a peft model behaves as its base model."""
-    import contextlib
     return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
 
 
@@ -318,7 +319,6 @@ def _titles_of(ids, titles: Sequence[str]) -> list[str]:
 def _package_versions() -> dict[str, str]:
     import peft
     import transformers
-    from dealrec_core import __version__
     return {"dealrec": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "python": platform.python_version()}
 
