@@ -25,9 +25,10 @@ from dealrec_core.errors import DealrecError, InputError
 from dealrec_core.paths import check_output
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec.select import CORESET_FILE
-from finetune.prompts import DOMAIN_TEMPLATES, PromptTemplate, alpaca_record
+from finetune.prompts import DEFAULT_DOMAIN, DOMAIN_TEMPLATES, PromptTemplate, alpaca_record
 
 FORMATS = ("bigrec", "tiger", "all")
+DEFAULT_FORMAT = "all"
 BIGREC_FILE = "bigrec.json"
 TIGER_DIR = "tiger"
 TIGER_PARQUET = "train.parquet"
@@ -86,7 +87,7 @@ def _check_targets(run: Path, fmt: str, data) -> None:
             raise DealrecError(f"{run / name}: is a folder, not a file (the export writes a file there; move it away)")
 
 
-def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dict:
+def run_export(run, fmt: str = DEFAULT_FORMAT, data=None, template: str = DEFAULT_DOMAIN) -> dict:
     """``dealrec export``: write the chosen exports of RUN/coreset.parquet into RUN."""
     if fmt not in FORMATS:
         raise DealrecError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -120,10 +121,10 @@ def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dic
 def _export_command():
     @click.command("export")
     @click.argument("run", type=click.Path(file_okay=False))
-    @click.option("--format", "fmt", type=click.Choice(FORMATS), default="all", show_default=True)
+    @click.option("--format", "fmt", type=click.Choice(FORMATS), default=DEFAULT_FORMAT, show_default=True)
     @click.option("--data", type=click.Path(file_okay=False), default=None,
                   help="Prepared data folder for item titles (default: the one RUN/manifest.json names).")
-    @click.option("--template", default="games", show_default=True,
+    @click.option("--template", default=DEFAULT_DOMAIN, show_default=True,
                   help="BIGRec prompt wording (finetune.prompts.DOMAIN_TEMPLATES).")
     def export_cmd(run, fmt, data, template):
         """Export RUN/coreset.parquet for BIGRec (bigrec.json) and TIGER (tiger/)."""
