@@ -3,10 +3,14 @@
     dealrec_core  <-  surrogates, finetune  <-  dealrec
 
 Every import statement counts, function-local ones included: a cycle hidden in a function is
-still a cycle (it only fails later, at the first call)."""
+still a cycle (it only fails later, at the first call). Below: a function-local import must buy
+something (a heavy module, or a fast --help kept lean), and no two modules import each other."""
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,9 +72,6 @@ def test_the_allowed_graph_has_no_cycle():
 
 def test_the_ground_floor_imports_without_the_models_or_the_engine():
     """Importing a model package loads neither the engine nor the other model package."""
-    import subprocess
-    import sys
-
     code = ("import sys, surrogates.sasrec, finetune.tiger, dealrec_core.data, dealrec_core.evaluate; "
             "print(sorted(m for m in sys.modules if m == 'dealrec' or m.startswith('dealrec.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -87,9 +88,10 @@ def test_the_ground_floor_imports_without_the_models_or_the_engine():
 HEAVY = ("torch", "ray", "transformers", "matplotlib", "peft", "safetensors", "tokenizers")
 FAST_HELP = (("select", "--help"), ("compare", "--help"))
 
-# Imports `module` in a fresh interpreter for each statement given, stopping at the first heavy
-# package it asks for (a finder placed first raises before the package loads, which keeps the whole
-# walk to one process and a second or two): prints {statement: heavy package or ""}.
+# Runs every import statement given in one fresh interpreter, each stopped at the first heavy package
+# it asks for (a finder placed first raises before that package loads; what a statement loaded before
+# is light and may stay), so one process weighs them all in a second or two. Prints {statement: the
+# heavy package it asked for, or ""}.
 _WEIGHT_PROBE = r"""
 import json, sys
 HEAVY = set(json.loads(sys.argv[1]))
@@ -147,9 +149,6 @@ def function_local_imports() -> list[tuple[Path, int, str, str]]:
 
 
 def _run(code: str, *args: str) -> str:
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.strip().splitlines()[-1]
@@ -157,8 +156,6 @@ def _run(code: str, *args: str) -> str:
 
 def test_a_function_local_import_buys_something():
     """A light module is imported at the top, unless that would load something into a fast --help."""
-    import json
-
     local = function_local_imports()
     weights = json.loads(_run(_WEIGHT_PROBE, json.dumps(HEAVY), json.dumps(sorted({s for *_, s in local}))))
     helps = {" ".join(args): set(ast.literal_eval(_run(_HELP_PROBE, *args))) for args in FAST_HELP}
@@ -176,8 +173,6 @@ def test_a_function_local_import_buys_something():
 
 def test_the_weight_probe_sees_heavy_and_light_modules():
     """The probe's verdicts on known modules (so a broken probe cannot pass every import as heavy)."""
-    import json
-
     statements = ["import json", "import pyarrow.parquet", "from dealrec_core.data import PreparedData",
                   "import torch", "from safetensors.numpy import load_file", "from dealrec.score import run_score",
                   "import dealrec.select"]
