@@ -20,6 +20,7 @@ there when it came from the same surrogate and samples.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Sequence
@@ -181,8 +182,6 @@ def add_baseline_column(scores: pa.Table, baseline: Baseline, surrogate, prepare
 
 def _column_digest(scores: pa.Table, column: str) -> "str | None":
     """sha256 of a score column in sample_id order (detects a column edited after it was computed)."""
-    import hashlib
-
     if column not in scores.column_names:
         return None
     sid = scores.column("sample_id").to_numpy().astype(np.int64)

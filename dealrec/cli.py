@@ -48,7 +48,7 @@ class _LazyGroup(click.Group):
 
 
 @click.group(cls=_LazyGroup, lazy={
-    "prepare": "dealrec.prepare:prepare_command",
+    "prepare": "dealrec.prepare.cli:prepare_command",
     "train-surrogate": "surrogates.cli:train_surrogate",
     "score": "dealrec.score:score_command",
     "select": "dealrec.select:select_command",

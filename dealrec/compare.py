@@ -26,21 +26,28 @@ killed comparison resumes with the unfinished runs only. The runs are Ray tasks 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import shlex
 import time
+import traceback
 from pathlib import Path
 from typing import Sequence
 
+import click
 import numpy as np
+import pyarrow as pa
 
 from dealrec_core.data import (PreparedData, atomic_file, read_table, write_json_atomic,
                           write_parquet_atomic, write_text_atomic)
 from dealrec_core.errors import DealrecError
+from dealrec_core.options import SEED_MAX
+from dealrec_core.paths import check_output
+from dealrec.manifest import RunManifest
 from dealrec.methods import BASELINES, METHODS, REGISTRY
-from dealrec.select import CORESET_FILE
+from dealrec.select import CORESET_FILE, run_select
 from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, n_hard_pruned
 from surrogates.config import DEFAULT_THREADS as SURROGATE_THREADS, TrainConfig as SurrogateTrainConfig
 
@@ -84,8 +91,6 @@ def parse_seeds(seeds: str | Sequence[int]) -> list[int]:
     if not parts or any(not (p.isascii() and p.isdigit()) for p in parts):
         raise DealrecError(f"--seeds {','.join(parts)!r}: give non-negative integers separated by commas, e.g. 0,1,2")
     values = [int(p) for p in parts]
-    from dealrec_core.options import SEED_MAX
-
     if any(v > SEED_MAX for v in values):
         raise DealrecError(f"--seeds: seed {next(v for v in values if v > SEED_MAX)} is out of range 0..{SEED_MAX}")
     if len(set(values)) != len(values):
@@ -99,8 +104,6 @@ def _parse_command_args(command, what: str, text: str, fixed: Sequence[str], bas
     So ``--finetune-args "--max-epochs 3"`` means exactly what ``--max-epochs 3`` means to ``dealrec
     finetune tiger``, defaults included, and a typo is refused before anything runs.
     """
-    import click
-
     try:
         argv = shlex.split(text or "")
     except ValueError as e:
@@ -156,8 +159,6 @@ def data_digest(prepared: PreparedData) -> str:
 
 def columns_digest(scores_path: Path, columns: Sequence[str]) -> str | None:
     """sha256 of ``columns`` in sample_id order: what a method ranks by, whatever else the file holds."""
-    import hashlib
-
     if not columns:
         return None
     table = read_table(scores_path, required=("sample_id", *columns), what="scores table")
@@ -222,8 +223,6 @@ def compare_task(task: dict) -> dict:
     try:
         return _run_one(task)
     except Exception as e:  # reported by the driver with the run's name; the traceback is in error.txt
-        import traceback
-
         folder = Path(task["folder"])
         folder.mkdir(parents=True, exist_ok=True)
         _write_text_atomic(folder / ERROR_FILE, traceback.format_exc())
@@ -246,8 +245,6 @@ def _run_one(task: dict) -> dict:
     if method == ALL:
         train = PreparedData(task["data"]).samples_dir
     else:
-        from dealrec.select import run_select
-
         selection = run_select(task["base"], method=method, n=task["n"], lam=task["lam"], k=task["k"],
                                hard_prune=task["hard_prune"], seed=seed, data=task["data"],
                                surrogate=task["surrogate"], out=folder, plot=True, progress=False)
@@ -261,8 +258,6 @@ def _run_one(task: dict) -> dict:
                             quiet=not task["progress"], **task["finetune"])
         threads = metrics.get("threads")
     else:
-        import click
-
         from finetune.bigrec import bigrec_config, run_bigrec
 
         metrics = run_bigrec(task["llm"], task["data"], train, model_dir, bigrec_config(seed=seed, **task["finetune"]),
@@ -342,10 +337,6 @@ def _sync_base(base: Path, scores_dir: Path | None, samples_dir: Path) -> None:
     columns live here instead; ``run_select`` keeps reusing them while its manifest record (surrogate,
     samples and values sha256) still matches, and recomputes them otherwise.
     """
-    import pyarrow as pa
-
-    from dealrec.manifest import RunManifest
-
     base.mkdir(parents=True, exist_ok=True)
     if scores_dir is not None:
         fresh = read_table(scores_dir / "scores.parquet", required=("sample_id",), what="scores table")
@@ -379,7 +370,6 @@ def _sync_base(base: Path, scores_dir: Path | None, samples_dir: Path) -> None:
 def _check_out(out: Path, data: Path, llm, surrogate, needs_surrogate: bool, config, train_options: dict) -> None:
     """REPORT is written in place (the layout above): an input may sit beside what it writes (a prepared
     REPORT/scores/data, a given REPORT/scores/surrogate: only read), never be REPORT, hold it or be among it."""
-    from dealrec_core.paths import check_output
     from dealrec.prune import is_prepared
 
     writes = ["scores/work", "scores/scores.parquet", "scores/manifest.json", BASE_DIR.as_posix(), "runs",
@@ -485,8 +475,6 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         _sync_base(base, scores_dir if scored else None, prepared.samples_dir)
         baseline_info = {}
         for column in sorted({REGISTRY[m].baseline.column for m in methods if REGISTRY[m].baseline}):
-            from dealrec.select import run_select
-
             # the baseline method named after its column ranks by that column alone (tests/test_methods.py)
             section = run_select(base, method=column, n=min(n, n_samples), seed=0, data=str(prepared.root),
                                  surrogate=str(surrogate_dir), plot=False, progress=progress)
@@ -864,8 +852,6 @@ def plot_composition(report: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------- command
 
 def _make_command():
-    import click
-
     @click.command("compare")
     @click.argument("data", type=click.Path())
     @click.option("--n", "n", type=int, default=DEFAULT_N, show_default=True, help="Samples in every coreset.")

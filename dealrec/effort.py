@@ -34,6 +34,10 @@ from torch import nn
 from dealrec_core.batching import pad_batch
 from dealrec_core.errors import DealrecError
 from dealrec.influence import LinearTaps, length_groups
+from finetune.bigrec import BigrecConfig
+from finetune.llm import attach_lora, load_causal_lm
+from finetune.prompts import LOSS_ON, PromptTemplate, encode_example
+from finetune.tiger import load_tiger
 
 
 def norms_from_rows(a: torch.Tensor, g: torch.Tensor, method: str = "auto") -> np.ndarray:
@@ -170,10 +174,6 @@ def bigrec_target(llm_dir: str, titles: list[str], adapter: str | None = None, b
     Effort is the gradient norm of the loss the fine-tuning optimises, so the tokens it covers are
     ``finetune bigrec``'s (``loss_on``: its ``BigrecConfig.loss_on`` default, the whole prompt and
     response, as the reference trains; ``"response"`` for a trainer that masks the prompt)."""
-    from finetune.bigrec import BigrecConfig
-    from finetune.llm import attach_lora, load_causal_lm
-    from finetune.prompts import LOSS_ON, PromptTemplate, encode_example
-
     loss_on = BigrecConfig.loss_on if loss_on is None else loss_on
     if loss_on not in LOSS_ON:
         raise DealrecError(f"unknown loss_on {loss_on!r} (choose from {', '.join(LOSS_ON)})")
@@ -215,8 +215,6 @@ TIGER_DEFAULT_BLOCK = "layer.0.SelfAttention.v"  # in the last decoder block
 
 def tiger_target(tiger_dir: str, block: str | None = None) -> EffortTarget:
     """A TIGER model (``finetune.tiger.load_tiger``): effort on its next-semantic-ID loss."""
-    from finetune.tiger import load_tiger
-
     model = load_tiger(tiger_dir)
     model.eval()  # no dropout: a deterministic function of the weights and the sample
     block_name = block or _last_matching(model, TIGER_DEFAULT_BLOCK, within="decoder.")

@@ -23,6 +23,7 @@ bytes (a test checks it).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -30,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
+
+from tqdm import tqdm
 
 from dealrec_core.data import commit_file, stable_hash, temporary_file, write_json_atomic  # noqa: F401  (stable_hash: also engine API)
 from dealrec_core.errors import DealrecError
@@ -108,8 +111,6 @@ class ShardStore:
 # ----------------------------------------------------------------------------- executors
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="shard", disable=not enabled, file=sys.stderr,
                 dynamic_ncols=True, leave=True)
 
@@ -153,8 +154,6 @@ class _Actor:
         torch.set_num_threads(max(1, threads))
 
     def call(self, fn_path: str, task: dict) -> dict:
-        import importlib
-
         module, name = fn_path.rsplit(":", 1)
         return getattr(importlib.import_module(module), name)(task)
 

@@ -17,12 +17,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 
-from dealrec_core.data import PreparedData, SAMPLES_SCHEMA, Samples, load_samples, write_parquet_atomic, \
-    write_text_atomic
+from dealrec_core.data import PreparedData, SAMPLES_SCHEMA, Samples, load_samples, sha256_file, \
+    write_parquet_atomic, write_text_atomic
 from dealrec_core.errors import DealrecError, InputError
+from dealrec_core.paths import check_output
+from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
+from dealrec.select import CORESET_FILE
+from finetune.prompts import DEFAULT_DOMAIN, DOMAIN_TEMPLATES, PromptTemplate, alpaca_record
 
 FORMATS = ("bigrec", "tiger", "all")
+DEFAULT_FORMAT = "all"
 BIGREC_FILE = "bigrec.json"
 TIGER_DIR = "tiger"
 TIGER_PARQUET = "train.parquet"
@@ -35,8 +41,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def bigrec_records(samples: Samples, titles: list[str], template=None, source="coreset") -> list[dict[str, str]]:
     """One alpaca record per sample, in the samples' order; ``source`` names the samples' file in errors."""
-    from finetune.prompts import PromptTemplate, alpaca_record
-
     template = template or PromptTemplate()
     n_items = len(titles) - 1
 
@@ -69,9 +73,6 @@ def write_tiger(samples: Samples, out_dir: str | Path) -> int:
 def _check_targets(run: Path, fmt: str, data) -> None:
     """Before anything is written: RUN is written in place (bigrec.json, tiger/, manifest.json), so the data
     folder must not be RUN, hold it or be one of those; and no file may stand where a folder goes (or back)."""
-    from dealrec_core.paths import check_output
-    from dealrec.manifest import MANIFEST_FILE
-
     check_output(run, {"--data": data}, writes=(BIGREC_FILE, TIGER_DIR, MANIFEST_FILE), option="RUN")
     files = [MANIFEST_FILE]
     if fmt in ("bigrec", "all"):
@@ -86,12 +87,8 @@ def _check_targets(run: Path, fmt: str, data) -> None:
             raise DealrecError(f"{run / name}: is a folder, not a file (the export writes a file there; move it away)")
 
 
-def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dict:
+def run_export(run, fmt: str = DEFAULT_FORMAT, data=None, template: str = DEFAULT_DOMAIN) -> dict:
     """``dealrec export``: write the chosen exports of RUN/coreset.parquet into RUN."""
-    from dealrec_core.data import sha256_file
-    from dealrec.manifest import RunManifest, update_manifest
-    from dealrec.select import CORESET_FILE
-
     if fmt not in FORMATS:
         raise DealrecError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
     run = Path(run)
@@ -101,8 +98,6 @@ def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dic
     samples = load_samples(coreset_path)
     written = {}
     if fmt in ("bigrec", "all"):
-        from finetune.prompts import DOMAIN_TEMPLATES
-
         if template not in DOMAIN_TEMPLATES:
             raise DealrecError(f"unknown prompt template {template!r} (choose from {', '.join(DOMAIN_TEMPLATES)})")
         data = data or RunManifest.read(run).data_folder()
@@ -124,14 +119,12 @@ def run_export(run, fmt: str = "all", data=None, template: str = "games") -> dic
 
 
 def _export_command():
-    import click
-
     @click.command("export")
     @click.argument("run", type=click.Path(file_okay=False))
-    @click.option("--format", "fmt", type=click.Choice(FORMATS), default="all", show_default=True)
+    @click.option("--format", "fmt", type=click.Choice(FORMATS), default=DEFAULT_FORMAT, show_default=True)
     @click.option("--data", type=click.Path(file_okay=False), default=None,
                   help="Prepared data folder for item titles (default: the one RUN/manifest.json names).")
-    @click.option("--template", default="games", show_default=True,
+    @click.option("--template", default=DEFAULT_DOMAIN, show_default=True,
                   help="BIGRec prompt wording (finetune.prompts.DOMAIN_TEMPLATES).")
     def export_cmd(run, fmt, data, template):
         """Export RUN/coreset.parquet for BIGRec (bigrec.json) and TIGER (tiger/)."""

@@ -16,15 +16,22 @@ crash or a kill picks up where it stopped.
 """
 from __future__ import annotations
 
+import json
+import sys
 import time
 from pathlib import Path
 
-from dealrec_core.data import PreparedData
+import click
+import torch
+
+from dealrec_core.data import PreparedData, sha256_file
 from dealrec_core.errors import DealrecError, InputError
 from dealrec_core.paths import check_output
+from dealrec.export import BIGREC_FILE, TIGER_DIR, run_export
 from dealrec.manifest import RunManifest, update_manifest
-from dealrec.score import ScoreConfig, _score_options, config_from_options, run_score
-from dealrec.select import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N
+from dealrec.prepare import prepare
+from dealrec.score import RUN_WRITES, ScoreConfig, _score_options, config_from_options, run_score
+from dealrec.select import CORESET_FILE, DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PLOT_FILE, run_select
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
 
@@ -38,8 +45,6 @@ def prepare_phase(data: Path, out: Path, progress: bool) -> tuple[Path, dict]:
         return data, {"prepared": False, "data": str(data)}
     if not data.exists():
         raise InputError(data, "no such file or folder")
-    from dealrec.prepare import prepare
-
     target = out / "data"
     if is_prepared(target) and _same_sources(PreparedData(target).manifest(), data):
         return target, {"prepared": True, "data": str(target), "source": str(data), "resumed": True}
@@ -49,8 +54,6 @@ def prepare_phase(data: Path, out: Path, progress: bool) -> tuple[Path, dict]:
 
 def _same_sources(manifest: dict, data: Path) -> bool:
     """Whether a prepared folder was made from ``data`` as it is now (same files, same bytes)."""
-    from dealrec_core.data import sha256_file
-
     sources = manifest.get("sources") or []
     if not sources:
         return False
@@ -97,8 +100,6 @@ _SURROGATE_KEY_FIELDS = ("seed", "max_epochs", "max_minutes")
 def _stale_surrogate(folder: Path, data: PreparedData, cfg) -> str | None:
     """None when ``folder`` holds a surrogate trained on ``data`` (same content) with ``cfg``'s seed, epochs
     and budget; "" when there is none; else why it cannot be reused."""
-    import json
-
     if not ((folder / "model.safetensors").exists() and (folder / "metrics.json").exists()):
         return ""
     try:
@@ -123,18 +124,12 @@ def _stale_surrogate(folder: Path, data: PreparedData, cfg) -> str | None:
 
 
 def _say(line: str) -> None:
-    import sys
-
     print(line, file=sys.stderr)
 
 
 def run_writes(data: Path, surrogate) -> tuple[str, ...]:
     """What prune writes in its run folder: an input may sit beside these (a prepared RUN/data, a given
     RUN/surrogate: both only read), never among them."""
-    from dealrec.export import BIGREC_FILE, TIGER_DIR
-    from dealrec.score import RUN_WRITES
-    from dealrec.select import CORESET_FILE, PLOT_FILE
-
     return (*RUN_WRITES, CORESET_FILE, PLOT_FILE, BIGREC_FILE, TIGER_DIR,
             *(() if is_prepared(Path(data)) else ("data",)), *(() if surrogate else ("surrogate",)))
 
@@ -144,14 +139,9 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
               surrogate_minutes: float | None = SurrogateTrainConfig.max_minutes,
               surrogate_epochs: int = SurrogateTrainConfig.max_epochs, progress: bool = True,
               threads: int | None = SurrogateTrainConfig.threads) -> dict:
-    from dealrec.export import run_export
-    from dealrec.select import run_select
-
     config = config or ScoreConfig()
     config.check()
     if threads:
-        import torch
-
         torch.set_num_threads(threads)  # the driver's phases; Ray actors size their own
     data, out = Path(data), Path(out)
     if n < 1:
@@ -202,8 +192,6 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
 
 
 def _make_command():
-    import click
-
     @click.command("prune")
     @click.argument("data", type=click.Path())
     @click.option("--n", "n", type=int, default=DEFAULT_N, show_default=True, help="Samples in the coreset.")

@@ -15,21 +15,27 @@ Everything under ``RUN/work/`` is a resumable shard output; ``RUN/scores.parquet
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata as md
 import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import click
 import numpy as np
 import pyarrow as pa
+import torch
 
-from dealrec_core.data import PreparedData, Samples, read_table, sha256_file, write_json_atomic, write_parquet_atomic
+from dealrec_core.data import (PreparedData, Samples, atomic_output_dir, read_table, sha256_file, write_json_atomic,
+                               write_parquet_atomic)
 from dealrec.engine import ShardStore, batch_ranges, make_executor, plan_shards, run_phase, task_store
 from dealrec_core.data import stable_hash
 from dealrec_core.errors import DealrecError
-from dealrec.hvp import HvpConfig, SOLVERS
+from dealrec.hvp import HessianPool, HvpConfig, SOLVERS, solve
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
+from dealrec_core.options import SEED
 from dealrec_core.paths import check_output
 
 SCORES_FILE = "scores.parquet"
@@ -153,8 +159,6 @@ def _effort_target(task: dict):
         from dealrec.effort import bigrec_target, tiger_target
 
         if task["target"] == "bigrec":
-            import torch
-
             titles = PreparedData(task["data"]).titles()
             # an actor that was given a GPU (only when the cluster has one) uses it
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -186,8 +190,6 @@ def surrogate_digest(surrogate_dir: Path) -> str:
 
 
 def _package_versions() -> dict:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for name in ("dealrec", "torch", "numpy", "ray", "pyarrow", "transformers", "peft", "safetensors"):
         try:
@@ -243,7 +245,6 @@ def hessian_pool_rows(n_rows: int, config: HvpConfig) -> np.ndarray:
 def solve_influence_system(surrogate_dir: Path, samples: Samples, v: np.ndarray, config: HvpConfig,
                            collate_batch: int | None = None):
     """``U = (H + damping * scale * I)^-1 v`` over the Hessian pool (see ``dealrec.hvp``)."""
-    from dealrec.hvp import HessianPool, solve
     from dealrec.influence import freeze_all_but
     from surrogates.base import load_surrogate
 
@@ -369,8 +370,6 @@ def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
         solve_summary = json.loads(solve_store.manifest(solve_shard).read_text())["summary"]
         solve_summary["resumed"] = True
     else:
-        import torch
-
         before = torch.get_num_threads()
         torch.set_num_threads(config.threads)
         try:
@@ -473,8 +472,6 @@ def write_score_outputs(job: ScoreJob, config: ScoreConfig, result: InfluenceRes
 def tensors_digest(path: Path) -> str:
     """sha256 of a safetensors file's tensors (names, dtypes, shapes, bytes in name order). The file's
     own bytes are no content hash: which name of a tied tensor it keeps can change from run to run."""
-    import hashlib
-
     from safetensors.numpy import load_file
 
     h = hashlib.sha256()
@@ -510,8 +507,6 @@ def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConf
     key = stable_hash({"data": [sha256_file(p) for p in prepared.shard_paths()],
                        "items": sha256_file(prepared.root / "items.parquet"), "seed": config.seed})
     if not (marker.exists() and json.loads(marker.read_text()).get("key") == key):
-        from dealrec_core.data import atomic_output_dir
-
         with atomic_output_dir(folder, overwrite=True) as tmp:
             model = build_tiger(prepared, config.seed, cache_dir=folder.parent / "embeddings", progress=progress)
             save_tiger(model, tmp)
@@ -527,10 +522,6 @@ def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConf
 # ----------------------------------------------------------------------------- command
 
 def _score_options(f):
-    import click
-
-    from dealrec_core.options import SEED
-
     options = [
         click.option("--hvp", "hvp", type=click.Choice(SOLVERS), default=HvpConfig.solver, show_default=True,
                      help=f"How H^-1 v is computed: cg, conjugate gradient (fits the time budget); lissa, the "
@@ -599,8 +590,6 @@ def config_from_options(hvp, damping, lissa_scale, lissa_steps, hessian_samples,
 
 
 def _make_command():
-    import click
-
     @click.command("score")
     @click.argument("data", type=click.Path())
     @click.option("--surrogate", required=True, type=click.Path(), help="Trained surrogate folder.")

@@ -7,9 +7,14 @@ them and writes the outputs. See docs/selection.md for the methods and the paper
 """
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+import click
 import pyarrow as pa
 
 from dealrec_core.errors import DealrecError, InputError
+from dealrec_core.options import SEED
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec.coreset import SelectionConfig, select_coreset
 from dealrec.methods import METHODS, REGISTRY, method_help, method_list
@@ -32,9 +37,6 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
 
     Returns the manifest's ``selection`` section.
     """
-    import time
-    from pathlib import Path
-
     from dealrec_core.data import PreparedData, read_table, sha256_file, write_parquet_atomic
 
     t0 = time.time()
@@ -114,10 +116,6 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
 
 
 def _select_command():
-    import click
-
-    from dealrec_core.options import SEED
-
     @click.command("select", epilog="\b\nMethods:\n" + method_list())
     @click.argument("run", required=False, type=click.Path(file_okay=False))
     @click.option("--method", type=click.Choice(METHODS), default=SelectionConfig.method, show_default=True,

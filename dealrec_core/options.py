@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import click
 
+from dealrec_core.errors import DealrecError
+
 SEED_MAX = 2**32 - 1
 
 
@@ -44,8 +46,6 @@ SEED = SeedType()
 
 def check_seed(seed, what: str = "seed") -> int:
     """The same rule for seeds that do not come through a click option (``compare --seeds``)."""
-    from dealrec_core.errors import DealrecError
-
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise DealrecError(f"{what} {seed}: a seed is an integer 0..{SEED_MAX}")
     return seed

@@ -20,6 +20,7 @@ Output folder (written atomically)::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from dealrec_core import __version__
 from dealrec_core.batching import pad_batch
 from dealrec_core.data import EvalSplit, PreparedData, atomic_output_dir, check_item_range, load_samples, \
     sha256_file, shard_paths, write_json_atomic
@@ -45,7 +47,9 @@ from dealrec_core.evaluate import DEFAULT_KS, evaluate_scorer, format_metrics, t
 from dealrec_core.paths import check_output
 from dealrec_core.training import MAX_EPOCHS, PATIENCE, train_with_early_stopping
 from finetune.llm import attach_lora, load_causal_lm, pick_device, pick_dtype
-from finetune.prompts import DOMAIN_TEMPLATES, LOSS_ON, PromptTemplate, encode_example, encode_prompt
+from finetune.prompts import DEFAULT_DOMAIN, DOMAIN_TEMPLATES, LOSS_ON, PromptTemplate, encode_example, encode_prompt
+
+MAX_NEW_TOKENS_CAP = 64   # the most tokens that --max-new-tokens defaults to (default_max_new_tokens)
 
 
 @dataclass
@@ -69,10 +73,10 @@ class BigrecConfig:
     max_steps: int | None = None
     max_users: int | None = None                    # evaluation users per split (quick runs)
     num_beams: int = 4
-    max_new_tokens: int | None = None               # None: the longest catalogue title, at most 64
+    max_new_tokens: int | None = None               # None: the longest catalogue title, at most MAX_NEW_TOKENS_CAP
     eval_batch_size: int = 16                       # prompts per beam search call
     embed_batch_size: int = 64
-    domain: str = "games"
+    domain: str = DEFAULT_DOMAIN
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
@@ -198,7 +202,6 @@ def train_lora(model, train_examples: list[dict], valid_examples: list[dict], cf
 
 def _adapters_off(model):
     """Context in which a peft model behaves as its base model."""
-    import contextlib
     return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
 
 
@@ -311,6 +314,14 @@ def grounded_metrics(catalogue: Catalogue, generated_embeddings: torch.Tensor, s
 
 # ----------------------------------------------------------------------------- the run
 
+def default_max_new_tokens(tokenizer, titles: Sequence[str], template: PromptTemplate) -> int:
+    """``--max-new-tokens`` when not given: the longest catalogue title's response tokens + 1, at most
+    ``MAX_NEW_TOKENS_CAP`` (``titles[0]`` is the padding item's)."""
+    longest = max(len(tokenizer(template.render_output(tt), add_special_tokens=False)["input_ids"])
+                  for tt in set(titles[1:]))
+    return min(longest + 1, MAX_NEW_TOKENS_CAP)
+
+
 def _titles_of(ids, titles: Sequence[str]) -> list[str]:
     return [titles[int(i)] for i in ids]
 
@@ -318,7 +329,6 @@ def _titles_of(ids, titles: Sequence[str]) -> list[str]:
 def _package_versions() -> dict[str, str]:
     import peft
     import transformers
-    from dealrec_core import __version__
     return {"dealrec": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "python": platform.python_version()}
 
@@ -404,9 +414,7 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
     timings["embed_catalogue"] = time.perf_counter() - t
     max_new_tokens = cfg.max_new_tokens
     if max_new_tokens is None:
-        longest = max(len(tokenizer(template.render_output(tt), add_special_tokens=False)["input_ids"])
-                      for tt in set(titles[1:]))
-        max_new_tokens = min(longest + 1, 64)
+        max_new_tokens = default_max_new_tokens(tokenizer, titles, template)
 
     torch.manual_seed(cfg.seed)
     model = attach_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, cfg.adapter)
@@ -514,7 +522,7 @@ def bigrec_config(adapter=None, target_modules=None, **options) -> BigrecConfig:
               help="Validation users whose loss drives early stopping.")
 @click.option("--num-beams", default=BigrecConfig.num_beams, show_default=True)
 @click.option("--max-new-tokens", type=int, default=BigrecConfig.max_new_tokens,
-              help="Generated tokens per user [default: the longest title's length, at most 64].")
+              help=f"Generated tokens per user [default: the longest title's length, at most {MAX_NEW_TOKENS_CAP}].")
 @click.option("--eval-batch-size", default=BigrecConfig.eval_batch_size, show_default=True,
               help="Prompts per beam search call.")
 @click.option("--domain", type=click.Choice(sorted(DOMAIN_TEMPLATES)), default=BigrecConfig.domain,

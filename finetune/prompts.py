@@ -58,6 +58,7 @@ DOMAIN_TEMPLATES = {
     "books": PromptTemplate(noun="book", plural="books", verb="read"),
     "movies": PromptTemplate(noun="movie", plural="movies", verb="watched"),
 }
+DEFAULT_DOMAIN = "games"   # the wording PromptTemplate's defaults give; BIGRec's and export's default
 
 
 def quote_title(title: str) -> str:

@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from dealrec_core.data import atomic_file, write_text_atomic
 from dealrec_core.errors import DealrecError
+from dealrec_core.threads import fixed_threads
 
 
 @dataclass
@@ -183,15 +185,11 @@ def train_rqvae(embeddings: np.ndarray, config: RQVAEConfig, progress: bool = Tr
     machine gave different codebooks (reduction order changes the last bits, and code assignments
     amplify them), and so different semantic IDs and effort scores.
     """
-    from dealrec_core.threads import fixed_threads
-
     with fixed_threads(1):
         return _train_rqvae(embeddings, config, progress)
 
 
 def _train_rqvae(embeddings: np.ndarray, config: RQVAEConfig, progress: bool) -> tuple[RQVAE, SemanticIDs]:
-    from tqdm.auto import tqdm
-
     x = torch.from_numpy(np.ascontiguousarray(embeddings[1:], dtype=np.float32))
     if len(x) == 0:
         raise DealrecError("cannot build semantic IDs: the item catalogue is empty")

@@ -28,10 +28,12 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from dealrec_core.batching import pad_rows
 from dealrec_core.data import PreparedData, atomic_file, write_text_atomic
 from dealrec_core.errors import DealrecError
+from finetune.embed import item_embeddings
 from finetune.rqvae import (RQVAE, RQVAEConfig, SemanticIDs, load_semantic_ids, save_semantic_ids,
                             train_rqvae)
 
@@ -192,8 +194,6 @@ class TigerModel(nn.Module):
         ``exclude_history`` drops items of the user's history at the last step (the protocol
         never ranks them), so they do not take beam slots.
         """
-        from tqdm.auto import tqdm
-
         beam_size = max(beam_size or k, k)
         was_training = self.training
         self.eval()
@@ -341,8 +341,6 @@ def build_semantic_ids(data: PreparedData, rqvae_config: RQVAEConfig | None = No
                        encoder_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                        progress: bool = True) -> tuple[SemanticIDs, RQVAE]:
     """Item text embeddings -> RQ-VAE -> every item's 4-token semantic ID."""
-    from finetune.embed import item_embeddings
-
     emb = item_embeddings(data.items, data.n_items, encoder_dir=encoder_dir, cache_dir=cache_dir,
                           progress=progress)
     rqvae, sem = train_rqvae(emb, rqvae_config or RQVAEConfig(), progress=progress)

@@ -26,6 +26,7 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from dealrec_core.data import EvalSplit, PreparedData, Samples, atomic_output_dir, load_samples, write_json_atomic
 from dealrec_core.errors import DealrecError
@@ -98,8 +99,6 @@ def validation_loss(model: TigerModel, split: EvalSplit, batch_size: int = 512) 
 
 def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: TigerTrainConfig) -> dict:
     """Train ``model`` in place (ending with the best validation weights); returns metrics."""
-    from tqdm.auto import tqdm
-
     t_start = time.time()
     histories, targets = training_pairs(train, config.expand_prefixes)
     if len(targets) == 0:

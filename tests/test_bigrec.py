@@ -208,3 +208,20 @@ def test_coreset_without_needed_columns(tiny_models, prepared, coreset, workdir)
     out = workdir / "bad3"
     _assert_clean_failure(_run(["--llm", tiny_models["gpt2"], "--data", prepared, "--train", bad, "--out", out]),
                           out, "no-target.parquet", "missing column target")
+
+
+def test_max_new_tokens_default_is_the_longest_title_capped():
+    """--max-new-tokens left out: the longest title's response tokens + 1, never more than the one cap."""
+    from finetune.bigrec import MAX_NEW_TOKENS_CAP, default_max_new_tokens
+    from tiny_lm import train_title_tokenizer
+
+    tokenizer = train_title_tokenizer("llama", TITLES[1:])
+    template = PromptTemplate()
+    longest = max(len(tokenizer(template.render_output(t), add_special_tokens=False)["input_ids"]) for t in TITLES[1:])
+    assert longest + 1 < MAX_NEW_TOKENS_CAP
+    assert default_max_new_tokens(tokenizer, TITLES, template) == longest + 1
+    long_title = " ".join(WORDS * 8)
+    assert default_max_new_tokens(tokenizer, TITLES + [long_title], template) == MAX_NEW_TOKENS_CAP
+    help_text = next(p.help for p in main.commands["finetune"].get_command(None, "bigrec").params
+                     if p.name == "max_new_tokens")
+    assert f"at most {MAX_NEW_TOKENS_CAP}]" in help_text

@@ -31,6 +31,7 @@ import dealrec.prune as prune
 import dealrec.score as score
 import dealrec.select as select
 import finetune.bigrec as bigrec
+import finetune.prompts as prompts
 import finetune.tiger_train as tiger_train
 import surrogates.config as surrogate_config
 import surrogates.train as surrogate_train
@@ -157,8 +158,8 @@ COUNTERPARTS = {
         "out": Default(select.run_select, "out"), "no_plot": CLI_ONLY,
     },
     "export": {
-        "run": CLI_ONLY, "fmt": Default(export.run_export, "fmt"), "data": Default(export.run_export, "data"),
-        "template": Default(export.run_export, "template"),
+        "run": CLI_ONLY, "fmt": Default(export, "DEFAULT_FORMAT"), "data": Default(export.run_export, "data"),
+        "template": Default(prompts, "DEFAULT_DOMAIN"),
     },
     "prune": {
         "data": CLI_ONLY, "out": CLI_ONLY, **SCORE_OPTIONS,

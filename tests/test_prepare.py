@@ -197,6 +197,18 @@ def test_log_options_refused_for_release(tmp_path):
     assert_nothing_written(out)
 
 
+def test_log_options_given_compares_with_the_defaults():
+    """What a release folder refuses: each log-only option that differs from PrepareOptions' own default
+    (the command's defaults are those, so a release prepared with no option set passes)."""
+    assert PrepareOptions().log_options_given() == []
+    assert PrepareOptions(split=[0.8, 0.1, 0.1], shard_size=7).log_options_given() == []
+    changed = PrepareOptions(min_rating=4.0, min_user_count=2, min_item_count=3, split=(0.6, 0.2, 0.2),
+                             items_file="items.csv")
+    assert changed.log_options_given() == ["--min-rating", "--min-user-count", "--min-item-count", "--split",
+                                           "--items"]
+    assert PrepareOptions(min_item_count=5).log_options_given() == ["--min-item-count"]
+
+
 def test_error_keeps_previous_output(tmp_path):
     src = good_release(tmp_path)
     out = tmp_path / "prepared"

@@ -1,7 +1,9 @@
 """BIGRec prompts: alpaca records, token budget, truncation of whole titles only."""
+import inspect
+
 import pytest
 
-from finetune.prompts import (DOMAIN_TEMPLATES, PromptTemplate, alpaca_record, encode_example,
+from finetune.prompts import (DEFAULT_DOMAIN, DOMAIN_TEMPLATES, PromptTemplate, alpaca_record, encode_example,
                               encode_prompt, kept_history)
 from tiny_lm import train_title_tokenizer
 
@@ -25,6 +27,16 @@ def test_alpaca_record_fields_and_domain_wording():
     assert books["input"] == "The user has not read any books yet."
     custom = PromptTemplate(noun="song", plural="songs", verb="heard", instruction="Pick a {noun}.")
     assert alpaca_record(["x"], "y", custom)["instruction"] == "Pick a song."
+
+
+def test_the_default_domain_is_the_default_wording():
+    """One default domain (BIGRec's --domain, export's --template): the one PromptTemplate's defaults word."""
+    from dealrec.export import run_export
+    from finetune.bigrec import BigrecConfig
+
+    assert DOMAIN_TEMPLATES[DEFAULT_DOMAIN] == PromptTemplate()
+    assert BigrecConfig().domain == DEFAULT_DOMAIN
+    assert inspect.signature(run_export).parameters["template"].default == DEFAULT_DOMAIN
 
 
 def test_untruncated_example_is_prompt_plus_response(tokenizer):

@@ -17,7 +17,8 @@ complete; bad input raises ``InputError`` naming the file, the line (or row) and
 The package, one job a module: ``release`` reads a release folder, ``log`` reads, filters and
 splits an interaction log, both into a ``PreparedInMemory`` (``common``, with the options and
 the numbered line reading they share); ``write`` writes a ``PreparedInMemory`` as a prepared
-folder; ``cli`` is the command. ``prepare`` (here) chooses the reader and writes.
+folder; ``cli`` is the command, on top of the package (the package does not import it). ``prepare``
+(here) chooses the reader and writes.
 """
 from __future__ import annotations
 
@@ -30,10 +31,9 @@ from dealrec.prepare.log import (ID_COLUMNS, LOG_SUFFIXES, InteractionLog, _log_
                                  read_interaction_log, read_item_catalogue, read_log_and_split)
 from dealrec.prepare.release import RELEASE_FILES, read_items_jsonl, read_release, read_sequence_file
 from dealrec.prepare.write import write_prepared
-from dealrec.prepare.cli import prepare_command
 
 __all__ = ["ID_COLUMNS", "INT32_MAX", "INT64_MAX", "LOG_SUFFIXES", "PROGRESS_MIN_ROWS", "RELEASE_FILES",
-           "InteractionLog", "PrepareOptions", "PreparedInMemory", "k_core", "prepare", "prepare_command",
+           "InteractionLog", "PrepareOptions", "PreparedInMemory", "k_core", "prepare",
            "read_any_table", "read_interaction_log", "read_item_catalogue", "read_items_jsonl", "read_log_and_split",
            "read_release", "read_sequence_file", "write_prepared"]
 

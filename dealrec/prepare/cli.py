@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dealrec_core.data import DEFAULT_SHARD_SIZE
+from dealrec.prepare import prepare
 from dealrec.prepare.common import PrepareOptions
 
 
@@ -28,23 +28,23 @@ def _parse_split(text: str) -> tuple[float, float, float]:
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--items", "items_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=PrepareOptions.items_file,
               help="Logs: item catalogue (Parquet/CSV/JSONL with item, title, other text columns).")
-@click.option("--min-rating", type=float, default=None, help="Logs: keep interactions rated at least this.")
-@click.option("--min-user-count", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--min-rating", type=float, default=PrepareOptions.min_rating,
+              help="Logs: keep interactions rated at least this.")
+@click.option("--min-user-count", type=click.IntRange(min=1), default=PrepareOptions.min_user_count, show_default=True,
               help="Logs: iterative k-core, minimum interactions per user.")
-@click.option("--min-item-count", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--min-item-count", type=click.IntRange(min=1), default=PrepareOptions.min_item_count, show_default=True,
               help="Logs: iterative k-core, minimum interactions per item.")
-@click.option("--split", "split", default="0.8,0.1,0.1", show_default=True,
+@click.option("--split", "split", default=",".join(map(str, PrepareOptions.split)), show_default=True,
               callback=lambda ctx, param, value: _parse_split(value),
               help="Logs: train,valid,test shares of the interactions, cut by global timestamp.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
+@click.option("--shard-size", type=click.IntRange(min=1), default=PrepareOptions.shard_size, show_default=True,
               help="Rows per samples shard.")
 @click.option("--overwrite", is_flag=True, help="Replace DIR if it exists.")
 def prepare_command(src, out, items_file, min_rating, min_user_count, min_item_count, split,
                     shard_size, overwrite):
     """Prepare SRC (a DEALRec release folder or an interaction log file) into DIR (--out)."""
-    from dealrec.prepare import prepare
-
     options = PrepareOptions(min_rating=min_rating, min_user_count=min_user_count,
                              min_item_count=min_item_count, split=split,
                              items_file=str(items_file) if items_file else None, shard_size=shard_size)

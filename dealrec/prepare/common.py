@@ -18,6 +18,9 @@ INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 # Progress bars only where the work is long enough to be worth watching.
 PROGRESS_MIN_ROWS = 200_000
+# The options only an interaction log takes (PrepareOptions' field: option), in the order an error names them.
+LOG_ONLY_OPTIONS = {"min_rating": "--min-rating", "min_user_count": "--min-user-count",
+                    "min_item_count": "--min-item-count", "split": "--split", "items_file": "--items"}
 
 
 @dataclass
@@ -32,18 +35,14 @@ class PrepareOptions:
     shard_size: int = DEFAULT_SHARD_SIZE
 
     def log_options_given(self) -> list[str]:
-        given = []
-        if self.min_rating is not None:
-            given.append("--min-rating")
-        if self.min_user_count != 1:
-            given.append("--min-user-count")
-        if self.min_item_count != 1:
-            given.append("--min-item-count")
-        if tuple(self.split) != (0.8, 0.1, 0.1):
-            given.append("--split")
-        if self.items_file is not None:
-            given.append("--items")
-        return given
+        """The log-only options that differ from their defaults (a release folder refuses them)."""
+        default = PrepareOptions()
+
+        def value(options, name):
+            v = getattr(options, name)
+            return tuple(v) if name == "split" else v
+
+        return [option for name, option in LOG_ONLY_OPTIONS.items() if value(self, name) != value(default, name)]
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
@@ -64,7 +65,6 @@ def read_any_table(path: Path, what: str, wanted: tuple[str, ...] | None = None)
             raise InputError(path, f"not a readable Parquet file: {str(e).splitlines()[0]}") from None
         locate: Locate = _row_locator
     elif kind == "csv":
-        from pyarrow import csv as pacsv
         # Ids are text unless the file says otherwise: type inference would read "007" as 7 (so 007 and 7
         # became one user, and a leading-zero item no longer matched its items file). Parquet keeps its types.
         ids_as_text = pacsv.ConvertOptions(column_types={name: pa.string() for name in ID_COLUMNS})
