@@ -303,15 +303,15 @@ class _LazyExecutor:
     """``dealrec.engine``'s executor, started on the first task: a rerun with every shard and run done
     never starts Ray."""
 
-    def __init__(self, workers: int | None, address: str | None, threads: int):
-        self.workers, self.address, self.threads = workers, address, threads
+    def __init__(self, workers: int | None, address: str | None, threads: int, worker_nice: int = 0):
+        self.workers, self.address, self.threads, self.worker_nice = workers, address, threads, worker_nice
         self._executor = None
 
     def _started(self):
         if self._executor is None:
             from dealrec.engine import make_executor
 
-            self._executor = make_executor(self.workers, self.address, self.threads)
+            self._executor = make_executor(self.workers, self.address, self.threads, self.worker_nice)
         return self._executor
 
     def run(self, fn, tasks, desc, progress=True, use_gpu=False):
@@ -440,7 +440,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
     out.mkdir(parents=True, exist_ok=True)
     scores_dir = out / "scores"
     phases: dict = {}
-    executor = _LazyExecutor(workers, ray_address, config.threads)
+    executor = _LazyExecutor(workers, ray_address, config.threads, config.worker_nice)
     try:
         t0 = time.perf_counter()
         prepared_dir, prep_info = prepare_phase(data, scores_dir, progress)

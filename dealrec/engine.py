@@ -157,8 +157,12 @@ class _Actor:
         module, name = fn_path.rsplit(":", 1)
         return getattr(importlib.import_module(module), name)(task)
 
+    def niceness(self) -> int:
+        return os.nice(0)
+
 
 ACTOR_RETRIES = 2   # a task whose Ray actor died is tried again on a fresh actor this many times
+RAY_NICENESS_ENV = "RAY_worker_niceness"   # Ray's setting: workers' niceness above their starter's
 
 
 def _one_line(e: BaseException) -> str:
@@ -170,10 +174,11 @@ class RayExecutor:
     """A pool of Ray actors sized from the cluster's resources."""
 
     def __init__(self, workers: int | None = None, address: str | None = None, threads: int = 1,
-                 retries: int = ACTOR_RETRIES):
+                 retries: int = ACTOR_RETRIES, worker_nice: int = 0):
         import ray
 
         self.retries = retries
+        self.worker_nice = None   # a joined cluster keeps its own setting
 
         self.started_here = False
         if not ray.is_initialized():
@@ -184,11 +189,24 @@ class RayExecutor:
             # find by itself (the last `ray start` recorded in /tmp/ray, possibly stopping or stopped).
             # RAY_ADDRESS in the environment still counts as naming a cluster.
             address = address or os.environ.get("RAY_ADDRESS") or None
+            # Ray starts its workers at niceness +15 by default, so on a machine with other work a user's
+            # own command starved (a one-minute phase took 39). Ray adds this much to the niceness of the
+            # process that starts it, i.e. to this command's.
+            before = os.environ.get(RAY_NICENESS_ENV)
+            if not address:
+                os.environ[RAY_NICENESS_ENV] = str(int(worker_nice))
             try:
                 ray.init(address=address or "local", **kwargs)
             except Exception as e:  # connection refused, bad address, ...
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 raise DealrecError(f"could not start or join {where}: {str(e).splitlines()[0]}") from None
+            finally:
+                if before is None:
+                    os.environ.pop(RAY_NICENESS_ENV, None)
+                else:
+                    os.environ[RAY_NICENESS_ENV] = before
+            if not address:
+                self.worker_nice = int(worker_nice)
             self.started_here = True
         self.ray = ray
         resources = ray.cluster_resources()
@@ -210,7 +228,8 @@ class RayExecutor:
 
     def describe(self) -> dict:
         return {"executor": "ray", "workers": self.workers, "cluster_cpus": self.cpus, "cluster_gpus": self.gpus,
-                "cpus_per_actor": self.cpus_per_actor, "threads_per_actor": self.threads}
+                "cpus_per_actor": self.cpus_per_actor, "threads_per_actor": self.threads,
+                "worker_nice": self.worker_nice}
 
     def _actor_class(self, gpu: bool):
         return self.ray.remote(_Actor).options(
@@ -286,13 +305,13 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(workers: int | None, address: str | None = None, threads: int = 1):
+def make_executor(workers: int | None, address: str | None = None, threads: int = 1, worker_nice: int = 0):
     """``workers == 0``: in-process; otherwise Ray (local unless ``address``); ``None`` sizes the pool."""
     if workers == 0:
         if address:
             raise DealrecError("--ray-address needs --workers >= 1 (or leave --workers out)")
         return LocalExecutor(threads)
-    return RayExecutor(workers, address, threads)
+    return RayExecutor(workers, address, threads, worker_nice=worker_nice)
 
 
 def run_phase(executor, fn: Callable[[dict], dict], store: ShardStore, shards: Iterable[Shard],

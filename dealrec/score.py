@@ -64,6 +64,8 @@ class ScoreConfig:
     ray_address: str | None = None
     threads: int = 1               # torch threads of every worker and of the solve: fixed, so that
                                    # results are the same bits whatever the number of workers
+    worker_nice: int = 0           # Ray workers this dealrec starts run this many steps nicer than the
+                                   # command itself (Ray's own default would be 15: starved under load)
     seed: int = 0
 
     def check(self) -> None:
@@ -83,6 +85,8 @@ class ScoreConfig:
                               ("--shard-size", self.shard_size), ("--threads-per-worker", self.threads)):
             if value < 1:
                 raise DealrecError(f"{option} must be at least 1, got {value}")
+        if not 0 <= self.worker_nice <= 19:
+            raise DealrecError(f"--worker-nice must be 0..19, got {self.worker_nice}")
         if self.shard_size % self.batch_size or self.shard_size % self.effort_batch_size:
             raise DealrecError(f"--shard-size ({self.shard_size}) must be a multiple of the batch sizes "
                                f"({self.batch_size}, {self.effort_batch_size}) so that batches never depend "
@@ -294,7 +298,7 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
     job = prepare_score_inputs(data, surrogate, out, config)
     phases: dict = {}
     own_executor = executor is None
-    executor = executor or make_executor(config.workers, config.ray_address, config.threads)
+    executor = executor or make_executor(config.workers, config.ray_address, config.threads, config.worker_nice)
     try:
         result = influence_phase(job, config, executor, phases, progress)
         effort, target_info = effort_phase(job, config, executor, phases, result.sample_id, progress)
@@ -568,6 +572,11 @@ def _score_options(f):
                      show_default=True,
                      help="Torch threads of each worker and of the solve (fixed: results do not depend on "
                           "--workers; the same value gives the same bits)."),
+        click.option("--worker-nice", "worker_nice", type=click.IntRange(0, 19), default=ScoreConfig.worker_nice,
+                     show_default=True,
+                     help="Run the Ray workers this dealrec starts this many steps nicer than the command itself "
+                          "(0: the same priority; raise it to let other work on the machine go first). A joined "
+                          "cluster (--ray-address) keeps its own setting."),
         click.option("--seed", type=SEED, default=ScoreConfig.seed, show_default=True),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
@@ -579,14 +588,15 @@ def _score_options(f):
 def config_from_options(hvp, damping, lissa_scale, lissa_steps, hessian_samples, hvp_batch, target, llm, adapter,
                         target_init, effort_block, batch_size, effort_batch_size, workers, shard_size,
                         ray_address, seed, threads_per_worker=ScoreConfig.threads,
-                        chunk_tokens=ScoreConfig.chunk_tokens, v_weighting=ScoreConfig.v_weighting) -> ScoreConfig:
+                        chunk_tokens=ScoreConfig.chunk_tokens, v_weighting=ScoreConfig.v_weighting,
+                        worker_nice=ScoreConfig.worker_nice) -> ScoreConfig:
     return ScoreConfig(
         hvp=HvpConfig(solver=hvp, damping=damping, scale=lissa_scale, lissa_steps=lissa_steps,
                       hessian_samples=hessian_samples, hvp_batch=hvp_batch, seed=seed),
         target=target, v_weighting=v_weighting, llm=llm, adapter=adapter, target_init=target_init,
         effort_block=effort_block,
         batch_size=batch_size, effort_batch_size=effort_batch_size, chunk_tokens=chunk_tokens, shard_size=shard_size,
-        workers=workers, ray_address=ray_address, threads=threads_per_worker, seed=seed)
+        workers=workers, ray_address=ray_address, threads=threads_per_worker, worker_nice=worker_nice, seed=seed)
 
 
 def _make_command():

@@ -102,7 +102,8 @@ SCORE_OPTIONS = {
     "adapter": _score("adapter"), "target_init": _score("target_init"), "effort_block": _score("effort_block"),
     "batch_size": _score("batch_size"), "effort_batch_size": _score("effort_batch_size"),
     "chunk_tokens": _score("chunk_tokens"), "workers": _score("workers"), "shard_size": _score("shard_size"),
-    "ray_address": _score("ray_address"), "threads_per_worker": _score("threads"), "seed": _score("seed"),
+    "ray_address": _score("ray_address"), "threads_per_worker": _score("threads"), "worker_nice": _score("worker_nice"),
+    "seed": _score("seed"),
     "quiet": CLI_ONLY,
 }
 

@@ -254,3 +254,29 @@ def test_ray_task_whose_actor_dies_runs_again_on_a_fresh_actor(ray_session, tmp_
         assert "the same command again resumes" in message
     finally:
         executor.shutdown()
+
+
+def test_ray_workers_run_at_the_commands_priority_plus_worker_nice():
+    """Ray's default starts workers at niceness +15, so a user's command starved behind other work on the
+    machine (issue 15). The workers dealrec starts run at the command's own niceness plus --worker-nice."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, os\n"
+        "from dealrec.engine import RayExecutor\n"
+        "out = {}\n"
+        "for extra in (0, 3):\n"
+        "    ex = RayExecutor(workers=1, worker_nice=extra)\n"
+        "    actor = ex._pool(False)[0]\n"
+        "    out[extra] = [os.nice(0), ex.ray.get(actor.niceness.remote()), ex.describe()['worker_nice']]\n"
+        "    ex.shutdown()\n"
+        "print(json.dumps(out))\n")
+    run = subprocess.run(["nice", "-n", "2", sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    for extra in (0, 3):
+        driver, worker, recorded = got[str(extra)]
+        assert worker == driver + extra and recorded == extra
