@@ -59,8 +59,12 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
     # surrogate may sit beside what it writes (RUN/data of 'dealrec prune'), never be OUT or contain it.
     from dealrec_core.paths import check_output
 
-    used_surrogate = surrogate or (manifest.surrogate_folder() if spec.baseline else None)
-    check_output(out, {"--data": data, "--surrogate": used_surrogate},
+    if spec.baseline is not None:   # the surrogate that scores a baseline column: given, or the run's
+        surrogate = surrogate or manifest.surrogate_folder()
+        if surrogate is None:
+            raise DealrecError(f"--method {method} scores samples with a trained surrogate: "
+                               f"{run / MANIFEST_FILE} names none; pass --surrogate DIR")
+    check_output(out, {"--data": data, "--surrogate": surrogate},
                  writes=(SCORES_FILE, CORESET_FILE, MANIFEST_FILE, PLOT_FILE), option="--out" if out != run else "RUN")
     prepared = PreparedData(data)
     samples_tbl = read_table(prepared.samples_dir, required=("sample_id", "history", "target"),
@@ -86,10 +90,6 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
     if baseline is not None:
         from dealrec.baselines import add_baseline_column
 
-        surrogate = surrogate or manifest.surrogate_folder()
-        if surrogate is None:
-            raise DealrecError(f"--method {method} scores samples with a trained surrogate: "
-                               f"{run / MANIFEST_FILE} names none; pass --surrogate DIR")
         scores, used, known[baseline.column] = add_baseline_column(
             scores, baseline, surrogate, prepared, inputs["samples_sha256"], known.get(baseline.column),
             source=str(scores_path), progress=progress)
