@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from dealrec_core.data import commit_file, stable_hash, temporary_file, write_json_atomic  # noqa: F401  (stable_hash: also engine API)
+from dealrec_core.data import commit_file, stable_hash, temporary_file, write_json_atomic
 from dealrec_core.errors import DealrecError
 
 
