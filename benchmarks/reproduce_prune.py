@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from dealrec.manifest import RunManifest
 from dealrec.score import tensors_digest
 
 
@@ -66,7 +66,7 @@ def kill_session(sid: int) -> None:
 
 
 def summary(out: Path) -> dict:
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = RunManifest.read(out).data
     target = manifest.get("target", {})
     return {
         "coreset": column_digest(out / "coreset.parquet", "sample_id"),

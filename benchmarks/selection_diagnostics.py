@@ -16,7 +16,6 @@ prints, as means over seeds:
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -24,6 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from dealrec.manifest import RunManifest
 from dealrec import select as S
 from dealrec_core.data import PreparedData
 
@@ -35,7 +35,7 @@ def influence_with(run: Path, data: PreparedData, weighting: str, surrogate: Pat
     from dealrec.influence import influence_from_rows
     from dealrec.score import mean_gradient, solve_influence_system
 
-    manifest = json.loads((run / "manifest.json").read_text())
+    manifest = RunManifest.read(run).data
     hvp = HvpConfig(**manifest["parameters"]["hvp"])
     captures = [load_file(str(p)) for p in sorted((run / "work" / "capture").glob("*.safetensors"))]
     samples = data.samples()
@@ -51,7 +51,7 @@ def influence_with(run: Path, data: PreparedData, weighting: str, surrogate: Pat
 def main(run, seeds, n):
     torch.set_num_threads(1)
     run = Path(run)
-    manifest = json.loads((run / "manifest.json").read_text())
+    manifest = RunManifest.read(run).data
     data = PreparedData(manifest["inputs"]["data"])
     surrogate = Path(manifest["inputs"]["surrogate"])
     samples = data.samples()
