@@ -260,9 +260,12 @@ def test_ray_workers_run_at_the_commands_priority_plus_worker_nice():
     """Ray's default starts workers at niceness +15, so a user's command starved behind other work on the
     machine (issue 15). The workers dealrec starts run at the command's own niceness plus --worker-nice."""
     import json
+    import os
     import subprocess
     import sys
 
+    if os.nice(0) + 2 + 3 > 19:   # the kernel caps niceness at 19: the sum could not be told apart
+        pytest.skip(f"the suite runs at niceness {os.nice(0)}: niceness + 2 + 3 would pass the cap of 19")
     code = (
         "import json, os\n"
         "from dealrec.engine import RayExecutor\n"
