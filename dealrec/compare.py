@@ -457,7 +457,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         if needs:   # every method but random ranks by something the surrogate gives
             t0 = time.perf_counter()
             surrogate_dir, info = surrogate_phase(prepared.root, scores_dir, surrogate, config.seed, surrogate_minutes,
-                                                  surrogate_epochs, progress, threads)
+                                                  surrogate_epochs, progress, threads, device=config.device)
             phases["train_surrogate"] = {"seconds": round(time.perf_counter() - t0, 3), **info}
         scored = bool(needs & {"influence", "effort"})
         if scored:

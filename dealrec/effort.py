@@ -19,8 +19,11 @@ Targets:
 - ``tiger`` (default, CPU): a TIGER model at the start of fine-tuning (fresh for the data's
   semantic IDs, or ``--target-init CKPT``); the block defaults to the last decoder layer's
   self-attention value projection (the analogue of the paper's ``v_proj``), any Linear by name;
-- ``bigrec``: a local causal LM with fresh (or ``--adapter``) LoRA in the paper's settings; the
-  block defaults to the last layer's ``v_proj`` LoRA B (the paper's choice).
+- ``bigrec``: a local causal LM with fresh (or ``--adapter``) LoRA in the paper's settings on the
+  targets ``finetune bigrec`` trains (``finetune.llm.default_lora_targets``, per architecture); the
+  block defaults to the last layer's ``v_proj`` LoRA B (the paper's choice), or that of the fused
+  q/k/v projection for models that fuse them (GPT-2's ``c_attn``, Phi-3's ``qkv_proj``, ...). The
+  prompts are ``--template``'s wording; the model loads on ``--device`` in ``--dtype`` (or 8-/4-bit).
 """
 from __future__ import annotations
 
@@ -32,11 +35,12 @@ import torch
 from torch import nn
 
 from dealrec_core.batching import pad_batch
+from dealrec_core.devices import dtype_name, pick_device, pick_dtype, to_device
 from dealrec_core.errors import DealrecError
 from dealrec.influence import LinearTaps, length_groups
 from finetune.bigrec import BigrecConfig
-from finetune.llm import attach_lora, load_causal_lm
-from finetune.prompts import LOSS_ON, PromptTemplate, encode_example
+from finetune.llm import attach_lora, load_causal_lm, quantization, value_target
+from finetune.prompts import DEFAULT_DOMAIN, DOMAIN_TEMPLATES, LOSS_ON, encode_example
 from finetune.tiger import load_tiger
 
 
@@ -167,30 +171,38 @@ def causal_lm_sample_losses(model: nn.Module) -> Callable[[dict], torch.Tensor]:
 
 def bigrec_target(llm_dir: str, titles: list[str], adapter: str | None = None, block: str | None = None,
                   max_tokens: int = 512, r: int = 8, alpha: int = 16, dropout: float = 0.05,
-                  target_modules=("q_proj", "v_proj"), device: str = "cpu",
-                  loss_on: str | None = None) -> EffortTarget:
+                  target_modules=None, device: str = "cpu", loss_on: str | None = None,
+                  template: str = DEFAULT_DOMAIN, dtype: str = "fp32", load_in_8bit: bool = False,
+                  load_in_4bit: bool = False) -> EffortTarget:
     """A local causal LM with LoRA (the paper's settings), scored on BIGRec's alpaca prompts.
 
     Effort is the gradient norm of the loss the fine-tuning optimises, so the tokens it covers are
     ``finetune bigrec``'s (``loss_on``: its ``BigrecConfig.loss_on`` default, the whole prompt and
-    response, as the reference trains; ``"response"`` for a trainer that masks the prompt)."""
+    response, as the reference trains; ``"response"`` for a trainer that masks the prompt), its LoRA
+    targets are the ones ``finetune bigrec`` picks for the architecture (``target_modules=None``) and
+    its prompts are in ``template``'s wording (``finetune.prompts.DOMAIN_TEMPLATES``)."""
     loss_on = BigrecConfig.loss_on if loss_on is None else loss_on
     if loss_on not in LOSS_ON:
         raise DealrecError(f"unknown loss_on {loss_on!r} (choose from {', '.join(LOSS_ON)})")
+    if template not in DOMAIN_TEMPLATES:
+        raise DealrecError(f"unknown prompt template {template!r} (choose from {', '.join(DOMAIN_TEMPLATES)})")
 
-    model, tokenizer = load_causal_lm(llm_dir, device=device)
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    quantize = quantization(load_in_8bit, load_in_4bit, torch_device)
+    model, tokenizer = load_causal_lm(llm_dir, device=torch_device, dtype=torch_dtype, quantize=quantize)
     torch.manual_seed(0)  # fresh LoRA A is random: fix it so effort reproduces
-    model = attach_lora(model, r=r, alpha=alpha, dropout=dropout, target_modules=list(target_modules),
-                        adapter=adapter)
+    model = attach_lora(model, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, adapter=adapter)
     model.eval()  # no dropout at scoring time: effort is a deterministic function of the sample
-    block_name = block or _last_matching(model, "v_proj.lora_B.default")
+    targets = sorted(model.peft_config["default"].target_modules)
+    block_name = block or _last_matching(model, f"{value_target(targets)}.lora_B.default")
     block_name, linear = find_linear(model, block_name)
     freeze_all_but_weight(model, linear)
-    template = PromptTemplate()
+    wording = DOMAIN_TEMPLATES[template]
     pad = tokenizer.pad_token_id
 
     def encode(samples) -> list[dict]:
-        return [encode_example(tokenizer, [titles[i] for i in h], titles[t], template, max_tokens, loss_on)
+        return [encode_example(tokenizer, [titles[i] for i in h], titles[t], wording, max_tokens, loss_on)
                 for h, t in zip(samples.history, samples.target)]
 
     def lengths(samples) -> list[int]:
@@ -201,21 +213,23 @@ def bigrec_target(llm_dir: str, titles: list[str], adapter: str | None = None, b
         # right padding: causal attention never lets a real token see it
         batch = pad_batch([r["input_ids"] for r in rows], pad, "right", [r["labels"] for r in rows],
                           position_ids=False)
-        return {k: v.to(device) for k, v in batch.items()}
+        return to_device(batch, torch_device)
 
     info = {"target": "bigrec", "llm": str(llm_dir), "adapter": str(adapter) if adapter else None,
-            "lora": {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": list(target_modules)},
+            "lora": {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": targets},
             "block": block_name, "block_shape": list(linear.weight.shape), "max_tokens": max_tokens,
-            "prompt": "alpaca (finetune.prompts.PromptTemplate defaults)", "loss_on": loss_on}
+            "prompt": f"alpaca (finetune.prompts.DOMAIN_TEMPLATES[{template!r}])", "loss_on": loss_on,
+            "template": template, "device": str(torch_device), "dtype": dtype_name(torch_dtype),
+            "quantization": quantize}
     return EffortTarget("bigrec", block_name, linear, collate, causal_lm_sample_losses(model), info, lengths)
 
 
 TIGER_DEFAULT_BLOCK = "layer.0.SelfAttention.v"  # in the last decoder block
 
 
-def tiger_target(tiger_dir: str, block: str | None = None) -> EffortTarget:
-    """A TIGER model (``finetune.tiger.load_tiger``): effort on its next-semantic-ID loss."""
-    model = load_tiger(tiger_dir)
+def tiger_target(tiger_dir: str, block: str | None = None, device: str = "cpu") -> EffortTarget:
+    """A TIGER model (``finetune.tiger.load_tiger``) on ``device``: effort on its next-semantic-ID loss."""
+    model = load_tiger(tiger_dir, device=pick_device(device))
     model.eval()  # no dropout: a deterministic function of the weights and the sample
     block_name = block or _last_matching(model, TIGER_DEFAULT_BLOCK, within="decoder.")
     block_name, linear = find_linear(model, block_name)
@@ -230,5 +244,5 @@ def tiger_target(tiger_dir: str, block: str | None = None) -> EffortTarget:
         return [min(len(h), keep) * model.n_levels + 1 for h in samples.history]
 
     info = {"target": "tiger", "tiger": str(tiger_dir), "block": block_name,
-            "block_shape": list(linear.weight.shape)}
+            "block_shape": list(linear.weight.shape), "device": str(model.device)}
     return EffortTarget("tiger", block_name, linear, collate, model.sample_losses, info, lengths)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dealrec_core.devices import to_device
 from dealrec_core.errors import DealrecError
 
 
@@ -95,7 +96,7 @@ class LinearTaps:
         a = a.reshape(batch_size, -1, a.shape[-1])
         g = g.reshape(batch_size, -1, g.shape[-1])
         keep = (g != 0).any(dim=-1)  # [B, T]; padding rows have g == 0 exactly and add nothing
-        sample_index = torch.arange(batch_size).unsqueeze(1).expand_as(keep)[keep]
+        sample_index = torch.arange(batch_size, device=keep.device).unsqueeze(1).expand_as(keep)[keep]
         return sample_index, a[keep], g[keep]
 
 
@@ -113,7 +114,9 @@ class BatchRows:
 
 
 def capture_batch(model, taps: LinearTaps, batch: dict) -> BatchRows:
-    """One forward and one backward pass of ``sum_s L(s)`` over the batch, recorded by the taps."""
+    """One forward and one backward pass of ``sum_s L(s)`` over the batch, recorded by the taps (on the
+    block's device; what it returns is on the host)."""
+    batch = to_device(batch, taps.block.weight.device)
     with taps.recording():
         losses = model.sample_losses(batch)
         if losses.dim() != 1:
@@ -124,9 +127,9 @@ def capture_batch(model, taps: LinearTaps, batch: dict) -> BatchRows:
     index, a, g = taps.rows(losses.shape[0])
     weights = _sample_weights(model, batch, losses.shape[0])
     a64, g64 = a.double(), g.double()
-    return BatchRows(losses.detach().double().numpy(), index.numpy().astype(np.int64),
-                     a.numpy(), g.numpy(), (g64.T @ a64).numpy(),
-                     ((g64 * weights[index].unsqueeze(1)).T @ a64).numpy(), float(weights.sum()))
+    return BatchRows(losses.detach().double().cpu().numpy(), index.cpu().numpy().astype(np.int64),
+                     a.cpu().numpy(), g.cpu().numpy(), (g64.T @ a64).cpu().numpy(),
+                     ((g64 * weights[index].unsqueeze(1)).T @ a64).cpu().numpy(), float(weights.sum()))
 
 
 def _sample_weights(model, batch: dict, n: int) -> torch.Tensor:

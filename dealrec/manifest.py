@@ -65,6 +65,9 @@ SelectionSection = TypedDict("SelectionSection", {
 class ExportsSection(TypedDict, total=False):
     """``exports`` (export): the files written, relative to RUN, and what they were made from."""
     bigrec: str
+    llamafactory: list[str]
+    trl: str
+    template: str                           # the prompt wording of the text exports
     tiger: list[str]
     n_samples: int
     coreset_sha256: str
@@ -146,6 +149,18 @@ class RunManifest:
     @property
     def prune(self) -> PruneSection:
         return self.section("prune")  # type: ignore[return-value]
+
+    def scored_template(self) -> str | None:
+        """The prompt wording the run's effort was scored with (``target.template`` of a ``bigrec`` target), or
+        None where the effort read no prompt (a TIGER target, influence only, a run scored before the option)."""
+        target = self.section("target")
+        name = target.get("template") if target.get("target") == "bigrec" else None
+        return name if isinstance(name, str) else None
+
+    def run_template(self) -> str | None:
+        """``parameters.template``: the ``--template`` that ``dealrec score`` was given, whatever its target."""
+        name = self.section("parameters").get("template")
+        return name if isinstance(name, str) else None
 
     def baseline_columns(self) -> dict[str, BaselineRecord]:
         """``selection.inputs.baseline_columns``: the baseline columns of the scores and their origin."""

@@ -9,7 +9,8 @@ Phases, each timed in ``RUN/manifest.json`` (``prune.phases``):
 3. ``score``: semantic IDs and a fresh TIGER for effort, influence and effort of every sample
    (``dealrec score``: sharded, resumable, on Ray);
 4. ``select``: DEALRec's coverage-enhanced selection (``dealrec select``);
-5. ``export``: BIGRec's alpaca JSON and TIGER's sequences (``dealrec export``).
+5. ``export``: BIGRec's alpaca JSON, LLaMA-Factory's and TRL's files and TIGER's sequences (``dealrec
+   export``), in ``--template``'s wording.
 
 Every phase leaves a complete result behind or nothing, so rerunning the same command after a
 crash or a kill picks up where it stopped.
@@ -25,9 +26,10 @@ import click
 import torch
 
 from dealrec_core.data import PreparedData, sha256_file
+from dealrec_core.devices import pick_device
 from dealrec_core.errors import DealrecError, InputError
 from dealrec_core.paths import check_output
-from dealrec.export import BIGREC_FILE, TIGER_DIR, run_export
+from dealrec.export import RUN_WRITES as EXPORT_WRITES, run_export
 from dealrec.manifest import RunManifest, update_manifest
 from dealrec.prepare import prepare
 from dealrec.score import RUN_WRITES, ScoreConfig, _score_options, config_from_options, run_score
@@ -67,7 +69,8 @@ def _same_sources(manifest: dict, data: Path) -> bool:
 
 
 def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max_minutes: float | None,
-                    max_epochs: int, progress: bool, threads: int | None = None, log=None) -> tuple[Path, dict]:
+                    max_epochs: int, progress: bool, threads: int | None = None, log=None,
+                    device: str = SurrogateTrainConfig.device) -> tuple[Path, dict]:
     """The surrogate: ``surrogate`` when given, else SASRec trained into ``out/surrogate``.
 
     A surrogate left in ``out/surrogate`` by an earlier run is reused only when it was trained on data with
@@ -79,7 +82,8 @@ def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max
     from surrogates.train import TrainConfig, train_surrogate
 
     target = out / "surrogate"
-    cfg = TrainConfig(seed=seed, max_minutes=max_minutes, max_epochs=max_epochs, progress=progress, threads=threads)
+    cfg = TrainConfig(seed=seed, max_minutes=max_minutes, max_epochs=max_epochs, progress=progress, threads=threads,
+                      device=device)
     redone = _stale_surrogate(target, PreparedData(data), cfg)
     if redone is None:
         return target, {"trained": True, "surrogate": str(target), "resumed": True}
@@ -120,6 +124,9 @@ def _stale_surrogate(folder: Path, data: PreparedData, cfg) -> str | None:
     threads = cfg.threads or DEFAULT_THREADS   # the weights depend on the thread count
     if metrics.get("threads") != threads:
         return f"the surrogate there was trained on {metrics.get('threads')} threads, not {threads}"
+    device = str(pick_device(cfg.device))     # and on the device (a surrogate from before the option: the CPU)
+    if metrics.get("device", "cpu") != device:
+        return f"the surrogate there was trained on {metrics.get('device', 'cpu')}, not {device}"
     return None
 
 
@@ -130,7 +137,7 @@ def _say(line: str) -> None:
 def run_writes(data: Path, surrogate) -> tuple[str, ...]:
     """What prune writes in its run folder: an input may sit beside these (a prepared RUN/data, a given
     RUN/surrogate: both only read), never among them."""
-    return (*RUN_WRITES, CORESET_FILE, PLOT_FILE, BIGREC_FILE, TIGER_DIR,
+    return (*RUN_WRITES, CORESET_FILE, PLOT_FILE, *(w for w in EXPORT_WRITES if w not in RUN_WRITES),
             *(() if is_prepared(Path(data)) else ("data",)), *(() if surrogate else ("surrogate",)))
 
 
@@ -165,7 +172,7 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
 
     t0 = time.perf_counter()
     surrogate_dir, sur_info = surrogate_phase(prepared, out, surrogate, config.seed, surrogate_minutes,
-                                              surrogate_epochs, progress, threads, log=_say)
+                                              surrogate_epochs, progress, threads, log=_say, device=config.device)
     phases["train_surrogate"] = {"seconds": round(time.perf_counter() - t0, 3), **sur_info}
 
     t0 = time.perf_counter()
@@ -181,7 +188,7 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
     phases["select"] = {"seconds": round(time.perf_counter() - t0, 3), "method": method}
 
     t0 = time.perf_counter()
-    run_export(out, "all", data=str(prepared))
+    run_export(out, "all", data=str(prepared), template=config.template)
     phases["export"] = {"seconds": round(time.perf_counter() - t0, 3)}
 
     return update_manifest(out, {"prune": {

@@ -10,6 +10,11 @@ Phases (each timed in ``RUN/manifest.json``):
 3. ``influence`` (driver): ``sum_t g_t^T U a_t`` per sample from the kept rows (no model pass);
 4. ``effort`` (shards, in parallel): per-sample gradient norms of the target model.
 
+Capture and effort run on ``--device`` (``auto``: a GPU when this machine or the Ray cluster has one,
+else the CPU; the solve stays on the CPU); the LLM of a ``bigrec`` target loads in ``--dtype`` (or 8-/4-bit
+with bitsandbytes on a GPU) and reads prompts in ``--template``'s wording, which the manifest records
+(``target.template``) for ``dealrec export``.
+
 Everything under ``RUN/work/`` is a resumable shard output; ``RUN/scores.parquet`` (``sample_id``,
 ``influence``, ``effort``) and ``RUN/manifest.json`` are written last, atomically.
 """
@@ -32,11 +37,14 @@ from dealrec_core.data import (PreparedData, Samples, atomic_output_dir, read_ta
                                write_parquet_atomic)
 from dealrec.engine import ShardStore, batch_ranges, make_executor, plan_shards, run_phase, task_store
 from dealrec_core.data import stable_hash
+from dealrec_core.devices import DEVICE_AUTO, DEVICE_HELP, DTYPE_CHOICES, pick_device
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HessianPool, HvpConfig, SOLVERS, solve
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec_core.options import SEED
 from dealrec_core.paths import check_output
+from finetune.llm import quantization
+from finetune.prompts import DEFAULT_DOMAIN, DOMAIN_TEMPLATES
 
 SCORES_FILE = "scores.parquet"
 TARGETS = ("tiger", "bigrec", "none")
@@ -67,6 +75,11 @@ class ScoreConfig:
     worker_nice: int = 0           # Ray workers this dealrec starts run this many steps nicer than the
                                    # command itself (Ray's own default would be 15: starved under load)
     seed: int = 0
+    template: str = DEFAULT_DOMAIN  # the prompt wording of a bigrec target (finetune.prompts.DOMAIN_TEMPLATES)
+    device: str = DEVICE_AUTO      # capture and effort: auto (a GPU when there is one), cpu, cuda, cuda:N
+    dtype: str = "auto"            # the bigrec target's weights: auto (bf16 on a GPU that has it, else fp32)
+    load_in_8bit: bool = False     # the bigrec target quantized by bitsandbytes (a CUDA GPU only)
+    load_in_4bit: bool = False
 
     def check(self) -> None:
         self.hvp.check()
@@ -87,6 +100,17 @@ class ScoreConfig:
                 raise DealrecError(f"{option} must be at least 1, got {value}")
         if not 0 <= self.worker_nice <= 19:
             raise DealrecError(f"--worker-nice must be 0..19, got {self.worker_nice}")
+        if self.template not in DOMAIN_TEMPLATES:
+            raise DealrecError(f"unknown --template {self.template!r} (choose from {', '.join(DOMAIN_TEMPLATES)})")
+        if self.dtype not in DTYPE_CHOICES:
+            raise DealrecError(f"unknown --dtype {self.dtype!r} (choose from {', '.join(DTYPE_CHOICES)})")
+        if (self.load_in_8bit or self.load_in_4bit) and self.target != "bigrec":
+            raise DealrecError("--load-in-8bit/--load-in-4bit quantize the LLM of --target bigrec; this run's "
+                               f"target is {self.target}")
+        if self.ray_address is None:   # the work runs on this machine: its devices are the ones to check
+            device = pick_device(self.device)
+            if self.target == "bigrec":
+                quantization(self.load_in_8bit, self.load_in_4bit, device)
         if self.shard_size % self.batch_size or self.shard_size % self.effort_batch_size:
             raise DealrecError(f"--shard-size ({self.shard_size}) must be a multiple of the batch sizes "
                                f"({self.batch_size}, {self.effort_batch_size}) so that batches never depend "
@@ -117,16 +141,16 @@ def _shard_samples(samples_dir: str, digest: str, start: int, stop: int) -> Samp
     return Samples.from_table(table.slice(start, stop - start), samples_dir)
 
 
-def _surrogate(path: str, digest: str):
+def _surrogate(path: str, digest: str, device: str = "cpu"):
     def build():
         from dealrec.influence import LinearTaps, freeze_all_but
         from surrogates.base import load_surrogate
 
-        model = load_surrogate(path).eval()
+        model = load_surrogate(path).to(pick_device(device)).eval()
         block = model.influence_block()
         freeze_all_but(model, block)
         return model, block, LinearTaps(block)
-    return _cached(("surrogate", path, digest), build)
+    return _cached(("surrogate", path, digest, device), build)
 
 
 def capture_task(task: dict) -> dict:
@@ -136,7 +160,7 @@ def capture_task(task: dict) -> dict:
     from dealrec.influence import capture_samples
 
     store, shard = task_store(task)
-    model, block, taps = _surrogate(task["surrogate"], task["surrogate_sha256"])
+    model, block, taps = _surrogate(task["surrogate"], task["surrogate_sha256"], task.get("device", "cpu"))
     samples = _shard_samples(task["samples_dir"], task["samples_sha256"], shard.start, shard.stop)
     index, a, g, sums, weighted, weights, losses = [], [], [], [], [], [], []
     for lo, hi in batch_ranges(shard, task["batch_size"]):
@@ -162,15 +186,18 @@ def _effort_target(task: dict):
     def build():
         from dealrec.effort import bigrec_target, tiger_target
 
+        # the device the driver resolved (an actor asks Ray for a GPU exactly when it is a CUDA one)
+        device = task.get("device", "cpu")
         if task["target"] == "bigrec":
             titles = PreparedData(task["data"]).titles()
-            # an actor that was given a GPU (only when the cluster has one) uses it
-            device = "cuda" if torch.cuda.is_available() else "cpu"
             return bigrec_target(task["llm"], titles, adapter=task.get("adapter"), block=task.get("effort_block"),
-                                 device=device)
-        return tiger_target(task["tiger_dir"], block=task.get("effort_block"))
+                                 device=device, template=task.get("template", DEFAULT_DOMAIN),
+                                 dtype=task.get("dtype", "auto"), load_in_8bit=task.get("load_in_8bit", False),
+                                 load_in_4bit=task.get("load_in_4bit", False))
+        return tiger_target(task["tiger_dir"], block=task.get("effort_block"), device=device)
     return _cached(("effort", task["target"], task.get("llm"), task.get("adapter"), task.get("tiger_dir"),
-                    task.get("effort_block"), task["target_sha256"]), build)
+                    task.get("effort_block"), task["target_sha256"], task.get("device"), task.get("template"),
+                    task.get("dtype"), task.get("load_in_8bit"), task.get("load_in_4bit")), build)
 
 
 def effort_task(task: dict) -> dict:
@@ -300,13 +327,26 @@ def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: 
     own_executor = executor is None
     executor = executor or make_executor(config.workers, config.ray_address, config.threads, config.worker_nice)
     try:
-        result = influence_phase(job, config, executor, phases, progress)
-        effort, target_info = effort_phase(job, config, executor, phases, result.sample_id, progress)
-        executor_info = executor.describe()
+        device = work_device(config.device, executor)
+        result = influence_phase(job, config, executor, phases, progress, device)
+        effort, target_info = effort_phase(job, config, executor, phases, result.sample_id, progress, device)
+        executor_info = {**executor.describe(), "device": device}
     finally:
         if own_executor:
             executor.shutdown()
     return write_score_outputs(job, config, result, effort, target_info, executor_info, phases, t_start)
+
+
+def work_device(device: str, executor) -> str:
+    """The device capture and effort run on, as one name for every worker: ``auto`` is ``cuda`` when this
+    machine or the Ray cluster has a GPU, else ``cpu``; a named device is checked here unless a Ray cluster
+    with GPUs runs the work (its actors check it on theirs)."""
+    cluster_gpus = float(getattr(executor, "gpus", 0.0) or 0.0)
+    if device == DEVICE_AUTO:
+        return "cuda" if torch.cuda.is_available() or cluster_gpus > 0 else "cpu"
+    if cluster_gpus > 0 and str(device).startswith("cuda"):
+        return str(device)
+    return str(pick_device(device))
 
 
 def prepare_score_inputs(data: str | Path, surrogate: str | Path, out: str | Path,
@@ -341,7 +381,7 @@ def prepare_score_inputs(data: str | Path, surrogate: str | Path, out: str | Pat
 
 
 def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
-                    progress: bool = True) -> InfluenceResult:
+                    progress: bool = True, device: str = "cpu") -> InfluenceResult:
     """Phases ``capture`` (shards), ``solve`` and ``influence`` (driver); each is timed into ``phases``."""
     from safetensors.numpy import load_file, save_file
 
@@ -352,13 +392,14 @@ def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
     shards = plan_shards(n, config.shard_size, config.batch_size)
     cap_store = ShardStore(work / "capture", "capture", "safetensors")
     cap_inputs = {"samples": job.samples_sha, "surrogate": job.surrogate_sha, "batch_size": config.batch_size,
-                  "chunk_tokens": config.chunk_tokens, "threads": executor.threads, "format": CAPTURE_FORMAT}
+                  "chunk_tokens": config.chunk_tokens, "threads": executor.threads, "format": CAPTURE_FORMAT,
+                  **_device_key(device)}
     phases["capture"] = run_phase(
         executor, capture_task, cap_store, shards,
         lambda s: {"samples_dir": job.samples_dir, "samples_sha256": job.samples_key,
                    "surrogate": str(surrogate), "surrogate_sha256": job.surrogate_sha,
-                   "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens},
-        cap_inputs, "influence: capture", progress)
+                   "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens, "device": device},
+        cap_inputs, "influence: capture", progress, use_gpu=device.startswith("cuda"))
 
     # ---- mean gradient and solve
     t0 = time.perf_counter()
@@ -399,8 +440,14 @@ def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
     return InfluenceResult(sample_id, influence, n_rows, solve_summary)
 
 
+def _device_key(device: str) -> dict:
+    """The device as part of a shard's key: absent for the CPU, so that shards written before the option
+    (all on the CPU) still match, and present otherwise (a GPU's float sums are not the CPU's bits)."""
+    return {} if device == "cpu" else {"device": device}
+
+
 def effort_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict, sample_id: np.ndarray,
-                 progress: bool = True) -> tuple[np.ndarray | None, dict]:
+                 progress: bool = True, device: str = "cpu") -> tuple[np.ndarray | None, dict]:
     """Phase ``effort`` (shards; TIGER's ``semantic_ids`` first): the effort per sample, in ``sample_id``'s
     order, and what the target was (None and ``{"target": "none"}`` for ``--target none``)."""
     from safetensors.numpy import load_file
@@ -411,11 +458,18 @@ def effort_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict, sam
     prepared, work = job.prepared, job.work
     task_base = {"samples_dir": job.samples_dir, "samples_sha256": job.samples_key, "data": str(prepared.root),
                  "target": config.target,
-                 "batch_size": config.effort_batch_size, "effort_block": config.effort_block}
+                 "batch_size": config.effort_batch_size, "effort_block": config.effort_block, "device": device}
     eff_inputs = {"samples": job.samples_sha, "target": config.target, "batch_size": config.effort_batch_size,
-                  "block": config.effort_block, "threads": executor.threads}
+                  "block": config.effort_block, "threads": executor.threads, **_device_key(device)}
     if config.target == "bigrec":
-        task_base.update({"llm": str(config.llm), "adapter": config.adapter})
+        task_base.update({"llm": str(config.llm), "adapter": config.adapter, "template": config.template,
+                          "dtype": config.dtype, "load_in_8bit": config.load_in_8bit,
+                          "load_in_4bit": config.load_in_4bit})
+        # what changes the effort beyond the defaults of the runs made before these options
+        eff_inputs.update({k: v for k, v in (("template", config.template), ("dtype", config.dtype),
+                                              ("load_in_8bit", config.load_in_8bit),
+                                              ("load_in_4bit", config.load_in_4bit))
+                           if v != getattr(ScoreConfig, k)})
         eff_inputs.update(_folder_digest(config.llm, "llm"))
         if config.adapter:
             eff_inputs.update(_folder_digest(config.adapter, "adapter"))
@@ -430,7 +484,7 @@ def effort_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict, sam
     eff_shards = plan_shards(len(job.samples), config.shard_size, config.effort_batch_size)
     phases["effort"] = run_phase(executor, effort_task, eff_store, eff_shards,
                                  lambda s: dict(task_base), eff_inputs, "effort", progress,
-                                 use_gpu=True)
+                                 use_gpu=device.startswith("cuda"))
     parts = [load_file(str(eff_store.output(s))) for s in eff_shards]
     if not np.array_equal(np.concatenate([p["sample_id"] for p in parts]), sample_id):
         raise DealrecError(f"{eff_store.root}: effort shards do not line up with the samples table")
@@ -580,6 +634,18 @@ def _score_options(f):
                           "(0: the same priority; raise it to let other work on the machine go first). A joined "
                           "cluster (--ray-address) keeps its own setting."),
         click.option("--seed", type=SEED, default=ScoreConfig.seed, show_default=True),
+        click.option("--template", type=click.Choice(sorted(DOMAIN_TEMPLATES)), default=ScoreConfig.template,
+                     show_default=True,
+                     help="Prompt wording of --target bigrec's effort; recorded in the manifest, and 'dealrec export' "
+                          "renders its trainer files with it."),
+        click.option("--device", default=ScoreConfig.device, show_default=True,
+                     help=f"Where influence capture and effort run: {DEVICE_HELP}. The solve runs on the CPU."),
+        click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default=ScoreConfig.dtype, show_default=True,
+                     help="Weights of --target bigrec's LLM; auto: bf16 on a GPU that has it, else fp32."),
+        click.option("--load-in-8bit", is_flag=True, default=ScoreConfig.load_in_8bit,
+                     help="Load --target bigrec's LLM in 8 bits (bitsandbytes; a CUDA GPU only)."),
+        click.option("--load-in-4bit", is_flag=True, default=ScoreConfig.load_in_4bit,
+                     help="Load --target bigrec's LLM in 4 bits, nf4 (bitsandbytes; a CUDA GPU only)."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -591,14 +657,17 @@ def config_from_options(hvp, damping, lissa_scale, lissa_steps, hessian_samples,
                         target_init, effort_block, batch_size, effort_batch_size, workers, shard_size,
                         ray_address, seed, threads_per_worker=ScoreConfig.threads,
                         chunk_tokens=ScoreConfig.chunk_tokens, v_weighting=ScoreConfig.v_weighting,
-                        worker_nice=ScoreConfig.worker_nice) -> ScoreConfig:
+                        worker_nice=ScoreConfig.worker_nice, template=ScoreConfig.template,
+                        device=ScoreConfig.device, dtype=ScoreConfig.dtype, load_in_8bit=ScoreConfig.load_in_8bit,
+                        load_in_4bit=ScoreConfig.load_in_4bit) -> ScoreConfig:
     return ScoreConfig(
         hvp=HvpConfig(solver=hvp, damping=damping, scale=lissa_scale, lissa_steps=lissa_steps,
                       hessian_samples=hessian_samples, hvp_batch=hvp_batch, seed=seed),
         target=target, v_weighting=v_weighting, llm=llm, adapter=adapter, target_init=target_init,
         effort_block=effort_block,
         batch_size=batch_size, effort_batch_size=effort_batch_size, chunk_tokens=chunk_tokens, shard_size=shard_size,
-        workers=workers, ray_address=ray_address, threads=threads_per_worker, worker_nice=worker_nice, seed=seed)
+        workers=workers, ray_address=ray_address, threads=threads_per_worker, worker_nice=worker_nice, seed=seed,
+        template=template, device=device, dtype=dtype, load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit)
 
 
 def _make_command():

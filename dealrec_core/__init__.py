@@ -6,6 +6,7 @@
 - ``batching``: padding ragged id rows into batches; ``training``: the one early-stopping loop;
 - ``errors``: the one-line error types; ``paths``: output checks and temporary names;
 - ``options``: click types shared by every command; ``threads``: fixed torch thread counts.
-- ``hashing``: the splitmix64 mixer behind every id-keyed random draw.
+- ``hashing``: the splitmix64 mixer behind every id-keyed random draw;
+- ``devices``: where torch work runs and in which float type (``--device``, ``--dtype``), one rule.
 """
 __version__ = "0.1.0"

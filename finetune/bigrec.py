@@ -41,12 +41,13 @@ from dealrec_core import __version__
 from dealrec_core.batching import pad_batch
 from dealrec_core.data import EvalSplit, PreparedData, atomic_output_dir, check_item_range, load_samples, \
     sha256_file, shard_paths, write_json_atomic
+from dealrec_core.devices import DEVICE_HELP, DTYPE_CHOICES, dtype_name
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
 from dealrec_core.evaluate import DEFAULT_KS, evaluate_scorer, format_metrics, truth_rows
 from dealrec_core.paths import check_output
 from dealrec_core.training import MAX_EPOCHS, PATIENCE, train_with_early_stopping
-from finetune.llm import attach_lora, load_causal_lm, pick_device, pick_dtype
+from finetune.llm import attach_lora, load_causal_lm, pick_device, pick_dtype, quantization
 from finetune.prompts import DEFAULT_DOMAIN, DOMAIN_TEMPLATES, LOSS_ON, PromptTemplate, encode_example, encode_prompt
 
 MAX_NEW_TOKENS_CAP = 64   # the most tokens that --max-new-tokens defaults to (default_max_new_tokens)
@@ -82,6 +83,8 @@ class BigrecConfig:
     dtype: str = "auto"
     threads: int = 0                                # CPU threads for torch; 0: torch's default
     adapter: str | None = None
+    load_in_8bit: bool = False                      # the LLM quantized by bitsandbytes (a CUDA GPU only)
+    load_in_4bit: bool = False
 
 
 # ----------------------------------------------------------------------------- batches and losses
@@ -387,7 +390,9 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
     splits = {name: nonempty_users(prepared.eval_split(name), cfg.max_users, cfg.seed)
               for name in ("valid", "test")}
     device = pick_device(cfg.device)
-    model, tokenizer = load_causal_lm(llm, device, pick_dtype(cfg.dtype, device))
+    dtype = pick_dtype(cfg.dtype, device)
+    quantize = quantization(cfg.load_in_8bit, cfg.load_in_4bit, device)
+    model, tokenizer = load_causal_lm(llm, device, dtype, quantize)
     pad_id = tokenizer.pad_token_id
     timings["load"] = time.perf_counter() - t_start
 
@@ -460,7 +465,8 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
                      "best_valid_loss": result.best_valid_loss, "best_epoch": result.best_epoch,
                      "valid_losses": result.valid_losses, "train_losses": result.train_losses,
                      "valid_loss_users": len(valid_examples)},
-        "device": str(device), "torch_threads": torch.get_num_threads(),
+        "device": str(device), "dtype": dtype_name(dtype), "quantization": quantize,
+        "torch_threads": torch.get_num_threads(),
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "versions": _package_versions(),
     }
@@ -527,9 +533,13 @@ def bigrec_config(adapter=None, target_modules=None, **options) -> BigrecConfig:
               help="Prompts per beam search call.")
 @click.option("--domain", type=click.Choice(sorted(DOMAIN_TEMPLATES)), default=BigrecConfig.domain,
               show_default=True, help="Prompt wording.")
-@click.option("--device", default=BigrecConfig.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default=BigrecConfig.dtype,
-              show_default=True, help="auto: bfloat16 on a GPU that has it, else float32.")
+@click.option("--device", default=BigrecConfig.device, show_default=True, help=f"{DEVICE_HELP}.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default=BigrecConfig.dtype,
+              show_default=True, help="The LLM's weights; auto: bf16 on a GPU that has it, else fp32.")
+@click.option("--load-in-8bit", is_flag=True, default=BigrecConfig.load_in_8bit,
+              help="Load the LLM in 8 bits (bitsandbytes; a CUDA GPU only).")
+@click.option("--load-in-4bit", is_flag=True, default=BigrecConfig.load_in_4bit,
+              help="Load the LLM in 4 bits, nf4 (bitsandbytes; a CUDA GPU only).")
 @click.option("--threads", default=BigrecConfig.threads, show_default=True,
               help="CPU threads for torch (0: torch's default). 1 is often fastest on a busy machine.")
 @click.option("--seed", type=SEED, default=BigrecConfig.seed, show_default=True)

@@ -1,11 +1,17 @@
 """Any local HuggingFace causal-LM folder, and LoRA on it (peft).
 
-Users bring their own LLM (Llama, Qwen2, GPT-2, ...) as a folder with ``config.json``,
+Users bring their own LLM (Llama, Qwen2, GPT-2, Phi-3, ...) as a folder with ``config.json``,
 weights and a tokenizer. Nothing here downloads: a folder that is not a complete causal
 LM is a one-line ``DealrecError``.
+
+The LoRA targets of a model are chosen in one place, ``default_lora_targets`` (the attention
+projections its architecture has); ``finetune bigrec`` trains them and the effort score puts its
+block on the last layer's one (``value_target``). The weights load on any device in any float type
+(``dealrec_core.devices``), or 8-/4-bit through bitsandbytes on a CUDA GPU (``quantization``).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from dealrec_core.devices import pick_device, pick_dtype  # noqa: F401  (the names finetune.bigrec imports)
 from dealrec_core.errors import DealrecError
 
 # Files that carry a tokenizer's vocabulary (fast, sentencepiece, or BPE vocab + merges).
@@ -29,23 +36,23 @@ _TARGET_CHOICES: Sequence[tuple[str, ...]] = (
 )
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DealrecError(f"--device {device}: no CUDA device is available")
-    return torch.device(device)
+QUANTIZATIONS = ("8bit", "4bit")
 
 
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
-        raise DealrecError(f"unknown dtype {dtype!r} (choose from auto, float32, bfloat16, float16)") from None
+def quantization(load_in_8bit: bool, load_in_4bit: bool, device: torch.device) -> str | None:
+    """``"8bit"``, ``"4bit"`` or None from the two flags; refused in one line where it cannot work: both
+    flags, no bitsandbytes, or a device that is not a CUDA GPU (bitsandbytes' int8/nf4 kernels need one)."""
+    if load_in_8bit and load_in_4bit:
+        raise DealrecError("--load-in-8bit and --load-in-4bit: choose one")
+    if not (load_in_8bit or load_in_4bit):
+        return None
+    flag = "--load-in-8bit" if load_in_8bit else "--load-in-4bit"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise DealrecError(f"{flag} needs the bitsandbytes package (pip install bitsandbytes), which is not installed")
+    if device.type != "cuda":
+        raise DealrecError(f"{flag} needs a CUDA GPU (bitsandbytes); the device is {device} (pass --device cuda "
+                           f"on a machine with one, or leave the flag out)")
+    return "8bit" if load_in_8bit else "4bit"
 
 
 def _check_causal_lm_folder(path: Path) -> dict:
@@ -96,21 +103,36 @@ def load_tokenizer(path: str | Path):
 
 
 def load_causal_lm(path: str | Path, device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from a local causal-LM folder; the model in eval mode on ``device``."""
+                   dtype: torch.dtype = torch.float32, quantize: str | None = None):
+    """(model, tokenizer) from a local causal-LM folder; the model in eval mode on ``device``, its weights in
+    ``dtype``, or ``quantize`` (``"8bit"``/``"4bit"``, see ``quantization``) with ``dtype`` as compute type."""
     from transformers import AutoModelForCausalLM
     path = Path(path)
     _check_causal_lm_folder(path)
     tokenizer = load_tokenizer(path)
+    device = torch.device(device)
+    kwargs: dict = {"dtype": dtype, "local_files_only": True}
+    if quantize is not None:
+        if quantize not in QUANTIZATIONS:
+            raise DealrecError(f"unknown quantization {quantize!r} (choose from {', '.join(QUANTIZATIONS)})")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if quantize == "8bit" else
+                                         BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                            bnb_4bit_compute_dtype=dtype))
+        # a quantized model is placed while it loads (bitsandbytes refuses a later .to)
+        kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:
         raise DealrecError(f"{path}: cannot load the model: {str(e).splitlines()[0]}") from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.to(device).eval(), tokenizer
+    if quantize is None:
+        model = model.to(device)
+    return model.eval(), tokenizer
 
 
 def default_lora_targets(model: nn.Module) -> list[str]:
@@ -123,10 +145,22 @@ def default_lora_targets(model: nn.Module) -> list[str]:
                        f"(pass --target-modules)")
 
 
+def value_target(targets: Sequence[str]) -> str:
+    """Of a model's LoRA targets, the one whose last-layer LoRA B carries the effort score: ``v_proj`` (the
+    paper's) where the projections are apart, else the fused q/k/v projection (``c_attn``, ``qkv_proj``...)."""
+    targets = list(targets)
+    return "v_proj" if "v_proj" in targets else targets[-1]
+
+
 def attach_lora(model: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.05,
                 target_modules: Sequence[str] | None = None, adapter: str | Path | None = None):
     """Wrap ``model`` with trainable LoRA adapters (new ones, or ``adapter``'s to continue from)."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_quantized", False):
+        # peft's recipe for LoRA on 8-/4-bit weights (norms in float32, input gradients on); the forward
+        # pass is otherwise unchanged: no gradient checkpointing is switched on here
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if adapter is not None:
         adapter = Path(adapter)
         if not (adapter / "adapter_config.json").exists():

@@ -128,15 +128,31 @@ class TigerModel(nn.Module):
         tokens[1:] = codes[1:] + np.asarray(self.level_offsets)[None, :]
         # buffers are derived from the semantic IDs, so they are not saved with the weights
         self.register_buffer("item_tokens", torch.from_numpy(tokens), persistent=False)
+        self._item_tokens_np = tokens   # the same table on the host, for building batches
         level_bias = torch.full((self.n_levels, self.vocab_size), float("-inf"))
         for lv in range(self.n_levels):
             level_bias[lv, self.level_offsets[lv]:self.level_offsets[lv] + sizes[lv]] = 0.0
         self.register_buffer("level_bias", level_bias, persistent=False)
         self.trie = _prefix_trie(codes, sizes)
+        self._trie_on: dict = {}
 
     @property
     def n_items(self) -> int:
         return self.semantic_ids.n_items
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is (``model.to(device)`` moves it): batches and beam-search state go there."""
+        return self.item_tokens.device
+
+    def _trie_tables(self) -> list[torch.Tensor]:
+        """The trie's children tables on the model's device (copied once per device)."""
+        device = self.device
+        if device.type == "cpu":
+            return self.trie
+        if device not in self._trie_on:
+            self._trie_on = {device: [t.to(device) for t in self.trie]}
+        return self._trie_on[device]
 
     # ------------------------------------------------------------------ batching
 
@@ -147,7 +163,7 @@ class TigerModel(nn.Module):
         (an empty history is just eos), right-padded.
         """
         keep = self.config.max_history_items
-        item_tokens = self.item_tokens.numpy()
+        item_tokens = self._item_tokens_np
         rows = []
         for h in histories:
             h = np.asarray(h, dtype=np.int64)
@@ -157,15 +173,15 @@ class TigerModel(nn.Module):
                                    f"(1..{self.n_items})")
             rows.append(np.append(item_tokens[h].reshape(-1), EOS))
         input_ids = pad_rows(rows, PAD, "right")
-        batch = {"input_ids": torch.from_numpy(input_ids),
-                 "attention_mask": torch.from_numpy((input_ids != PAD).astype(np.int64))}
+        batch = {"input_ids": torch.from_numpy(input_ids).to(self.device),
+                 "attention_mask": torch.from_numpy((input_ids != PAD).astype(np.int64)).to(self.device)}
         if targets is not None:
             t = np.asarray(targets, dtype=np.int64)
             if len(t) != len(rows):
                 raise ValueError(f"{len(rows)} histories but {len(t)} targets")
             if len(t) and (t.min() < 1 or t.max() > self.n_items):
                 raise DealrecError(f"target item out of the model's catalogue (1..{self.n_items})")
-            batch["labels"] = self.item_tokens[torch.from_numpy(t)].clone()
+            batch["labels"] = self.item_tokens[torch.from_numpy(t).to(self.device)].clone()
         return batch
 
     # ------------------------------------------------------------------ losses
@@ -214,15 +230,16 @@ class TigerModel(nn.Module):
         hidden = self.t5.get_encoder()(input_ids=batch["input_ids"],
                                        attention_mask=batch["attention_mask"]).last_hidden_state
         state = _DecoderState.start(self.t5, hidden, batch["attention_mask"])
-        tokens = torch.full((n_users,), PAD, dtype=torch.long)
-        node = torch.zeros(n_users, dtype=torch.long)            # trie node of each beam
-        score = torch.zeros(n_users, 1)                          # [U, beams] summed log-probs
-        user_of_row = torch.arange(n_users)
+        device, trie = self.device, self._trie_tables()
+        tokens = torch.full((n_users,), PAD, dtype=torch.long, device=device)
+        node = torch.zeros(n_users, dtype=torch.long, device=device)   # trie node of each beam
+        score = torch.zeros(n_users, 1, device=device)                 # [U, beams] summed log-probs
+        user_of_row = torch.arange(n_users, device=device)
         item = None
         for level in range(self.n_levels):
             lo, size = self.level_offsets[level], self.level_sizes[level]
             logp = torch.log_softmax(state.step(tokens, lo, size), dim=-1)           # [rows, size]
-            child = self.trie[level][node]                                          # [rows, size]
+            child = trie[level][node]                                               # [rows, size]
             valid = child >= 0
             if level == self.n_levels - 1 and exclude_history:
                 valid &= ~self._in_history(histories, user_of_row, child)
@@ -231,9 +248,9 @@ class TigerModel(nn.Module):
             total = (score.reshape(-1, 1) + logp).reshape(n_users, beams_now * size)
             width = min(beam_size if level < self.n_levels - 1 else k, total.shape[1])
             score, flat = torch.topk(total, width, dim=1)
-            parent = (flat // size + torch.arange(n_users).unsqueeze(1) * beams_now).reshape(-1)
+            parent = (flat // size + torch.arange(n_users, device=device).unsqueeze(1) * beams_now).reshape(-1)
             code = (flat % size).reshape(-1)
-            nxt = self.trie[level][node[parent], code]
+            nxt = trie[level][node[parent], code]
             if level == self.n_levels - 1:
                 item = torch.where(torch.isfinite(score.reshape(-1)), nxt, torch.zeros_like(nxt))
                 break
@@ -241,7 +258,7 @@ class TigerModel(nn.Module):
             tokens = code + lo
             state.select(parent, width)
             user_of_row = user_of_row[parent]
-        item = item.reshape(n_users, -1).numpy()
+        item = item.reshape(n_users, -1).cpu().numpy()
         if item.shape[1] < k:
             item = np.concatenate([item, np.zeros((n_users, k - item.shape[1]), np.int64)], 1)
         return item
@@ -249,11 +266,12 @@ class TigerModel(nn.Module):
     def _in_history(self, histories, user_of_row: torch.Tensor, child: torch.Tensor) -> torch.Tensor:
         """[rows, size] bool: is the candidate item in the row's user's history?"""
         n_users = len(histories)
-        seen = torch.zeros(n_users, self.n_items + 1, dtype=torch.bool)
+        seen = np.zeros((n_users, self.n_items + 1), dtype=bool)
         for u, h in enumerate(histories):
             h = np.asarray(h, dtype=np.int64)
             if len(h):
-                seen[u, torch.from_numpy(h[(h > 0) & (h <= self.n_items)])] = True
+                seen[u, h[(h > 0) & (h <= self.n_items)]] = True
+        seen = torch.from_numpy(seen).to(child.device)
         return seen[user_of_row.unsqueeze(1), child.clamp(min=0)] & (child > 0)
 
 
@@ -284,7 +302,7 @@ class _DecoderState:
             shape = (n_users, length, att.n_heads, att.key_value_proj_dim)
             ks.append(att.k(encoder_hidden).view(shape).transpose(1, 2))
             vs.append(att.v(encoder_hidden).view(shape).transpose(1, 2))
-        bias = torch.zeros(n_users, 1, 1, length, dtype=encoder_hidden.dtype)
+        bias = torch.zeros(n_users, 1, 1, length, dtype=encoder_hidden.dtype, device=encoder_hidden.device)
         bias = bias.masked_fill(encoder_mask[:, None, None, :] == 0, torch.finfo(encoder_hidden.dtype).min)
         return cls(t5, ks, vs, bias)
 
@@ -418,7 +436,7 @@ def save_tiger(model: TigerModel, folder: str | Path) -> None:
     write_text_atomic(folder / "config.json", json.dumps(meta, indent=2) + "\n")
 
 
-def load_tiger(folder: str | Path) -> TigerModel:
+def load_tiger(folder: str | Path, device: str | torch.device = "cpu") -> TigerModel:
     from safetensors.torch import load_model
 
     folder = Path(folder)
@@ -432,4 +450,4 @@ def load_tiger(folder: str | Path) -> TigerModel:
     model = TigerModel(TigerConfig.from_dict(meta["tiger"]), sem, rqvae, seed=int(meta.get("seed", 0)))
     load_model(model.t5, str(folder / "model.safetensors"))
     model.eval()
-    return model
+    return model.to(device)

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dealrec_core.data import EvalSplit, PreparedData, Samples, atomic_output_dir, load_samples, write_json_atomic
+from dealrec_core.devices import DEVICE_HELP, pick_device
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
 from dealrec_core.evaluate import DEFAULT_KS, ranking_metrics, users_with_truth
@@ -59,6 +60,7 @@ class TigerTrainConfig:
     max_minutes: float = 0.0        # wall-clock budget for the loop (0 = none)
     seed: int = 0
     progress: bool = True
+    device: str = "auto"            # auto: a CUDA GPU when torch sees one, else the CPU
 
 
 def training_pairs(samples: Samples, expand_prefixes: bool) -> tuple[list, np.ndarray]:
@@ -204,7 +206,8 @@ def run_tiger(data_dir, train_path, out, init_ckpt=None, encoder_dir=None, seed:
               expand_prefixes: bool = TigerTrainConfig.expand_prefixes, d_model: int = TigerConfig.d_model,
               layers: int = TigerConfig.num_layers, dropout: float = TigerConfig.dropout,
               max_history: int = TigerConfig.max_history_items, rqvae_epochs: int = RQVAEConfig.epochs,
-              threads: int = DEFAULT_THREADS, overwrite: bool = False, quiet: bool = False) -> dict:
+              threads: int = DEFAULT_THREADS, overwrite: bool = False, quiet: bool = False,
+              device: str = TigerTrainConfig.device) -> dict:
     """``dealrec finetune tiger``: build (or load) TIGER, train it on TRAIN, evaluate, write OUT.
 
     One function behind the command and ``dealrec compare``, so that a comparison trains exactly
@@ -218,20 +221,22 @@ def run_tiger(data_dir, train_path, out, init_ckpt=None, encoder_dir=None, seed:
     check_output(out, {"--data": data_dir, "--train": train_path, "--init": init_ckpt, "--encoder": encoder_dir})
     if Path(out).exists() and not overwrite:
         raise DealrecError(f"{out}: already exists (pass --overwrite to replace it)")
+    torch_device = pick_device(device)   # a device that is not there is refused before any work
     threads_before = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
     try:
         return _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epochs, batch_size, lr,
                           warmup_steps, patience, eval_every_steps, valid_users, metric, beam_size, max_minutes,
-                          expand_prefixes, d_model, layers, dropout, max_history, rqvae_epochs, overwrite, quiet)
+                          expand_prefixes, d_model, layers, dropout, max_history, rqvae_epochs, overwrite, quiet,
+                          torch_device)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epochs, batch_size, lr, warmup_steps,
                patience, eval_every_steps, valid_users, metric, beam_size, max_minutes, expand_prefixes, d_model,
-               layers, dropout, max_history, rqvae_epochs, overwrite, quiet) -> dict:
+               layers, dropout, max_history, rqvae_epochs, overwrite, quiet, device) -> dict:
     t0 = time.time()
     data = PreparedData(data_dir)
     train = load_samples(train_path, n_items=data.n_items)
@@ -248,10 +253,11 @@ def _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epoc
                             rqvae_config=RQVAEConfig(epochs=rqvae_epochs, seed=seed),
                             encoder_dir=encoder_dir, progress=not quiet)
     build_seconds = time.time() - t0
+    model.to(device)   # the semantic IDs are built on the CPU; training and beam search run on the device
     cfg = TigerTrainConfig(max_epochs=max_epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                            patience=patience, eval_every_steps=eval_every_steps, valid_users=valid_users,
                            metric=metric, beam_size=beam_size, max_minutes=max_minutes,
-                           expand_prefixes=expand_prefixes, seed=seed, progress=not quiet)
+                           expand_prefixes=expand_prefixes, seed=seed, progress=not quiet, device=str(device))
     result = train_tiger(model, train, data, cfg)
     result["build_seconds"] = build_seconds
     result["seconds"] = time.time() - t0
@@ -260,6 +266,7 @@ def _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epoc
     result["train"] = str(train_path)
     result["init"] = str(init_ckpt) if init_ckpt else None
     result["threads"] = torch.get_num_threads()
+    result["device"] = str(device)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         save_tiger(model, tmp)
         write_json_atomic(tmp / "metrics.json", result)
@@ -305,6 +312,8 @@ def _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epoc
 @click.option("--rqvae-epochs", default=RQVAEConfig.epochs, show_default=True)
 @click.option("--threads", default=DEFAULT_THREADS, show_default=True,
               help="Torch CPU threads (1 suits a small shared machine; 0 = torch's default).")
+@click.option("--device", default=TigerTrainConfig.device, show_default=True,
+              help=f"Where TIGER trains and ranks: {DEVICE_HELP}. The semantic IDs are built on the CPU.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def tiger_command(out, quiet, **options):

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from dealrec_core.data import Samples, atomic_file, write_json_atomic
+from dealrec_core.devices import to_device
 from dealrec_core.errors import DealrecError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -94,13 +95,18 @@ class Surrogate(nn.Module):
         """The objective the trainer minimises; by default the mean of the sample losses."""
         return self.sample_losses(batch).mean()
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are; its batches are moved there."""
+        return next(self.parameters()).device
+
     @torch.no_grad()
     def score_histories(self, histories: list[np.ndarray]) -> torch.Tensor:
-        """Scores of every item after each history: the ``score_fn`` of ``evaluate_scorer``."""
+        """Scores of every item after each history (on the host): the ``score_fn`` of ``evaluate_scorer``."""
         was_training = self.training
         self.eval()
         try:
-            return self.full_sort_scores(self.collate_histories(histories))
+            return self.full_sort_scores(to_device(self.collate_histories(histories), self.device)).cpu()
         finally:
             self.train(was_training)
 

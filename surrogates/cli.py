@@ -5,6 +5,7 @@ import dataclasses
 
 import click
 
+from dealrec_core.devices import DEVICE_HELP
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
 from surrogates.base import SURROGATES, surrogate_class
@@ -49,9 +50,11 @@ from surrogates.config import DEFAULT_MODEL, DEFAULT_THREADS, WEIGHTINGS, TrainC
 @click.option("--seed", type=SEED, default=TrainConfig.seed, show_default=True)
 @click.option("--threads", type=int, default=TrainConfig.threads,
               help=f"Torch threads [{DEFAULT_THREADS}, whatever the machine: the weights depend on the thread count].")
+@click.option("--device", default=TrainConfig.device, show_default=True,
+              help=f"{DEVICE_HELP}. A GPU gives other weights than the CPU (and not always the same bits twice).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_decay, batch_size, max_epochs,
-                            patience, max_minutes, weighting, seed, threads, quiet, **model_options):
+                            patience, max_minutes, weighting, seed, threads, device, quiet, **model_options):
     """Train a surrogate recommender on all samples of a prepared DATA folder.
 
     Early stopping on validation NDCG@10; reports valid and test Recall/NDCG@10/20/50 of the
@@ -64,7 +67,7 @@ def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_dec
         raise DealrecError(f"--{unknown[0].replace('_', '-')} does not apply to model {model_name}")
     cfg = TrainConfig(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
                       patience=patience, seed=seed, weighting=weighting, max_minutes=max_minutes,
-                      threads=threads, progress=not quiet)
+                      threads=threads, progress=not quiet, device=device)
     metrics = training.train_surrogate(data, model_name, out_dir, model_fields, cfg, overwrite=overwrite)
     for split in ("valid", "test"):
         m = metrics[split]

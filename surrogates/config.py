@@ -26,6 +26,7 @@ class TrainConfig:
     threads: int | None = None        # torch intra-op threads; default DEFAULT_THREADS, whatever the machine
     eval_batch_size: int = 1024
     progress: bool = True
+    device: str = "auto"              # auto: a CUDA GPU when torch sees one, else the CPU (the weights differ)
 
     def __post_init__(self):
         if self.weighting not in WEIGHTINGS:

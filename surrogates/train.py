@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dealrec_core.devices import pick_device, to_device
 from dealrec_core.threads import fixed_threads
 from dealrec_core.data import PreparedData, Samples, atomic_output_dir, check_item_range, write_json_atomic
 from dealrec_core.errors import DealrecError
@@ -37,10 +38,12 @@ def evaluate_model(model: Surrogate, data: PreparedData, split: str, batch_size:
 
 
 def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
-    """Train ``model`` in place (it ends holding the best weights); return the metrics dict. Runs on
-    ``cfg.threads`` (default ``DEFAULT_THREADS``) torch threads and gives the caller's count back."""
+    """Train ``model`` in place (it ends holding the best weights, on ``cfg.device``); return the metrics
+    dict. Runs on ``cfg.threads`` (default ``DEFAULT_THREADS``) torch threads and gives the caller's count back."""
+    device = pick_device(cfg.device)
+    model.to(device)
     with fixed_threads(cfg.threads or DEFAULT_THREADS):
-        return _train(model, samples, data, cfg)
+        return {**_train(model, samples, data, cfg), "device": str(device)}
 
 
 def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
@@ -68,8 +71,8 @@ def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainCon
                    dynamic_ncols=True)
         loss_sum = 0.0
         for b in bar:
-            batch = model.collate(samples.subset(order[b * cfg.batch_size:(b + 1) * cfg.batch_size]),
-                                  negative_round=epoch)
+            batch = to_device(model.collate(samples.subset(order[b * cfg.batch_size:(b + 1) * cfg.batch_size]),
+                                            negative_round=epoch), model.device)
             loss = model.training_loss(batch, weighting=cfg.weighting)
             if not torch.isfinite(loss):
                 raise DealrecError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr")

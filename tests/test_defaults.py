@@ -103,7 +103,8 @@ SCORE_OPTIONS = {
     "batch_size": _score("batch_size"), "effort_batch_size": _score("effort_batch_size"),
     "chunk_tokens": _score("chunk_tokens"), "workers": _score("workers"), "shard_size": _score("shard_size"),
     "ray_address": _score("ray_address"), "threads_per_worker": _score("threads"), "worker_nice": _score("worker_nice"),
-    "seed": _score("seed"),
+    "seed": _score("seed"), "template": _score("template"), "device": _score("device"), "dtype": _score("dtype"),
+    "load_in_8bit": _score("load_in_8bit"), "load_in_4bit": _score("load_in_4bit"),
     "quiet": CLI_ONLY,
 }
 
@@ -148,7 +149,7 @@ COUNTERPARTS = {
         "patience": Default(SurrogateTrainConfig, "patience"),
         "max_minutes": Default(SurrogateTrainConfig, "max_minutes"),
         "weighting": Default(SurrogateTrainConfig, "weighting"), "seed": Default(SurrogateTrainConfig, "seed"),
-        "threads": SURROGATE_THREADS, "quiet": CLI_ONLY,
+        "threads": SURROGATE_THREADS, "device": Default(SurrogateTrainConfig, "device"), "quiet": CLI_ONLY,
     },
     "score": {"data": CLI_ONLY, "surrogate": CLI_ONLY, "out": CLI_ONLY, **SCORE_OPTIONS},
     "select": {
@@ -160,7 +161,8 @@ COUNTERPARTS = {
     },
     "export": {
         "run": CLI_ONLY, "fmt": Default(export, "DEFAULT_FORMAT"), "data": Default(export.run_export, "data"),
-        "template": Default(prompts, "DEFAULT_DOMAIN"),
+        # None: the one the run's manifest records, else the default domain (what the help states)
+        "template": Default(export.run_export, "template", says=Default(prompts, "DEFAULT_DOMAIN")),
     },
     "prune": {
         "data": CLI_ONLY, "out": CLI_ONLY, **SCORE_OPTIONS,
@@ -195,6 +197,7 @@ COUNTERPARTS = {
         "dropout": Default(TigerConfig, "dropout"), "max_history": Default(TigerConfig, "max_history_items"),
         "rqvae_epochs": Default(RQVAEConfig, "epochs"), "threads": Default(tiger_train, "DEFAULT_THREADS"),
         "overwrite": Default(tiger_train.run_tiger, "overwrite"), "quiet": Default(tiger_train.run_tiger, "quiet"),
+        "device": _tiger("device"),
     },
     "finetune bigrec": {
         "llm": CLI_ONLY, "data": CLI_ONLY, "train_path": CLI_ONLY, "out": CLI_ONLY,
@@ -203,7 +206,7 @@ COUNTERPARTS = {
                                             "micro_batch_size", "epochs", "patience", "loss_on", "max_tokens",
                                             "max_steps", "max_users", "valid_loss_samples", "num_beams",
                                             "max_new_tokens", "eval_batch_size", "domain", "device", "dtype",
-                                            "threads", "seed")},
+                                            "threads", "seed", "load_in_8bit", "load_in_4bit")},
     },
 }
 

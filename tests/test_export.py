@@ -56,7 +56,9 @@ def test_tiger_files_round_trip(tmp_path):
     assert lines == ["30 1 2 2", "80 1", "120 5 4 3 1 5"]
 
 
-def test_export_command(tmp_path):
+def make_run(tmp_path, manifest: dict | None = None):
+    """TMP/run as select leaves it (coreset.parquet of ``_coreset()``), its manifest naming TMP/data (``TITLES``)
+    plus ``manifest``'s keys."""
     data = tmp_path / "data"
     c = _coreset()
     write_samples(samples_table(c.sample_id, c.user, c.history, c.target), data / "samples")
@@ -67,7 +69,13 @@ def test_export_command(tmp_path):
     # a coreset as `dealrec select` writes it: samples columns plus scores
     table = samples_table(c.sample_id, c.user, c.history, c.target).append_column("score", pa.array([0.1, 0.2, 0.3]))
     pq.write_table(table, run / "coreset.parquet")
-    (run / "manifest.json").write_text(json.dumps({"data": str(data)}))
+    (run / "manifest.json").write_text(json.dumps({"data": str(data), **(manifest or {})}))
+    return run
+
+
+def test_export_command(tmp_path):
+    c = _coreset()
+    run = make_run(tmp_path)
     res = CliRunner().invoke(main, ["export", str(run)])
     assert res.exit_code == 0, res.output
     assert json.loads((run / "bigrec.json").read_text(encoding="utf-8")) == bigrec_records(c, TITLES)

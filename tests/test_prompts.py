@@ -30,13 +30,17 @@ def test_alpaca_record_fields_and_domain_wording():
 
 
 def test_the_default_domain_is_the_default_wording():
-    """One default domain (BIGRec's --domain, export's --template): the one PromptTemplate's defaults word."""
-    from dealrec.export import run_export
+    """One default domain (BIGRec's --domain, score's --template, export's --template when the run records
+    none): the one PromptTemplate's defaults word."""
+    from dealrec.export import export_template, run_export
+    from dealrec.manifest import RunManifest
+    from dealrec.score import ScoreConfig
     from finetune.bigrec import BigrecConfig
 
     assert DOMAIN_TEMPLATES[DEFAULT_DOMAIN] == PromptTemplate()
-    assert BigrecConfig().domain == DEFAULT_DOMAIN
-    assert inspect.signature(run_export).parameters["template"].default == DEFAULT_DOMAIN
+    assert BigrecConfig().domain == DEFAULT_DOMAIN == ScoreConfig().template
+    assert inspect.signature(run_export).parameters["template"].default is None   # None: the recorded one
+    assert export_template(None, RunManifest("."), None) == DEFAULT_DOMAIN
 
 
 def test_untruncated_example_is_prompt_plus_response(tokenizer):

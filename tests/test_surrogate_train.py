@@ -97,6 +97,7 @@ def test_cli_end_to_end(prepared, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["valid"]) == METRIC_KEYS and set(metrics["test"]) == METRIC_KEYS
     assert {"epochs", "best_epoch", "seconds", "seconds_per_epoch"} <= set(metrics)
+    assert metrics["device"] == str(torch.device("cuda" if torch.cuda.is_available() else "cpu"))   # --device auto
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "sasrec"
     assert config["config"]["hidden"] == 16 and config["config"]["loss"] == "bce"

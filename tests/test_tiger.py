@@ -164,6 +164,7 @@ def test_command_trains_on_a_hand_written_coreset_and_reloads(tmp_path, tiny_enc
         assert set(metrics[split]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (10, 20, 50)}
         assert all(0.0 <= v <= 1.0 for v in metrics[split].values())
     assert metrics["train_samples"] == 4 and metrics["train_pairs"] == 8 and 1 <= metrics["epochs"] <= 3
+    assert metrics["device"] == ("cuda" if torch.cuda.is_available() else "cpu")   # --device auto
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]   # no temporary folder left
     # the saved model reproduces the reported test metrics
     model = load_tiger(out)

@@ -6,7 +6,9 @@ local causal LM folder" meets the real variety:
 
 - ``llama``: ``<s>`` bos, ``</s>`` eos, ``<unk>``, and no pad token (as Llama checkpoints);
 - ``qwen2``: no bos, ``<|endoftext|>`` as both eos and pad (as Qwen2 checkpoints);
-- ``gpt2``: ``<|endoftext|>`` as bos, eos and unk, no pad (as GPT-2 checkpoints).
+- ``gpt2``: ``<|endoftext|>`` as bos, eos and unk, no pad (as GPT-2 checkpoints);
+- ``phi3``: ``<s>`` bos, ``<|endoftext|>`` eos, ``<unk>``, no pad, and the fused ``qkv_proj`` attention
+  projection (as Phi-3 checkpoints).
 """
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ from typing import Iterable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast,
+from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config, PreTrainedTokenizerFast,
                           Qwen2Config)
 
-KINDS = ("llama", "qwen2", "gpt2")
+KINDS = ("llama", "qwen2", "gpt2", "phi3")
 
 # Words of the prompt template, so the tiny vocabulary has merges for them too.
 _TEMPLATE_TEXT = [
@@ -33,6 +35,7 @@ _SPECIALS = {
     "llama": dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>"),
     "qwen2": dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>"),
     "gpt2": dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"),
+    "phi3": dict(bos_token="<s>", eos_token="<|endoftext|>", unk_token="<unk>"),
 }
 
 
@@ -63,6 +66,10 @@ def _config(kind: str, tokenizer: PreTrainedTokenizerFast, hidden: int, layers: 
                            max_position_embeddings=1024, tie_word_embeddings=True, **ids)
     if kind == "gpt2":
         return GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=1024, **ids)
+    if kind == "phi3":
+        return Phi3Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                          num_attention_heads=heads, num_key_value_heads=heads,
+                          max_position_embeddings=1024, tie_word_embeddings=True, **ids)
     raise ValueError(f"unknown kind {kind!r} (choose from {', '.join(KINDS)})")
 
 
