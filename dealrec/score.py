@@ -37,6 +37,7 @@ from dealrec.hvp import HessianPool, HvpConfig, SOLVERS, solve
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec_core.options import SEED
 from dealrec_core.paths import check_output
+from dealrec.runconfig import with_config
 
 SCORES_FILE = "scores.parquet"
 TARGETS = ("tiger", "bigrec", "none")
@@ -613,4 +614,4 @@ def _make_command():
     return score_command
 
 
-score_command = _make_command()
+score_command = with_config(_make_command())
