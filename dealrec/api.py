@@ -37,7 +37,7 @@ from dealrec.manifest import RunManifest
 from dealrec.prepare import PrepareOptions, prepare as prepare_folder
 from dealrec.prepare.cli import _parse_split, prepare_command, prepare_options
 from dealrec.prune import prune_command, run_prune
-from dealrec.runconfig import check_options, option_flags, python_name, recording
+from dealrec.runconfig import check_options, option_flags, python_name, recording, run_folder
 from dealrec.score import SCORES_FILE, ScoreConfig, config_from_options, run_score, score_command
 from dealrec.select import CORESET_FILE, SelectionConfig, run_select, select_command
 from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N
@@ -219,7 +219,7 @@ def select(run=None, *, method=SelectionConfig.method, n=DEFAULT_N, lambda_=DEFA
     coverage-enhanced selection by default), written with the scores, the manifest and a plot into ``run``
     (or ``out``)."""
     a, recorded = _options(select_command, dict(locals()))
-    folder = Path(out if out is not None else run) if (out, run) != (None, None) else None
+    folder = run_folder({"out": out, "run": run})
     with recording(folder, "select", recorded):
         section = run_select(run, a["method"], a["n"], a["lambda_"], a["k"], a["hard_prune"], a["seed"],
                              a["data"], a["surrogate"], a["out"], plot=not a["no_plot"])
@@ -245,10 +245,8 @@ def prune(data, out, *, n=DEFAULT_N, surrogate=None, surrogate_minutes=Surrogate
     ``surrogate``), score, select ``n`` samples and export them into ``out``. Takes every option of
     ``score`` too (``target``, ``workers``, ``hvp`` ...). ``lambda_``, ``k`` and ``hard_prune`` left at None
     are select's defaults."""
-    a, recorded = _options(prune_command, {"data": data, "out": out, "n": n, "surrogate": surrogate,
-                                           "surrogate_minutes": surrogate_minutes, "surrogate_epochs": surrogate_epochs,
-                                           "threads": threads, "lambda_": lambda_, "k": k, "hard_prune": hard_prune,
-                                           "quiet": quiet, **score_options})
+    given = {name: value for name, value in locals().items() if name != "score_options"}
+    a, recorded = _options(prune_command, {**given, **score_options})
     config = config_from_options(**{name: a[name] for name in inspect.signature(config_from_options).parameters})
     with recording(a["out"], "prune", recorded):
         run_prune(a["data"], a["out"], a["n"], a["surrogate"], config, a["lambda_"], a["k"], a["hard_prune"],

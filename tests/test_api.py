@@ -3,6 +3,7 @@ defaults, its checks, typed results; ``import dealrec`` stays cheap; ``python -m
 worked example of docs/api.md, run from the doc itself."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
@@ -122,14 +123,8 @@ def test_results_are_typed_and_point_at_what_was_written(scored):
     assert (chosen.out, chosen.plot) == (root / "sel", None)
     assert pq.read_table(chosen.coreset).num_rows == chosen.selection["n_selected"] == 10
     assert chosen.manifest.selection == chosen.selection
-    with pytest.raises(dataclasses_frozen_error()):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         chosen.out = root
-
-
-def dataclasses_frozen_error():
-    import dataclasses
-
-    return dataclasses.FrozenInstanceError
 
 
 def test_the_function_and_the_command_select_and_record_the_same(scored, tmp_path):
