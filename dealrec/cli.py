@@ -55,6 +55,7 @@ class _LazyGroup(click.Group):
     "export": "dealrec.export:export_command",
     "prune": "dealrec.prune:prune_command",
     "compare": "dealrec.compare:compare_command",
+    "config-from-run": "dealrec.runconfig:config_from_run_command",
 })
 @click.version_option(__version__, prog_name="dealrec")
 def main():

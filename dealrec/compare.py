@@ -17,6 +17,7 @@ Layout of REPORT::
     report.json, report.md       per method: mean, sd and every seed; paired differences to random;
                                  references; coreset composition; machine and wall times
     metrics.png, composition.png
+    manifest.json                the options the comparison ran with (``options.compare``, dealrec.runconfig)
 
 ``result.json`` is written last, atomically, with the run's inputs (method, n, seed, selection
 parameters, training options, a digest of the score columns the method ranks by, a digest of the
@@ -45,8 +46,9 @@ from dealrec_core.data import (PreparedData, atomic_file, read_table, write_json
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED_MAX
 from dealrec_core.paths import check_output
-from dealrec.manifest import RunManifest
+from dealrec.manifest import MANIFEST_FILE, RunManifest
 from dealrec.methods import BASELINES, METHODS, REGISTRY
+from dealrec.runconfig import with_config
 from dealrec.select import CORESET_FILE, run_select
 from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, n_hard_pruned
 from surrogates.config import DEFAULT_THREADS as SURROGATE_THREADS, TrainConfig as SurrogateTrainConfig
@@ -373,7 +375,7 @@ def _check_out(out: Path, data: Path, llm, surrogate, needs_surrogate: bool, con
     from dealrec.prune import is_prepared
 
     writes = ["scores/work", "scores/scores.parquet", "scores/manifest.json", BASE_DIR.as_posix(), "runs",
-              "report.json", "report.md", "metrics.png", "composition.png"]
+              "report.json", "report.md", "metrics.png", "composition.png", MANIFEST_FILE]
     if not is_prepared(data):
         writes.append("scores/data")
     if needs_surrogate and not surrogate:
@@ -903,4 +905,4 @@ def _make_command():
     return compare_command
 
 
-compare_command = _make_command()
+compare_command = with_config(_make_command())

@@ -8,7 +8,9 @@ top-level keys and leaves every other key as it found it:
   recorded), ``score_seconds``, ``outputs``;
 - ``dealrec select``: ``selection``;
 - ``dealrec export``: ``exports`` (merged into the exports already recorded);
-- ``dealrec prune``: ``prune``.
+- ``dealrec prune``: ``prune``;
+- every command that takes ``--config`` (score, select, prune, compare; ``dealrec.runconfig``):
+  ``options``, ``{command: {flag: value}}``, merged (each command sets its own entry).
 
 One reader, ``RunManifest.read``: a missing file is an empty manifest (every command may start a
 fresh run folder); a file that cannot be read, is not valid JSON or is not a JSON object is one

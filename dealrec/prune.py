@@ -32,6 +32,7 @@ from dealrec_core.paths import check_output
 from dealrec.export import RUN_WRITES as EXPORT_WRITES, run_export
 from dealrec.manifest import RunManifest, update_manifest
 from dealrec.prepare import prepare
+from dealrec.runconfig import with_config
 from dealrec.score import RUN_WRITES, ScoreConfig, _score_options, config_from_options, run_score
 from dealrec.select import CORESET_FILE, DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PLOT_FILE, run_select
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
@@ -228,4 +229,4 @@ def _make_command():
     return prune_command
 
 
-prune_command = _make_command()
+prune_command = with_config(_make_command())

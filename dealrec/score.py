@@ -43,6 +43,7 @@ from dealrec.hvp import HessianPool, HvpConfig, SOLVERS, solve
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec_core.options import SEED
 from dealrec_core.paths import check_output
+from dealrec.runconfig import with_config
 from finetune.llm import quantization
 from finetune.prompts import DEFAULT_DOMAIN, DOMAIN_TEMPLATES
 
@@ -684,4 +685,4 @@ def _make_command():
     return score_command
 
 
-score_command = _make_command()
+score_command = with_config(_make_command())

@@ -18,6 +18,7 @@ from dealrec_core.options import SEED
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec.coreset import SelectionConfig, select_coreset
 from dealrec.methods import METHODS, REGISTRY, method_help, method_list
+from dealrec.runconfig import with_config
 from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N
 # the algorithm's names that tests and scripts import from here
 from dealrec.strata import (PRUNED, allocate_budget, combine_scores, minmax, n_hard_pruned,  # noqa: F401
@@ -144,4 +145,4 @@ def _select_command():
     return select_cmd
 
 
-select_command = _select_command()
+select_command = with_config(_select_command())

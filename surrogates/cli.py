@@ -60,6 +60,21 @@ def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_dec
     Early stopping on validation NDCG@10; reports valid and test Recall/NDCG@10/20/50 of the
     best epoch in DIR/metrics.json.
     """
+    model_fields, cfg = training_request(model_name, lr, weight_decay, batch_size, max_epochs, patience, max_minutes,
+                                         weighting, seed, threads, quiet, device=device, **model_options)
+    metrics = training.train_surrogate(data, model_name, out_dir, model_fields, cfg, overwrite=overwrite)
+    for split in ("valid", "test"):
+        m = metrics[split]
+        click.echo(f"{split:5s}  " + "  ".join(f"R@{k} {m[f'recall@{k}']:.4f} N@{k} {m[f'ndcg@{k}']:.4f}"
+                                             for k in (10, 20, 50)))
+    click.echo(f"best epoch {metrics['best_epoch']} of {metrics['epochs']}, {metrics['seconds']:.0f} s "
+               f"({metrics['seconds_per_epoch']:.1f} s an epoch of training); wrote {out_dir}")
+
+
+def training_request(model_name, lr, weight_decay, batch_size, max_epochs, patience, max_minutes, weighting, seed,
+                     threads, quiet, device=TrainConfig.device, **model_options) -> tuple[dict, TrainConfig]:
+    """The command's options as ``train_surrogate``'s arguments: the model options given (None: left out; one
+    that the model does not take is refused) and the ``TrainConfig``. The Python API builds them here too."""
     fields = {f.name for f in dataclasses.fields(surrogate_class(model_name).config_class)}
     model_fields = {k: v for k, v in model_options.items() if v is not None}
     unknown = sorted(set(model_fields) - fields)
@@ -68,13 +83,7 @@ def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_dec
     cfg = TrainConfig(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
                       patience=patience, seed=seed, weighting=weighting, max_minutes=max_minutes,
                       threads=threads, progress=not quiet, device=device)
-    metrics = training.train_surrogate(data, model_name, out_dir, model_fields, cfg, overwrite=overwrite)
-    for split in ("valid", "test"):
-        m = metrics[split]
-        click.echo(f"{split:5s}  " + "  ".join(f"R@{k} {m[f'recall@{k}']:.4f} N@{k} {m[f'ndcg@{k}']:.4f}"
-                                             for k in (10, 20, 50)))
-    click.echo(f"best epoch {metrics['best_epoch']} of {metrics['epochs']}, {metrics['seconds']:.0f} s "
-               f"({metrics['seconds_per_epoch']:.1f} s an epoch of training); wrote {out_dir}")
+    return model_fields, cfg
 
 
 train_surrogate = train_surrogate_command  # the name dealrec/cli.py registers

@@ -28,6 +28,7 @@ import dealrec.compare as compare
 import dealrec.export as export
 import dealrec.prepare as prepare
 import dealrec.prune as prune
+import dealrec.runconfig as runconfig
 import dealrec.score as score
 import dealrec.select as select
 import finetune.bigrec as bigrec
@@ -66,7 +67,7 @@ class Default:
                 value = f.default_factory() if f.default is dataclasses.MISSING else f.default
             else:
                 value = getattr(self.owner, self.name)
-        elif callable(self.owner) and not isinstance(self.owner, type):
+        elif inspect.isroutine(self.owner):   # not callable(): dealrec.select, a module, is callable too
             value = inspect.signature(self.owner).parameters[self.name].default
             assert value is not inspect.Parameter.empty, f"{self}: the parameter has no default"
         else:
@@ -105,7 +106,7 @@ SCORE_OPTIONS = {
     "ray_address": _score("ray_address"), "threads_per_worker": _score("threads"), "worker_nice": _score("worker_nice"),
     "seed": _score("seed"), "template": _score("template"), "device": _score("device"), "dtype": _score("dtype"),
     "load_in_8bit": _score("load_in_8bit"), "load_in_4bit": _score("load_in_4bit"),
-    "quiet": CLI_ONLY,
+    "quiet": CLI_ONLY, "config": CLI_ONLY,
 }
 
 SURROGATE_THREADS = Default(SurrogateTrainConfig, "threads", says=Default(surrogate_config, "DEFAULT_THREADS"))
@@ -157,7 +158,7 @@ COUNTERPARTS = {
         "lam": Default(SelectionConfig, "lam"), "k": Default(SelectionConfig, "k"),
         "hard_prune": Default(SelectionConfig, "hard_prune"), "seed": Default(SelectionConfig, "seed"),
         "data": Default(select.run_select, "data"), "surrogate": Default(select.run_select, "surrogate"),
-        "out": Default(select.run_select, "out"), "no_plot": CLI_ONLY,
+        "out": Default(select.run_select, "out"), "no_plot": CLI_ONLY, "config": CLI_ONLY,
     },
     "export": {
         "run": CLI_ONLY, "fmt": Default(export, "DEFAULT_FORMAT"), "data": Default(export.run_export, "data"),
@@ -184,8 +185,9 @@ COUNTERPARTS = {
         "surrogate_minutes": Default(SurrogateTrainConfig, "max_minutes"), "threads": SURROGATE_THREADS,
         "lam": Default(select, "DEFAULT_LAMBDA"), "k": Default(select, "DEFAULT_K"),
         "hard_prune": Default(select, "DEFAULT_HARD_PRUNE"), "score_args": _run_compare("score_args"),
-        "finetune_args": _run_compare("finetune_args"),
+        "finetune_args": _run_compare("finetune_args"), "config": CLI_ONLY,
     },
+    "config-from-run": {"run": CLI_ONLY, "command": Default(runconfig.config_from_run, "command")},
     "finetune tiger": {
         "data_dir": CLI_ONLY, "train_path": CLI_ONLY, "out": CLI_ONLY,
         "init_ckpt": Default(tiger_train.run_tiger, "init_ckpt"),
@@ -217,6 +219,7 @@ RUNNERS = {
     "score": [score.config_from_options], "select": [select.run_select], "export": [export.run_export],
     "prune": [prune.run_prune, score.config_from_options], "compare": [compare.run_compare],
     "finetune tiger": [tiger_train.run_tiger], "finetune bigrec": [bigrec.bigrec_config, bigrec.run_bigrec],
+    "config-from-run": [runconfig.config_from_run],
 }
 
 
@@ -244,7 +247,7 @@ def click_defaults(command: click.Command) -> dict:
 
 def test_the_walk_finds_every_command():
     assert set(COMMANDS) == {"prepare", "train-surrogate", "score", "select", "export", "prune", "compare",
-                             "finetune tiger", "finetune bigrec"}
+                             "finetune tiger", "finetune bigrec", "config-from-run"}
     assert set(COUNTERPARTS) == set(COMMANDS) == set(RUNNERS)
 
 

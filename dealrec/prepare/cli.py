@@ -24,6 +24,12 @@ def _parse_split(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
+def prepare_options(items_file, min_rating, min_user_count, min_item_count, split, shard_size) -> PrepareOptions:
+    """The command's options as ``PrepareOptions`` (the Python API builds them here too)."""
+    return PrepareOptions(min_rating=min_rating, min_user_count=min_user_count, min_item_count=min_item_count,
+                          split=split, items_file=str(items_file) if items_file else None, shard_size=shard_size)
+
+
 @click.command("prepare")
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
@@ -45,10 +51,8 @@ def _parse_split(text: str) -> tuple[float, float, float]:
 def prepare_command(src, out, items_file, min_rating, min_user_count, min_item_count, split,
                     shard_size, overwrite):
     """Prepare SRC (a DEALRec release folder or an interaction log file) into DIR (--out)."""
-    options = PrepareOptions(min_rating=min_rating, min_user_count=min_user_count,
-                             min_item_count=min_item_count, split=split,
-                             items_file=str(items_file) if items_file else None, shard_size=shard_size)
-    manifest = prepare(src, out, options, overwrite=overwrite)
+    manifest = prepare(src, out, prepare_options(items_file, min_rating, min_user_count, min_item_count, split,
+                                                 shard_size), overwrite=overwrite)
     c = manifest["counts"]
     click.echo(f"{out}: {c['samples']:,} samples, {c['items']:,} items, "
                f"{c['eval_users']['valid']:,} valid users, {c['eval_users']['test']:,} test users")
