@@ -42,7 +42,6 @@ from dealrec.score import SCORES_FILE, ScoreConfig, config_from_options, run_sco
 from dealrec.select import CORESET_FILE, SelectionConfig, run_select, select_command
 from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N
 from dealrec_core.errors import DealrecError
-from finetune.prompts import DEFAULT_DOMAIN
 from surrogates import train as surrogate_training
 from surrogates.cli import train_surrogate_command, training_request
 from surrogates.config import DEFAULT_MODEL, TrainConfig as SurrogateTrainConfig
@@ -202,6 +201,8 @@ def score(data, surrogate, out, *, hvp=HvpConfig.solver, damping=HvpConfig.dampi
           effort_batch_size=ScoreConfig.effort_batch_size, chunk_tokens=ScoreConfig.chunk_tokens,
           workers=ScoreConfig.workers, shard_size=ScoreConfig.shard_size, ray_address=ScoreConfig.ray_address,
           threads_per_worker=ScoreConfig.threads, worker_nice=ScoreConfig.worker_nice, seed=ScoreConfig.seed,
+          template=ScoreConfig.template, device=ScoreConfig.device, dtype=ScoreConfig.dtype,
+          load_in_8bit=ScoreConfig.load_in_8bit, load_in_4bit=ScoreConfig.load_in_4bit,
           quiet: bool = False) -> ScoreResult:
     """``dealrec score DATA --surrogate SURROGATE --out OUT``: influence and effort of every sample of the
     prepared ``data`` into ``out/scores.parquet`` (sharded, resumable; ``workers=0`` runs without Ray)."""
@@ -229,7 +230,7 @@ def select(run=None, *, method=SelectionConfig.method, n=DEFAULT_N, lambda_=DEFA
                         RunManifest.read(folder))
 
 
-def export(run, *, format=DEFAULT_FORMAT, data=None, template=DEFAULT_DOMAIN) -> ExportResult:   # noqa: A002
+def export(run, *, format=DEFAULT_FORMAT, data=None, template=None) -> ExportResult:   # noqa: A002
     """``dealrec export RUN``: ``run/coreset.parquet`` as the downstream trainers' files (``format``)."""
     a, _ = _options(export_command, dict(locals()))
     info = run_export(run, a["format"], a["data"], a["template"])
