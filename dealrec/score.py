@@ -15,7 +15,6 @@ Everything under ``RUN/work/`` is a resumable shard output; ``RUN/scores.parquet
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import json
 import platform
@@ -28,8 +27,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dealrec_core.data import (PreparedData, Samples, atomic_output_dir, read_table, sha256_file, write_json_atomic,
+from dealrec_core.data import (PreparedData, Samples, read_table, sha256_file,
                                write_parquet_atomic)
+from dealrec.effort import EFFORT_TARGETS
 from dealrec.engine import ShardStore, batch_ranges, make_executor, plan_shards, run_phase, task_store
 from dealrec_core.data import stable_hash
 from dealrec_core.errors import DealrecError
@@ -39,7 +39,8 @@ from dealrec_core.options import SEED
 from dealrec_core.paths import check_output
 
 SCORES_FILE = "scores.parquet"
-TARGETS = ("tiger", "bigrec", "none")
+NO_TARGET = "none"                          # --target none: influence only
+TARGETS = (*EFFORT_TARGETS.names(), NO_TARGET)   # the registered effort targets (tiger, bigrec), then none
 V_WEIGHTINGS = ("training", "position", "sample")
 RUN_WRITES = ("work", SCORES_FILE, MANIFEST_FILE)   # what run_score writes in its run folder
 CAPTURE_FORMAT = 2  # 2: captures also hold the position-weighted gradient sums
@@ -74,8 +75,8 @@ class ScoreConfig:
             raise DealrecError(f"unknown --target {self.target!r} (choose from {', '.join(TARGETS)})")
         if self.v_weighting not in V_WEIGHTINGS:
             raise DealrecError(f"unknown --v-weighting {self.v_weighting!r} (choose from {', '.join(V_WEIGHTINGS)})")
-        if self.target == "bigrec" and not self.llm:
-            raise DealrecError("--target bigrec needs --llm DIR (a local HuggingFace causal LM folder)")
+        if self.target != NO_TARGET:
+            EFFORT_TARGETS.get(self.target).check_config(self)
         if self.chunk_tokens < 0:
             raise DealrecError(f"--chunk-tokens must be 0 or more, got {self.chunk_tokens}")
         # limits checked here, before any folder is made (a bad value used to surface after OUT existed)
@@ -120,10 +121,10 @@ def _shard_samples(samples_dir: str, digest: str, start: int, stop: int) -> Samp
 def _surrogate(path: str, digest: str):
     def build():
         from dealrec.influence import LinearTaps, freeze_all_but
-        from surrogates.base import load_surrogate
+        from surrogates.registry import load_surrogate
 
         model = load_surrogate(path).eval()
-        block = model.influence_block()
+        _, block = model.named_block()
         freeze_all_but(model, block)
         return model, block, LinearTaps(block)
     return _cached(("surrogate", path, digest), build)
@@ -159,18 +160,9 @@ def capture_task(task: dict) -> dict:
 
 
 def _effort_target(task: dict):
-    def build():
-        from dealrec.effort import bigrec_target, tiger_target
-
-        if task["target"] == "bigrec":
-            titles = PreparedData(task["data"]).titles()
-            # an actor that was given a GPU (only when the cluster has one) uses it
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            return bigrec_target(task["llm"], titles, adapter=task.get("adapter"), block=task.get("effort_block"),
-                                 device=device)
-        return tiger_target(task["tiger_dir"], block=task.get("effort_block"))
-    return _cached(("effort", task["target"], task.get("llm"), task.get("adapter"), task.get("tiger_dir"),
-                    task.get("effort_block"), task["target_sha256"]), build)
+    planned = tuple(sorted((k, str(v)) for k, v in task["target_task"].items()))
+    return _cached(("effort", task["target"], planned, task.get("effort_block"), task["target_sha256"]),
+                   lambda: EFFORT_TARGETS.get(task["target"]).from_task({**task, **task["target_task"]}))
 
 
 def effort_task(task: dict) -> dict:
@@ -250,7 +242,7 @@ def solve_influence_system(surrogate_dir: Path, samples: Samples, v: np.ndarray,
                            collate_batch: int | None = None):
     """``U = (H + damping * scale * I)^-1 v`` over the Hessian pool (see ``dealrec.hvp``)."""
     from dealrec.influence import freeze_all_but
-    from surrogates.base import load_surrogate
+    from surrogates.registry import load_surrogate
 
     model = load_surrogate(surrogate_dir).eval()
     block = model.influence_block()
@@ -406,25 +398,18 @@ def effort_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict, sam
     from safetensors.numpy import load_file
 
     target_info: dict = {"target": config.target}
-    if config.target == "none":
+    if config.target == NO_TARGET:
         return None, target_info
     prepared, work = job.prepared, job.work
+    # the target builds or hashes what its workers will load (TIGER: semantic IDs and a fresh model)
+    plan = EFFORT_TARGETS.get(config.target).plan(prepared, work, config, progress)
     task_base = {"samples_dir": job.samples_dir, "samples_sha256": job.samples_key, "data": str(prepared.root),
-                 "target": config.target,
+                 "target": config.target, "target_task": plan.task,
                  "batch_size": config.effort_batch_size, "effort_block": config.effort_block}
     eff_inputs = {"samples": job.samples_sha, "target": config.target, "batch_size": config.effort_batch_size,
-                  "block": config.effort_block, "threads": executor.threads}
-    if config.target == "bigrec":
-        task_base.update({"llm": str(config.llm), "adapter": config.adapter})
-        eff_inputs.update(_folder_digest(config.llm, "llm"))
-        if config.adapter:
-            eff_inputs.update(_folder_digest(config.adapter, "adapter"))
-    else:
-        tiger_dir, tiger_info = prepare_tiger_target(prepared, work / "tiger-init", config, progress)
-        task_base["tiger_dir"] = str(tiger_dir)
-        eff_inputs["tiger"] = tiger_info.get("built_sha256", tiger_info["sha256"])  # the content
-        phases["semantic_ids"] = {"seconds": tiger_info.pop("seconds")}
-        target_info.update(tiger_info)
+                  "block": config.effort_block, "threads": executor.threads, **plan.inputs}
+    phases.update(plan.phases)
+    target_info.update(plan.info)
     task_base["target_sha256"] = stable_hash({k: v for k, v in eff_inputs.items() if k != "samples"})
     eff_store = ShardStore(work / "effort", "effort", "safetensors")
     eff_shards = plan_shards(len(job.samples), config.shard_size, config.effort_batch_size)
@@ -471,56 +456,6 @@ def write_score_outputs(job: ScoreJob, config: ScoreConfig, result: InfluenceRes
         "score_seconds": round(time.perf_counter() - t_start, 3),
         "outputs": {"scores": SCORES_FILE},
     }, merge=("phases",)).data
-
-
-def tensors_digest(path: Path) -> str:
-    """sha256 of a safetensors file's tensors (names, dtypes, shapes, bytes in name order). The file's
-    own bytes are no content hash: which name of a tied tensor it keeps can change from run to run."""
-    from safetensors.numpy import load_file
-
-    h = hashlib.sha256()
-    for name, t in sorted(load_file(str(path)).items()):
-        h.update(f"{name}|{t.dtype.str}|{t.shape}|".encode())
-        h.update(np.ascontiguousarray(t).tobytes())
-    return h.hexdigest()
-
-
-def _folder_digest(path, what: str) -> dict:
-    path = Path(path)
-    if not path.is_dir():
-        raise DealrecError(f"{path}: no such folder (--{what})")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".model",
-                                                                              ".txt", ".bin"))
-    return {f"{what}_sha256": stable_hash({p.name: sha256_file(p) for p in files})}
-
-
-def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConfig,
-                         progress: bool = True) -> tuple[Path, dict]:
-    """The TIGER model at the start of fine-tuning: ``--target-init CKPT`` or a fresh one built once here."""
-    from finetune.tiger import build_tiger, load_tiger, save_tiger
-
-    t0 = time.perf_counter()
-    if config.target_init:
-        ckpt = Path(config.target_init)
-        load_tiger(ckpt)  # fail here, with the loader's message, rather than in every worker
-        info = {"tiger": str(ckpt), "fresh": False, **_folder_digest(ckpt, "target-init")}
-        info["sha256"] = info.pop("target-init_sha256")
-        info["seconds"] = round(time.perf_counter() - t0, 3)
-        return ckpt, info
-    marker = folder / "DONE.json"
-    key = stable_hash({"data": [sha256_file(p) for p in prepared.shard_paths()],
-                       "items": sha256_file(prepared.root / "items.parquet"), "seed": config.seed})
-    if not (marker.exists() and json.loads(marker.read_text()).get("key") == key):
-        with atomic_output_dir(folder, overwrite=True) as tmp:
-            model = build_tiger(prepared, config.seed, cache_dir=folder.parent / "embeddings", progress=progress)
-            save_tiger(model, tmp)
-            write_json_atomic(tmp / "DONE.json", {"key": key})
-    # what was built, not only what it was built from: two builds with the same inputs must agree
-    built = stable_hash({f: tensors_digest(folder / f) for f in ("model.safetensors", "semantic_ids.safetensors")
-                         if (folder / f).exists()})
-    info = {"tiger": str(folder), "fresh": True, "sha256": key, "built_sha256": built,
-            "seconds": round(time.perf_counter() - t0, 3)}
-    return folder, info
 
 
 # ----------------------------------------------------------------------------- command

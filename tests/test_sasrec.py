@@ -9,7 +9,8 @@ import torch
 
 from dealrec_core.data import Samples
 from dealrec_core.errors import DealrecError
-from surrogates.base import SURROGATES, build_surrogate, load_surrogate, save_surrogate
+from surrogates.base import SURROGATES, save_surrogate
+from surrogates.registry import build_surrogate, load_surrogate
 from surrogates.sasrec import SASRec, hashed_negatives
 
 N_ITEMS = 30
