@@ -10,6 +10,7 @@ from pathlib import Path
 
 import surrogates.sasrec  # noqa: F401  (registers "sasrec"; the first, the default)
 import surrogates.bert4rec  # noqa: F401  (registers "bert4rec")
+import surrogates.dcrec  # noqa: F401  (registers "dcrec")
 from dealrec_core.errors import DealrecError
 from surrogates.base import CONFIG_FILE, SURROGATES, WEIGHTS_FILE, Surrogate, read_surrogate_config
 
