@@ -166,6 +166,7 @@ COUNTERPARTS = {
     "prune": {
         "data": CLI_ONLY, "out": CLI_ONLY, **SCORE_OPTIONS,
         "n": Default(select, "DEFAULT_N"), "surrogate": Default(prune.run_prune, "surrogate"),
+        "surrogate_model": Default(prune.run_prune, "surrogate_model", says=Default(surrogate_config, "DEFAULT_MODEL")),
         "surrogate_minutes": Default(SurrogateTrainConfig, "max_minutes"),
         "surrogate_epochs": Default(SurrogateTrainConfig, "max_epochs"), "threads": SURROGATE_THREADS,
         # None: run_prune uses select's default
@@ -180,6 +181,7 @@ COUNTERPARTS = {
         "full": _run_compare("full"), "target": Default(compare, "DEFAULT_TARGET"), "llm": _run_compare("llm"),
         "workers": _run_compare("workers"), "ray_address": _run_compare("ray_address"),
         "surrogate": _run_compare("surrogate"), "surrogate_epochs": Default(SurrogateTrainConfig, "max_epochs"),
+        "surrogate_model": _run_compare("surrogate_model", says=Default(surrogate_config, "DEFAULT_MODEL")),
         "surrogate_minutes": Default(SurrogateTrainConfig, "max_minutes"), "threads": SURROGATE_THREADS,
         "lam": Default(select, "DEFAULT_LAMBDA"), "k": Default(select, "DEFAULT_K"),
         "hard_prune": Default(select, "DEFAULT_HARD_PRUNE"), "score_args": _run_compare("score_args"),
