@@ -6,6 +6,7 @@
 - ``batching``: padding ragged id rows into batches; ``training``: the one early-stopping loop;
 - ``errors``: the one-line error types; ``paths``: output checks and temporary names;
 - ``options``: click types shared by every command; ``threads``: fixed torch thread counts.
-- ``hashing``: the splitmix64 mixer behind every id-keyed random draw.
+- ``hashing``: the splitmix64 mixer behind every id-keyed random draw;
+- ``tasks``: the scoring-task contract every surrogate and effort target fills, and the registry by name.
 """
 __version__ = "0.1.0"

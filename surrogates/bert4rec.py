@@ -41,26 +41,18 @@ from torch import nn
 from dealrec_core.batching import pad_rows
 from dealrec_core.data import Samples
 from dealrec_core.errors import DealrecError
-from surrogates.base import Surrogate, SurrogateConfig, option
-from surrogates.sasrec import Block, init_weights, position_keys, sample_means
+from surrogates.base import Surrogate, option
+from surrogates.sasrec import TransformerConfig, add_encoder, check_shape, init_weights, position_keys, sample_means
 
 
 @dataclass
-class BERT4RecConfig(SurrogateConfig):
-    hidden: int = option(64, "Hidden size.")
-    n_blocks: int = option(2, "Transformer blocks.")
-    n_heads: int = option(2, "Attention heads.")
-    ffn_hidden: int = option(256, "Feed-forward inner size.")
-    dropout: float = option(0.3, "Dropout rate.")
+class BERT4RecConfig(TransformerConfig):
     mask_prob: float = option(0.2, "Cloze task: the chance that each item of a training sequence is masked.")
     mask_last: bool = option(True, "Cloze task: always mask the last item (the next-item query scoring asks).")
     init_std: float = 0.02
 
     def __post_init__(self):
-        if self.hidden % self.n_heads:
-            raise DealrecError(f"hidden ({self.hidden}) must be a multiple of n_heads ({self.n_heads})")
-        if self.max_len < 1:
-            raise DealrecError("max_len must be at least 1")
+        check_shape(self)
         if not 0.0 <= self.mask_prob <= 1.0:
             raise DealrecError(f"mask_prob must be within [0, 1], got {self.mask_prob}")
 
@@ -70,16 +62,9 @@ class BERT4Rec(Surrogate, name="bert4rec"):
 
     def __init__(self, config: BERT4RecConfig):
         super().__init__(config)
-        cfg = config
-        if cfg.n_items < 1:
-            raise DealrecError("BERT4Rec needs n_items >= 1")
-        self.mask = cfg.n_items + 1
-        self.item_emb = nn.Embedding(cfg.n_items + 2, cfg.hidden, padding_idx=0)
-        self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, causal=False) for _ in range(cfg.n_blocks))
-        self.ln_final = nn.LayerNorm(cfg.hidden)
-        init_weights(self, cfg.seed, cfg.init_std)
+        self.mask = config.n_items + 1
+        add_encoder(self, config, causal=False)
+        init_weights(self, config.seed, config.init_std)
 
     # ---- batches -------------------------------------------------------------------------
 

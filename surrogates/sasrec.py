@@ -46,12 +46,18 @@ POSITIONS = ("from_start", "from_end")
 
 
 @dataclass
-class SASRecConfig(SurrogateConfig):
+class TransformerConfig(SurrogateConfig):
+    """The shape of a transformer over item sequences (SASRec's, BERT4Rec's, DCRec's encoder)."""
+
     hidden: int = option(64, "Hidden size.")
     n_blocks: int = option(2, "Transformer blocks.")
     n_heads: int = option(2, "Attention heads.")
     ffn_hidden: int = option(256, "Feed-forward inner size.")
     dropout: float = option(0.3, "Dropout rate.")
+
+
+@dataclass
+class SASRecConfig(TransformerConfig):
     # "ce" (full softmax) or "bce" (one sampled negative)
     loss: str = option("ce", "ce: full-softmax cross-entropy; bce: one sampled negative (DEALRec reference).",
                        LOSSES)
@@ -65,10 +71,15 @@ class SASRecConfig(SurrogateConfig):
             raise DealrecError(f"unknown SASRec loss {self.loss!r} (choose from {', '.join(LOSSES)})")
         if self.positions not in POSITIONS:
             raise DealrecError(f"unknown positions {self.positions!r} (choose from {', '.join(POSITIONS)})")
-        if self.hidden % self.n_heads:
-            raise DealrecError(f"hidden ({self.hidden}) must be a multiple of n_heads ({self.n_heads})")
-        if self.max_len < 1:
-            raise DealrecError("max_len must be at least 1")
+        check_shape(self)
+
+
+def check_shape(cfg) -> None:
+    """The checks every config of a transformer over item sequences needs (SASRec's, BERT4Rec's)."""
+    if cfg.hidden % cfg.n_heads:
+        raise DealrecError(f"hidden ({cfg.hidden}) must be a multiple of n_heads ({cfg.n_heads})")
+    if cfg.max_len < 1:
+        raise DealrecError("max_len must be at least 1")
 
 
 class SelfAttention(nn.Module):
@@ -150,6 +161,18 @@ def sample_means(losses: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor)
     return sums / (labels > 0).sum(1).clamp(min=1)
 
 
+def add_encoder(model: nn.Module, cfg, causal: bool) -> None:
+    """The item table (padding, items and one special token), learned positions, the blocks and a final
+    LayerNorm, as ``model``'s modules (in this order: it fixes the initialisation's draws)."""
+    if cfg.n_items < 1:
+        raise DealrecError(f"{type(model).__name__} needs n_items >= 1")
+    model.item_emb = nn.Embedding(cfg.n_items + 2, cfg.hidden, padding_idx=0)
+    model.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
+    model.emb_dropout = nn.Dropout(cfg.dropout)
+    model.blocks = nn.ModuleList(Block(cfg, causal) for _ in range(cfg.n_blocks))
+    model.ln_final = nn.LayerNorm(cfg.hidden)
+
+
 def init_weights(model: nn.Module, seed: int, std: float) -> None:
     """normal(0, std) Linear and Embedding weights, zero biases, a zero padding row (``model.item_emb``),
     from a private generator: the initial weights depend on the seed only, not on global state."""
@@ -169,16 +192,10 @@ class SASRec(Surrogate, name="sasrec"):
     def __init__(self, config: SASRecConfig):
         super().__init__(config)
         cfg = config
-        if cfg.n_items < 1:
-            raise DealrecError("SASRec needs n_items >= 1")
         self.bos = cfg.n_items + 1
         # ids: 0 padding, 1..n_items items, n_items + 1 the begin-of-sequence token.
         # The same table scores the next item (tied input/output embeddings).
-        self.item_emb = nn.Embedding(cfg.n_items + 2, cfg.hidden, padding_idx=0)
-        self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
-        self.ln_final = nn.LayerNorm(cfg.hidden)
+        add_encoder(self, cfg, causal=True)
         self._init_weights()
 
     def _init_weights(self) -> None:

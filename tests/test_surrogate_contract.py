@@ -54,9 +54,9 @@ def test_every_registered_surrogate_is_checked():
     assert set(TINY) == set(SURROGATES), "give every registered surrogate a tiny configuration in TINY"
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_padding_and_batch_invariance(name, samples):
-    model = make(name, samples)
+def assert_losses_invariant(model, samples: Samples) -> None:
+    """Each sample's loss alone, in the whole batch, in a shuffled batch and padded to the longest sample is
+    the same (1e-6), and the same bits when computed again."""
     with torch.no_grad():
         together = model.sample_losses(model.collate(samples))
         alone = torch.cat([model.sample_losses(model.collate(samples.subset([i]))) for i in range(len(samples))])
@@ -65,12 +65,21 @@ def test_padding_and_batch_invariance(name, samples):
         longest = int(np.argmax([len(h) for h in samples.history]))
         padded = torch.stack([model.sample_losses(model.collate(samples.subset([i, longest])))[0]
                               for i in range(len(samples))])
-        scores = model.full_sort_scores(model.collate_histories(samples.history))
-        one = model.full_sort_scores(model.collate_histories([samples.history[5]]))
+        again = model.sample_losses(model.collate(samples))
     assert together.shape == (len(samples),)
     torch.testing.assert_close(alone, together, atol=1e-6, rtol=0)
     torch.testing.assert_close(shuffled, together[perm], atol=1e-6, rtol=0)
     torch.testing.assert_close(padded, together, atol=1e-6, rtol=0)
+    assert torch.equal(again, together)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_padding_and_batch_invariance(name, samples):
+    model = make(name, samples)
+    assert_losses_invariant(model, samples)
+    with torch.no_grad():
+        scores = model.full_sort_scores(model.collate_histories(samples.history))
+        one = model.full_sort_scores(model.collate_histories([samples.history[5]]))
     assert scores.shape == (len(samples), N_ITEMS + 1)
     assert torch.isinf(scores[:, 0]).all() and torch.isfinite(scores[:, 1:]).all()
     torch.testing.assert_close(one[0, 1:], scores[5, 1:], atol=1e-5, rtol=0)
