@@ -19,7 +19,7 @@ import numpy as np
 
 from dealrec.baselines import el2n_scores, grand_scores, grand_scores_loop
 from common import parse_with_data
-from surrogates.base import load_surrogate
+from surrogates.registry import load_surrogate
 from surrogates.sasrec import SASRec, SASRecConfig
 
 

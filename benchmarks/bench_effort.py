@@ -24,7 +24,7 @@ import numpy as np
 
 from common import parse_with_data
 from dealrec_core.data import PreparedData
-from dealrec.effort import EffortTarget, _last_matching, find_linear, freeze_all_but_weight, per_sample_norm_loop
+from dealrec.effort import EffortTarget, TigerTarget, per_sample_norm_loop
 
 
 def tiger_target_random(data: PreparedData, seed: int) -> EffortTarget:
@@ -33,12 +33,7 @@ def tiger_target_random(data: PreparedData, seed: int) -> EffortTarget:
 
     codes = np.random.default_rng(seed).integers(0, 256, size=(data.n_items, 3))
     sem, _ = semantic_ids_from_codes(codes, 256)
-    model = TigerModel(TigerConfig(), sem, seed=seed).eval()
-    name, block = find_linear(model, _last_matching(model, "layer.0.SelfAttention.v", within="decoder."))
-    freeze_all_but_weight(model, block)
-    keep = model.config.max_history_items
-    return EffortTarget("tiger", name, block, lambda s: model.encode(list(s.history), list(s.target)),
-                        model.sample_losses, {}, lambda s: [min(len(h), keep) * model.n_levels + 1 for h in s.history])
+    return TigerTarget(TigerModel(TigerConfig(), sem, seed=seed))
 
 
 def bigrec_target_random(data: PreparedData, hidden: int, layers: int, workdir: Path) -> EffortTarget:

@@ -24,7 +24,7 @@ from dealrec_core.data import PreparedData
 from dealrec.hvp import HessianPool, HvpConfig, solve
 from dealrec.influence import LinearTaps, capture_samples, freeze_all_but, influence_from_rows
 from dealrec.score import hessian_pool_rows
-from surrogates.base import load_surrogate
+from surrogates.registry import load_surrogate
 
 
 def main():

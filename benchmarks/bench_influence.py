@@ -30,7 +30,7 @@ from scipy.stats import spearmanr
 
 from dealrec_core.data import PreparedData
 from dealrec.influence import LinearTaps, capture_samples, freeze_all_but, influence_from_rows
-from surrogates.base import load_surrogate
+from surrogates.registry import load_surrogate
 
 
 def main():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dealrec_core.data import PreparedData
 from dealrec_core.evaluate import evaluate_scorer, popularity_scorer
-from surrogates.base import load_surrogate
+from surrogates.registry import load_surrogate
 from surrogates.train import TrainConfig, train_surrogate
 
 KS = (10, 20, 50)

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from dealrec.manifest import RunManifest
-from dealrec.score import tensors_digest
+from dealrec.effort import tensors_digest
 
 
 def column_digest(path: Path, column: str) -> str:

@@ -34,7 +34,8 @@ from dealrec_core.data import PreparedData, Samples, load_samples, sha256_file
 from dealrec_core.errors import DealrecError
 from dealrec.coreset import check_same_samples
 from dealrec.methods import REGISTRY, Baseline
-from surrogates.base import check_surrogate_fits, load_surrogate
+from surrogates.base import check_surrogate_fits
+from surrogates.registry import load_surrogate
 
 
 def prediction_positions(samples: Samples, max_len: int | None) -> tuple[np.ndarray, list, np.ndarray]:

@@ -51,7 +51,8 @@ from dealrec.methods import BASELINES, METHODS, REGISTRY
 from dealrec.runconfig import with_config
 from dealrec.select import CORESET_FILE, run_select
 from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, n_hard_pruned
-from surrogates.config import DEFAULT_THREADS as SURROGATE_THREADS, TrainConfig as SurrogateTrainConfig
+from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
+    TrainConfig as SurrogateTrainConfig
 
 DOWNSTREAM = ("tiger", "bigrec")
 DEFAULT_TARGET = "tiger"
@@ -390,7 +391,8 @@ def _check_out(out: Path, data: Path, llm, surrogate, needs_surrogate: bool, con
 def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DEFAULT_METHODS,
                 seeds: str | Sequence[int] = DEFAULT_SEEDS, target: str = DEFAULT_TARGET, full: bool = False,
                 llm: str | None = None, workers: int | None = None, ray_address: str | None = None,
-                surrogate: str | None = None, surrogate_epochs: int = SurrogateTrainConfig.max_epochs,
+                surrogate: str | None = None, surrogate_model: str | None = None,
+                surrogate_epochs: int = SurrogateTrainConfig.max_epochs,
                 surrogate_minutes: float | None = SurrogateTrainConfig.max_minutes,
                 threads: int | None = SurrogateTrainConfig.threads, lam: float = DEFAULT_LAMBDA, k: int = DEFAULT_K,
                 hard_prune: float = DEFAULT_HARD_PRUNE, score_args: str = "", finetune_args: str = "",
@@ -399,7 +401,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
 
     ``log(line)`` receives one line per finished run (the command prints them on stderr).
     """
-    from dealrec.prune import prepare_phase, surrogate_phase
+    from dealrec.prune import prepare_phase, surrogate_model_for, surrogate_phase
 
     t_all = time.perf_counter()
     # ---- everything the request says is checked before anything is written
@@ -434,6 +436,8 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
     _check_out(out, data, llm, surrogate, bool(needs), config, train_options)
     from dealrec.prune import is_prepared
 
+    if needs:   # the surrogate model is known (and a given folder readable) before anything is written
+        surrogate_model = surrogate_model_for(surrogate, surrogate_model)
     if surrogate and needs and is_prepared(data):   # raw DATA: checked by score once it is prepared
         from surrogates.base import check_surrogate_fits
 
@@ -459,7 +463,8 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         if needs:   # every method but random ranks by something the surrogate gives
             t0 = time.perf_counter()
             surrogate_dir, info = surrogate_phase(prepared.root, scores_dir, surrogate, config.seed, surrogate_minutes,
-                                                  surrogate_epochs, progress, threads, device=config.device)
+                                                  surrogate_epochs, progress, threads, device=config.device,
+                                                  model=surrogate_model)
             phases["train_surrogate"] = {"seconds": round(time.perf_counter() - t0, 3), **info}
         scored = bool(needs & {"influence", "effort"})
         if scored:
@@ -870,7 +875,11 @@ def _make_command():
                   help="Ray workers for scoring and for the runs side by side (default: CPUs - 1, at least 1); "
                        "0 runs everything one after another in this process.")
     @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting one.")
-    @click.option("--surrogate", type=click.Path(), default=None, help="A trained surrogate (default: train SASRec).")
+    @click.option("--surrogate", type=click.Path(), default=None,
+                  help="A trained surrogate (default: train the --surrogate-model).")
+    @click.option("--surrogate-model", default=None,
+                  help=f"The surrogate to train when --surrogate is not given [{SURROGATE_MODEL}]: a model of "
+                       f"'dealrec train-surrogate --model'.")
     @click.option("--surrogate-epochs", type=int, default=SurrogateTrainConfig.max_epochs, show_default=True,
                   help="At most this many surrogate epochs (early stopping on validation NDCG@10 too).")
     @click.option("--surrogate-minutes", type=float, default=SurrogateTrainConfig.max_minutes,
@@ -890,13 +899,13 @@ def _make_command():
                        "\"--max-epochs 40 --valid-users 3000\".")
     @click.option("--quiet", is_flag=True, help="No progress bars and no line per finished run.")
     def compare_command(data, n, methods, full, target, llm, seeds, out, workers, ray_address, surrogate,
-                        surrogate_epochs, surrogate_minutes, threads, lam, k, hard_prune, score_args, finetune_args,
-                        quiet):
+                        surrogate_model, surrogate_epochs, surrogate_minutes, threads, lam, k, hard_prune, score_args,
+                        finetune_args, quiet):
         """Select N samples with every method and seed, train TARGET on each, report them side by side."""
         report = run_compare(data, out, n=n, methods=methods, seeds=seeds, target=target, full=full, llm=llm,
                              workers=workers, ray_address=ray_address, surrogate=surrogate,
-                             surrogate_epochs=surrogate_epochs, surrogate_minutes=surrogate_minutes,
-                             threads=threads, lam=lam, k=k, hard_prune=hard_prune, score_args=score_args,
+                             surrogate_model=surrogate_model, surrogate_epochs=surrogate_epochs,
+                             surrogate_minutes=surrogate_minutes, threads=threads, lam=lam, k=k, hard_prune=hard_prune, score_args=score_args,
                              finetune_args=finetune_args, progress=not quiet,
                              log=None if quiet else (lambda line: click.echo(line, err=True)))
         reused = sum(1 for r in report["runs"].values() if r["reused"])

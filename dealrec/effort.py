@@ -14,7 +14,8 @@ The cheaper of the two is chosen per batch; both are exact (tests compare them t
 autograd loop). Scoring runs the target in eval mode: no dropout (LoRA dropout included), so
 the effort is a deterministic function of the weights and the sample.
 
-Targets:
+Targets (each an ``EffortTarget``, registered by name in ``EFFORT_TARGETS`` where it is defined;
+``dealrec score --target NAME`` looks it up there):
 
 - ``tiger`` (default, CPU): a TIGER model at the start of fine-tuning (fresh for the data's
   semantic IDs, or ``--target-init CKPT``); the block defaults to the last decoder layer's
@@ -27,21 +28,27 @@ Targets:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from dealrec_core.batching import pad_batch
+from dealrec_core.data import PreparedData, atomic_output_dir, sha256_file, stable_hash, write_json_atomic
 from dealrec_core.devices import dtype_name, pick_device, pick_dtype, to_device
 from dealrec_core.errors import DealrecError
+from dealrec_core.tasks import Registry, ScoringTask
 from dealrec.influence import LinearTaps, length_groups
 from finetune.bigrec import BigrecConfig
 from finetune.llm import attach_lora, load_causal_lm, quantization, value_target
 from finetune.prompts import DEFAULT_DOMAIN, DOMAIN_TEMPLATES, LOSS_ON, encode_example
-from finetune.tiger import load_tiger
+from finetune.tiger import TigerModel, build_tiger, load_tiger, save_tiger
 
 
 def norms_from_rows(a: torch.Tensor, g: torch.Tensor, method: str = "auto") -> np.ndarray:
@@ -115,31 +122,69 @@ def freeze_all_but_weight(model: nn.Module, block: nn.Linear) -> None:
 
 # ----------------------------------------------------------------------------- targets
 
+# Every effort target registers here where it is defined (``class TigerTarget(EffortTarget, name="tiger")``);
+# ``dealrec score --target NAME`` finds it by name.
+EFFORT_TARGETS = Registry("effort target")
+
+
 @dataclass
-class EffortTarget:
-    """What the engine needs from a target model: batches, per-sample losses and the block."""
+class TargetPlan:
+    """What the driver prepared for a target before the effort shards run (``EffortTarget.plan``)."""
 
-    name: str
-    block_name: str
-    block: nn.Linear
-    collate: Callable          # Samples -> batch dict
-    sample_losses: Callable    # batch dict -> Tensor[B]
-    info: dict
-    lengths: Callable | None = None   # Samples -> token count of each; enables length-sorted sub-batches
+    task: dict            # fields every effort task gets (read back by ``from_task`` in the worker)
+    inputs: dict          # what the effort shards' keys hash besides the common inputs (content digests)
+    info: dict            # the manifest's ``target`` record so far
+    phases: dict = field(default_factory=dict)   # timed driver-side phases (TIGER's ``semantic_ids``)
 
-    def __post_init__(self):
-        self.taps = LinearTaps(self.block)
+
+class EffortTarget(ScoringTask):
+    """A target model for effort, on the scoring-task contract (``dealrec_core.tasks``): ``collate``,
+    ``sample_losses``, ``named_block`` (the block whose gradient norm is the effort); ``lengths`` (token
+    count of each sample, for length-sorted sub-batches); ``info`` (what it was, for the manifest).
+
+    The engine side: ``options`` (the fields of ``dealrec score``'s config it reads), ``required``
+    (those it cannot do without, each with its one-line error), ``plan`` (driver: build or hash what the
+    workers will load) and ``from_task`` (worker: the target from a task dict)."""
+
+    registry = EFFORT_TARGETS
+    required: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, block_name: str, block: nn.Linear, info: dict):
+        self.block_name, self.block, self.info = block_name, block, info
+        self.taps = LinearTaps(block)
+
+    def named_block(self) -> tuple[str, nn.Linear]:
+        return self.block_name, self.block
+
+    def lengths(self, samples) -> list[int] | None:
+        return None
 
     def norms(self, samples) -> np.ndarray:
-        if self.lengths is None or len(samples) < 2:
+        lengths = self.lengths(samples) if len(samples) >= 2 else None
+        if lengths is None:
             return batch_grad_norms(self.sample_losses, self.block, self.taps, self.collate(samples))
         # Prompts differ a lot in length: pad each sub-batch only to its own longest prompt.
         # The sub-batches are a deterministic function of the batch, and a sample's norm does
         # not depend on its batch-mates, so the result is the same as one big batch.
         out = np.zeros(len(samples), dtype=np.float64)
-        for idx in length_groups(self.lengths(samples)):
+        for idx in length_groups(lengths):
             out[idx] = batch_grad_norms(self.sample_losses, self.block, self.taps, self.collate(samples.subset(idx)))
         return out
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse, before any work, a config without an option this target cannot do without."""
+        for name, message in cls.required.items():
+            if not getattr(config, name):
+                raise DealrecError(message)
+
+    @classmethod
+    def plan(cls, prepared: PreparedData, work: Path, config, progress: bool = True) -> TargetPlan:
+        raise NotImplementedError
+
+    @classmethod
+    def from_task(cls, task: dict) -> "EffortTarget":
+        raise NotImplementedError
 
 
 def _last_matching(model: nn.Module, suffix: str, within: str = "") -> str:
@@ -169,80 +214,180 @@ def causal_lm_sample_losses(model: nn.Module) -> Callable[[dict], torch.Tensor]:
     return losses
 
 
-def bigrec_target(llm_dir: str, titles: list[str], adapter: str | None = None, block: str | None = None,
-                  max_tokens: int = 512, r: int = 8, alpha: int = 16, dropout: float = 0.05,
-                  target_modules=None, device: str = "cpu", loss_on: str | None = None,
-                  template: str = DEFAULT_DOMAIN, dtype: str = "fp32", load_in_8bit: bool = False,
-                  load_in_4bit: bool = False) -> EffortTarget:
-    """A local causal LM with LoRA (the paper's settings), scored on BIGRec's alpaca prompts.
+def tensors_digest(path: Path) -> str:
+    """sha256 of a safetensors file's tensors (names, dtypes, shapes, bytes in name order). The file's
+    own bytes are no content hash: which name of a tied tensor it keeps can change from run to run."""
+    from safetensors.numpy import load_file
 
-    Effort is the gradient norm of the loss the fine-tuning optimises, so the tokens it covers are
-    ``finetune bigrec``'s (``loss_on``: its ``BigrecConfig.loss_on`` default, the whole prompt and
-    response, as the reference trains; ``"response"`` for a trainer that masks the prompt), its LoRA
-    targets are the ones ``finetune bigrec`` picks for the architecture (``target_modules=None``) and
-    its prompts are in ``template``'s wording (``finetune.prompts.DOMAIN_TEMPLATES``)."""
-    loss_on = BigrecConfig.loss_on if loss_on is None else loss_on
-    if loss_on not in LOSS_ON:
-        raise DealrecError(f"unknown loss_on {loss_on!r} (choose from {', '.join(LOSS_ON)})")
-    if template not in DOMAIN_TEMPLATES:
-        raise DealrecError(f"unknown prompt template {template!r} (choose from {', '.join(DOMAIN_TEMPLATES)})")
+    h = hashlib.sha256()
+    for name, t in sorted(load_file(str(path)).items()):
+        h.update(f"{name}|{t.dtype.str}|{t.shape}|".encode())
+        h.update(np.ascontiguousarray(t).tobytes())
+    return h.hexdigest()
 
-    torch_device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, torch_device)
-    quantize = quantization(load_in_8bit, load_in_4bit, torch_device)
-    model, tokenizer = load_causal_lm(llm_dir, device=torch_device, dtype=torch_dtype, quantize=quantize)
-    torch.manual_seed(0)  # fresh LoRA A is random: fix it so effort reproduces
-    model = attach_lora(model, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, adapter=adapter)
-    model.eval()  # no dropout at scoring time: effort is a deterministic function of the sample
-    targets = sorted(model.peft_config["default"].target_modules)
-    block_name = block or _last_matching(model, f"{value_target(targets)}.lora_B.default")
-    block_name, linear = find_linear(model, block_name)
-    freeze_all_but_weight(model, linear)
-    wording = DOMAIN_TEMPLATES[template]
-    pad = tokenizer.pad_token_id
 
-    def encode(samples) -> list[dict]:
-        return [encode_example(tokenizer, [titles[i] for i in h], titles[t], wording, max_tokens, loss_on)
-                for h, t in zip(samples.history, samples.target)]
-
-    def lengths(samples) -> list[int]:
-        return [len(r["input_ids"]) for r in encode(samples)]
-
-    def collate(samples) -> dict:
-        rows = encode(samples)
-        # right padding: causal attention never lets a real token see it
-        batch = pad_batch([r["input_ids"] for r in rows], pad, "right", [r["labels"] for r in rows],
-                          position_ids=False)
-        return to_device(batch, torch_device)
-
-    info = {"target": "bigrec", "llm": str(llm_dir), "adapter": str(adapter) if adapter else None,
-            "lora": {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": targets},
-            "block": block_name, "block_shape": list(linear.weight.shape), "max_tokens": max_tokens,
-            "prompt": f"alpaca (finetune.prompts.DOMAIN_TEMPLATES[{template!r}])", "loss_on": loss_on,
-            "template": template, "device": str(torch_device), "dtype": dtype_name(torch_dtype),
-            "quantization": quantize}
-    return EffortTarget("bigrec", block_name, linear, collate, causal_lm_sample_losses(model), info, lengths)
+def folder_digest(path, what: str) -> dict:
+    path = Path(path)
+    if not path.is_dir():
+        raise DealrecError(f"{path}: no such folder (--{what})")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".model",
+                                                                              ".txt", ".bin"))
+    return {f"{what}_sha256": stable_hash({p.name: sha256_file(p) for p in files})}
 
 
 TIGER_DEFAULT_BLOCK = "layer.0.SelfAttention.v"  # in the last decoder block
 
 
-def tiger_target(tiger_dir: str, block: str | None = None, device: str = "cpu") -> EffortTarget:
-    """A TIGER model (``finetune.tiger.load_tiger``) on ``device``: effort on its next-semantic-ID loss."""
-    model = load_tiger(tiger_dir, device=pick_device(device))
-    model.eval()  # no dropout: a deterministic function of the weights and the sample
-    block_name = block or _last_matching(model, TIGER_DEFAULT_BLOCK, within="decoder.")
-    block_name, linear = find_linear(model, block_name)
-    freeze_all_but_weight(model, linear)
+class TigerTarget(EffortTarget, name="tiger"):
+    """A TIGER model (``finetune.tiger``): effort on its next-semantic-ID loss."""
 
-    def collate(samples) -> dict:
-        return model.encode(list(samples.history), list(samples.target))
+    options = ("target_init", "effort_block")
 
-    keep = model.config.max_history_items
+    def __init__(self, model: TigerModel, block: str | None = None, source: str | None = None):
+        model.eval()  # no dropout: a deterministic function of the weights and the sample
+        block_name = block or _last_matching(model, TIGER_DEFAULT_BLOCK, within="decoder.")
+        block_name, linear = find_linear(model, block_name)
+        freeze_all_but_weight(model, linear)
+        self.model = model
+        self.sample_losses = model.sample_losses
+        info = {"target": "tiger", "tiger": str(source), "block": block_name, "block_shape": list(linear.weight.shape),
+                "device": str(model.device)}
+        super().__init__(block_name, linear, info)
 
-    def lengths(samples) -> list[int]:  # encoder tokens: 4 per kept history item (3 codes + collision) + eos
-        return [min(len(h), keep) * model.n_levels + 1 for h in samples.history]
+    def collate(self, samples) -> dict:
+        return self.model.encode(list(samples.history), list(samples.target))
 
-    info = {"target": "tiger", "tiger": str(tiger_dir), "block": block_name,
-            "block_shape": list(linear.weight.shape), "device": str(model.device)}
-    return EffortTarget("tiger", block_name, linear, collate, model.sample_losses, info, lengths)
+    def lengths(self, samples) -> list[int]:   # encoder tokens: 4 per kept history item (3 codes + collision) + eos
+        keep = self.model.config.max_history_items
+        return [min(len(h), keep) * self.model.n_levels + 1 for h in samples.history]
+
+    @classmethod
+    def plan(cls, prepared: PreparedData, work: Path, config, progress: bool = True) -> TargetPlan:
+        tiger_dir, info = prepare_tiger_target(prepared, work / "tiger-init", config, progress)
+        phases = {"semantic_ids": {"seconds": info.pop("seconds")}}
+        return TargetPlan({"tiger_dir": str(tiger_dir)}, {"tiger": info.get("built_sha256", info["sha256"])},
+                          info, phases)
+
+    @classmethod
+    def from_task(cls, task: dict) -> "TigerTarget":
+        # the device the driver resolved (an actor asks Ray for a GPU exactly when it is a CUDA one)
+        return tiger_target(task["tiger_dir"], block=task.get("effort_block"), device=task.get("device", "cpu"))
+
+
+class BigrecTarget(EffortTarget, name="bigrec"):
+    """A local causal LM with LoRA (the paper's settings), scored on BIGRec's alpaca prompts.
+
+    Effort is the gradient norm of the loss the fine-tuning optimises, so the tokens it covers are
+    ``finetune bigrec``'s (``loss_on``: its ``BigrecConfig.loss_on`` default, the whole prompt and
+    response, as the reference trains; ``"response"`` for a trainer that masks the prompt)."""
+
+    options = ("llm", "adapter", "effort_block")
+    required = {"llm": "--target bigrec needs --llm DIR (a local HuggingFace causal LM folder)"}
+
+    def __init__(self, llm_dir: str, titles: list[str], adapter: str | None = None, block: str | None = None,
+                 max_tokens: int = 512, r: int = 8, alpha: int = 16, dropout: float = 0.05,
+                 target_modules=None, device: str = "cpu", loss_on: str | None = None,
+                 template: str = DEFAULT_DOMAIN, dtype: str = "fp32", load_in_8bit: bool = False,
+                 load_in_4bit: bool = False):
+        loss_on = BigrecConfig.loss_on if loss_on is None else loss_on
+        if loss_on not in LOSS_ON:
+            raise DealrecError(f"unknown loss_on {loss_on!r} (choose from {', '.join(LOSS_ON)})")
+        if template not in DOMAIN_TEMPLATES:
+            raise DealrecError(f"unknown prompt template {template!r} (choose from {', '.join(DOMAIN_TEMPLATES)})")
+        torch_device = pick_device(device)
+        torch_dtype = pick_dtype(dtype, torch_device)
+        quantize = quantization(load_in_8bit, load_in_4bit, torch_device)
+        model, tokenizer = load_causal_lm(llm_dir, device=torch_device, dtype=torch_dtype, quantize=quantize)
+        torch.manual_seed(0)  # fresh LoRA A is random: fix it so effort reproduces
+        # the LoRA targets finetune bigrec picks for the architecture (target_modules=None)
+        model = attach_lora(model, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, adapter=adapter)
+        model.eval()  # no dropout at scoring time: effort is a deterministic function of the sample
+        targets = sorted(model.peft_config["default"].target_modules)
+        block_name = block or _last_matching(model, f"{value_target(targets)}.lora_B.default")
+        block_name, linear = find_linear(model, block_name)
+        freeze_all_but_weight(model, linear)
+        self.titles, self.tokenizer, self.max_tokens, self.loss_on = titles, tokenizer, max_tokens, loss_on
+        self.template, self.device = DOMAIN_TEMPLATES[template], torch_device
+        self.sample_losses = causal_lm_sample_losses(model)
+        info = {"target": "bigrec", "llm": str(llm_dir), "adapter": str(adapter) if adapter else None,
+                "lora": {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": targets},
+                "block": block_name, "block_shape": list(linear.weight.shape), "max_tokens": max_tokens,
+                "prompt": f"alpaca (finetune.prompts.DOMAIN_TEMPLATES[{template!r}])", "loss_on": loss_on,
+                "template": template, "device": str(torch_device), "dtype": dtype_name(torch_dtype),
+                "quantization": quantize}
+        super().__init__(block_name, linear, info)
+
+    def _encode(self, samples) -> list[dict]:
+        titles = self.titles
+        return [encode_example(self.tokenizer, [titles[i] for i in h], titles[t], self.template, self.max_tokens,
+                               self.loss_on) for h, t in zip(samples.history, samples.target)]
+
+    def lengths(self, samples) -> list[int]:
+        return [len(r["input_ids"]) for r in self._encode(samples)]
+
+    def collate(self, samples) -> dict:
+        rows = self._encode(samples)
+        # right padding: causal attention never lets a real token see it
+        batch = pad_batch([r["input_ids"] for r in rows], self.tokenizer.pad_token_id, "right",
+                          [r["labels"] for r in rows], position_ids=False)
+        return to_device(batch, self.device)
+
+    @classmethod
+    def plan(cls, prepared: PreparedData, work: Path, config, progress: bool = True) -> TargetPlan:
+        inputs = folder_digest(config.llm, "llm")
+        if config.adapter:
+            inputs.update(folder_digest(config.adapter, "adapter"))
+        # what changes the effort beyond the defaults of the runs made before these options
+        inputs.update({k: getattr(config, k) for k in ("template", "dtype", "load_in_8bit", "load_in_4bit")
+                       if getattr(config, k) != getattr(type(config), k)})
+        return TargetPlan({"llm": str(config.llm), "adapter": config.adapter, "template": config.template,
+                           "dtype": config.dtype, "load_in_8bit": config.load_in_8bit,
+                           "load_in_4bit": config.load_in_4bit}, inputs, {})
+
+    @classmethod
+    def from_task(cls, task: dict) -> "BigrecTarget":
+        titles = PreparedData(task["data"]).titles()
+        # the device the driver resolved (an actor asks Ray for a GPU exactly when it is a CUDA one)
+        return cls(task["llm"], titles, adapter=task.get("adapter"), block=task.get("effort_block"),
+                   device=task.get("device", "cpu"), template=task.get("template", DEFAULT_DOMAIN),
+                   dtype=task.get("dtype", "auto"), load_in_8bit=task.get("load_in_8bit", False),
+                   load_in_4bit=task.get("load_in_4bit", False))
+
+
+def bigrec_target(llm_dir: str, titles: list[str], **options) -> BigrecTarget:
+    """``BigrecTarget`` (its constructor's options)."""
+    return BigrecTarget(llm_dir, titles, **options)
+
+
+def tiger_target(tiger_dir: str, block: str | None = None, device: str = "cpu") -> TigerTarget:
+    """The TIGER saved in ``tiger_dir`` (``finetune.tiger.load_tiger``) on ``device``, as an effort target."""
+    return TigerTarget(load_tiger(tiger_dir, device=pick_device(device)), block, source=tiger_dir)
+
+
+def prepare_tiger_target(prepared: PreparedData, folder: Path, config, progress: bool = True) -> tuple[Path, dict]:
+    """The TIGER model at the start of fine-tuning: ``--target-init CKPT`` or a fresh one built once here
+    (``config``: ``dealrec score``'s, for ``target_init`` and ``seed``)."""
+    t0 = time.perf_counter()
+    if config.target_init:
+        ckpt = Path(config.target_init)
+        load_tiger(ckpt)  # fail here, with the loader's message, rather than in every worker
+        info = {"tiger": str(ckpt), "fresh": False, **folder_digest(ckpt, "target-init")}
+        info["sha256"] = info.pop("target-init_sha256")
+        info["seconds"] = round(time.perf_counter() - t0, 3)
+        return ckpt, info
+    marker = folder / "DONE.json"
+    key = stable_hash({"data": [sha256_file(p) for p in prepared.shard_paths()],
+                       "items": sha256_file(prepared.root / "items.parquet"), "seed": config.seed})
+    if not (marker.exists() and json.loads(marker.read_text()).get("key") == key):
+        with atomic_output_dir(folder, overwrite=True) as tmp:
+            # item embeddings and the RQ-VAE fit come from the shared cache ($DEALREC_CACHE), keyed by content,
+            # so every run and command on the same catalogue fits them once (docs/tiger.md)
+            model = build_tiger(prepared, config.seed, progress=progress)
+            save_tiger(model, tmp)
+            write_json_atomic(tmp / "DONE.json", {"key": key})
+    # what was built, not only what it was built from: two builds with the same inputs must agree
+    built = stable_hash({f: tensors_digest(folder / f) for f in ("model.safetensors", "semantic_ids.safetensors")
+                         if (folder / f).exists()})
+    info = {"tiger": str(folder), "fresh": True, "sha256": key, "built_sha256": built,
+            "seconds": round(time.perf_counter() - t0, 3)}
+    return folder, info

@@ -84,6 +84,7 @@ class PruneSection(TypedDict, total=False):
     surrogate_minutes: float | None
     surrogate_epochs: int
     threads: int | None
+    surrogate_model: str                    # the surrogate's model (trained, or read from --surrogate's config)
     phases: dict[str, dict]
     seconds: float
     n_selected: int

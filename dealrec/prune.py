@@ -4,8 +4,8 @@ Phases, each timed in ``RUN/manifest.json`` (``prune.phases``):
 
 1. ``prepare``: DATA is used as is when it is a prepared folder (``items.parquet`` + ``samples/``);
    a release-format folder or an interaction log is prepared into ``RUN/data``;
-2. ``train_surrogate``: SASRec (the paper's settings) on all samples into ``RUN/surrogate``, unless
-   ``--surrogate DIR`` names a trained one;
+2. ``train_surrogate``: the ``--surrogate-model`` (SASRec by default, the paper's settings) on all
+   samples into ``RUN/surrogate``, unless ``--surrogate DIR`` names a trained one;
 3. ``score``: semantic IDs and a fresh TIGER for effort, influence and effort of every sample
    (``dealrec score``: sharded, resumable, on Ray);
 4. ``select``: DEALRec's coverage-enhanced selection (``dealrec select``);
@@ -37,6 +37,10 @@ from dealrec.score import RUN_WRITES, ScoreConfig, _score_options, config_from_o
 from dealrec.select import CORESET_FILE, DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PLOT_FILE, run_select
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
+from surrogates.base import read_surrogate_config
+from surrogates.registry import model_names, surrogate_class
+
+SURROGATE_MODELS = model_names()
 
 
 def is_prepared(path: Path) -> bool:
@@ -69,29 +73,44 @@ def _same_sources(manifest: dict, data: Path) -> bool:
     return True
 
 
+def surrogate_model_for(surrogate: str | None, model: str | None = None) -> str:
+    """The surrogate model a run uses: the one ``surrogate``'s config.json names when a trained folder is given
+    (a different ``model`` is refused), else ``model``, else the default. Reads no weights: callers check
+    it before any work."""
+    if surrogate:
+        name, _ = read_surrogate_config(surrogate, "--surrogate")
+        if model and model != name:
+            raise DealrecError(f"{surrogate}: holds a {name} surrogate, not the --surrogate-model {model} asked for")
+        return name
+    name = model or SURROGATE_MODEL
+    surrogate_class(name)   # an unknown name: one line listing the known ones
+    return name
+
+
 def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max_minutes: float | None,
                     max_epochs: int, progress: bool, threads: int | None = None, log=None,
-                    device: str = SurrogateTrainConfig.device) -> tuple[Path, dict]:
-    """The surrogate: ``surrogate`` when given, else SASRec trained into ``out/surrogate``.
+                    model: str | None = None, device: str = SurrogateTrainConfig.device) -> tuple[Path, dict]:
+    """The surrogate: ``surrogate`` when given, else ``model`` (default: SASRec) trained into ``out/surrogate``.
 
-    A surrogate left in ``out/surrogate`` by an earlier run is reused only when it was trained on data with
-    the same content and with the same options (seed, epochs, time budget); otherwise it is trained again,
-    and ``log`` (and the returned info's ``redone``) says why.
+    A surrogate left in ``out/surrogate`` by an earlier run is reused only when it is the same model, trained
+    on data with the same content and with the same options (seed, epochs, time budget); otherwise it is
+    trained again, and ``log`` (and the returned info's ``redone``) says why.
     """
+    model = surrogate_model_for(surrogate, model)
     if surrogate:
-        return Path(surrogate), {"trained": False, "surrogate": str(surrogate)}
+        return Path(surrogate), {"trained": False, "surrogate": str(surrogate), "model": model}
     from surrogates.train import TrainConfig, train_surrogate
 
     target = out / "surrogate"
     cfg = TrainConfig(seed=seed, max_minutes=max_minutes, max_epochs=max_epochs, progress=progress, threads=threads,
                       device=device)
-    redone = _stale_surrogate(target, PreparedData(data), cfg)
+    redone = _stale_surrogate(target, PreparedData(data), cfg, model)
     if redone is None:
-        return target, {"trained": True, "surrogate": str(target), "resumed": True}
+        return target, {"trained": True, "surrogate": str(target), "model": model, "resumed": True}
     if redone and log is not None:
         log(f"{target}: {redone}; training it again")
-    metrics = train_surrogate(data, SURROGATE_MODEL, target, train_cfg=cfg, overwrite=True)
-    info = {"trained": True, "surrogate": str(target), "epochs": metrics.get("epochs"),
+    metrics = train_surrogate(data, model, target, train_cfg=cfg, overwrite=True)
+    info = {"trained": True, "surrogate": str(target), "model": model, "epochs": metrics.get("epochs"),
             "stopped_by": metrics.get("stopped_by"),
             "seconds_per_epoch": metrics.get("seconds_per_epoch"), "valid": metrics.get("valid")}
     if redone:
@@ -102,17 +121,19 @@ def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max
 _SURROGATE_KEY_FIELDS = ("seed", "max_epochs", "max_minutes")
 
 
-def _stale_surrogate(folder: Path, data: PreparedData, cfg) -> str | None:
-    """None when ``folder`` holds a surrogate trained on ``data`` (same content) with ``cfg``'s seed, epochs
-    and budget; "" when there is none; else why it cannot be reused."""
+def _stale_surrogate(folder: Path, data: PreparedData, cfg, model: str = SURROGATE_MODEL) -> str | None:
+    """None when ``folder`` holds a ``model`` surrogate with its default options, trained on ``data`` (same
+    content) with ``cfg``'s seed, epochs and budget; "" when there is none; else why it cannot be reused."""
     if not ((folder / "model.safetensors").exists() and (folder / "metrics.json").exists()):
         return ""
     try:
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     except ValueError:
         return "the surrogate's metrics.json is unreadable"
-    if metrics.get("model") != SURROGATE_MODEL or metrics.get("model_fields"):
-        return "the surrogate there is not the default SASRec"
+    if metrics.get("model") != model:
+        return f"the surrogate there is a {metrics.get('model')}, not a {model}"
+    if metrics.get("model_fields"):
+        return f"the surrogate there is not the default {model} (it was trained with model options)"
     if metrics.get("data_sha256") != data.content_digest():
         return "the surrogate there was trained on other data" if metrics.get("data_sha256") else \
             "the surrogate there does not record which data it was trained on"
@@ -146,7 +167,7 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
               lam: float | None = None, k: int | None = None, hard_prune: float | None = None,
               surrogate_minutes: float | None = SurrogateTrainConfig.max_minutes,
               surrogate_epochs: int = SurrogateTrainConfig.max_epochs, progress: bool = True,
-              threads: int | None = SurrogateTrainConfig.threads) -> dict:
+              threads: int | None = SurrogateTrainConfig.threads, surrogate_model: str | None = None) -> dict:
     config = config or ScoreConfig()
     config.check()
     if threads:
@@ -158,6 +179,7 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
                        "--target-init": config.target_init}, writes=run_writes(data, surrogate))
     if not data.exists():
         raise InputError(data, "no such file or folder")
+    surrogate_model = surrogate_model_for(surrogate, surrogate_model)   # before any work
     if surrogate and is_prepared(data):   # raw DATA: checked by score once it is prepared into RUN/data
         from surrogates.base import check_surrogate_fits
 
@@ -173,7 +195,8 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
 
     t0 = time.perf_counter()
     surrogate_dir, sur_info = surrogate_phase(prepared, out, surrogate, config.seed, surrogate_minutes,
-                                              surrogate_epochs, progress, threads, log=_say, device=config.device)
+                                              surrogate_epochs, progress, threads, log=_say, device=config.device,
+                                              model=surrogate_model)
     phases["train_surrogate"] = {"seconds": round(time.perf_counter() - t0, 3), **sur_info}
 
     t0 = time.perf_counter()
@@ -195,7 +218,7 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
     return update_manifest(out, {"prune": {
         "command": "dealrec prune", "data": str(data), "n": n, "seed": config.seed,
         "surrogate_minutes": surrogate_minutes, "surrogate_epochs": surrogate_epochs, "threads": threads,
-        "phases": phases, "seconds": round(time.perf_counter() - t_all, 3),
+        "surrogate_model": surrogate_model, "phases": phases, "seconds": round(time.perf_counter() - t_all, 3),
         "n_selected": selection.get("n_selected")}}).data
 
 
@@ -204,7 +227,11 @@ def _make_command():
     @click.argument("data", type=click.Path())
     @click.option("--n", "n", type=int, default=DEFAULT_N, show_default=True, help="Samples in the coreset.")
     @click.option("--out", required=True, type=click.Path(), help="Run folder (a rerun resumes it).")
-    @click.option("--surrogate", type=click.Path(), default=None, help="A trained surrogate (default: train SASRec).")
+    @click.option("--surrogate", type=click.Path(), default=None,
+                  help="A trained surrogate (default: train the --surrogate-model).")
+    @click.option("--surrogate-model", type=click.Choice(SURROGATE_MODELS), default=None,
+                  help=f"The surrogate to train when --surrogate is not given [{SURROGATE_MODEL}]; "
+                       f"'dealrec train-surrogate --help' lists each model's options.")
     @click.option("--surrogate-minutes", type=float, default=SurrogateTrainConfig.max_minutes,
                   help="Wall-clock budget of surrogate training, checked after each epoch [default: none: "
                        "early stopping alone decides, so the coreset does not depend on the machine's speed].")
@@ -217,11 +244,12 @@ def _make_command():
     @click.option("--k", "k", type=int, default=None, help=f"Strata [{DEFAULT_K}].")
     @click.option("--hard-prune", type=float, default=None, help=f"Share of top scores dropped [{DEFAULT_HARD_PRUNE}].")
     @_score_options
-    def prune_command(data, n, out, surrogate, surrogate_minutes, surrogate_epochs, threads, lam, k, hard_prune,
-                      quiet, **options):
+    def prune_command(data, n, out, surrogate, surrogate_model, surrogate_minutes, surrogate_epochs, threads, lam, k,
+                      hard_prune, quiet, **options):
         """Prepare DATA if raw, train the surrogate, score, select N samples and export them to OUT."""
         manifest = run_prune(data, out, n, surrogate, config_from_options(**options), lam, k, hard_prune,
-                             surrogate_minutes, surrogate_epochs, progress=not quiet, threads=threads)
+                             surrogate_minutes, surrogate_epochs, progress=not quiet, threads=threads,
+                             surrogate_model=surrogate_model)
         p = manifest["prune"]
         times = ", ".join(f"{name} {v['seconds']:.0f}s" for name, v in p["phases"].items())
         click.echo(f"coreset of {p['n_selected']} samples -> {Path(out) / 'coreset.parquet'} "

@@ -20,7 +20,6 @@ Everything under ``RUN/work/`` is a resumable shard output; ``RUN/scores.parquet
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import json
 import platform
@@ -33,8 +32,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dealrec_core.data import (PreparedData, Samples, atomic_output_dir, read_table, sha256_file, write_json_atomic,
+from dealrec_core.data import (PreparedData, Samples, read_table, sha256_file,
                                write_parquet_atomic)
+from dealrec.effort import EFFORT_TARGETS
 from dealrec.engine import ShardStore, batch_ranges, make_executor, plan_shards, run_phase, task_store
 from dealrec_core.data import stable_hash
 from dealrec_core.devices import DEVICE_AUTO, DEVICE_HELP, DTYPE_CHOICES, pick_device
@@ -48,7 +48,8 @@ from finetune.llm import quantization
 from finetune.prompts import DEFAULT_DOMAIN, DOMAIN_TEMPLATES
 
 SCORES_FILE = "scores.parquet"
-TARGETS = ("tiger", "bigrec", "none")
+NO_TARGET = "none"                          # --target none: influence only
+TARGETS = (*EFFORT_TARGETS.names(), NO_TARGET)   # the registered effort targets (tiger, bigrec), then none
 V_WEIGHTINGS = ("training", "position", "sample")
 RUN_WRITES = ("work", SCORES_FILE, MANIFEST_FILE)   # what run_score writes in its run folder
 CAPTURE_FORMAT = 2  # 2: captures also hold the position-weighted gradient sums
@@ -88,8 +89,8 @@ class ScoreConfig:
             raise DealrecError(f"unknown --target {self.target!r} (choose from {', '.join(TARGETS)})")
         if self.v_weighting not in V_WEIGHTINGS:
             raise DealrecError(f"unknown --v-weighting {self.v_weighting!r} (choose from {', '.join(V_WEIGHTINGS)})")
-        if self.target == "bigrec" and not self.llm:
-            raise DealrecError("--target bigrec needs --llm DIR (a local HuggingFace causal LM folder)")
+        if self.target != NO_TARGET:
+            EFFORT_TARGETS.get(self.target).check_config(self)
         if self.chunk_tokens < 0:
             raise DealrecError(f"--chunk-tokens must be 0 or more, got {self.chunk_tokens}")
         # limits checked here, before any folder is made (a bad value used to surface after OUT existed)
@@ -145,10 +146,10 @@ def _shard_samples(samples_dir: str, digest: str, start: int, stop: int) -> Samp
 def _surrogate(path: str, digest: str, device: str = "cpu"):
     def build():
         from dealrec.influence import LinearTaps, freeze_all_but
-        from surrogates.base import load_surrogate
+        from surrogates.registry import load_surrogate
 
         model = load_surrogate(path).to(pick_device(device)).eval()
-        block = model.influence_block()
+        _, block = model.named_block()
         freeze_all_but(model, block)
         return model, block, LinearTaps(block)
     return _cached(("surrogate", path, digest, device), build)
@@ -184,21 +185,10 @@ def capture_task(task: dict) -> dict:
 
 
 def _effort_target(task: dict):
-    def build():
-        from dealrec.effort import bigrec_target, tiger_target
-
-        # the device the driver resolved (an actor asks Ray for a GPU exactly when it is a CUDA one)
-        device = task.get("device", "cpu")
-        if task["target"] == "bigrec":
-            titles = PreparedData(task["data"]).titles()
-            return bigrec_target(task["llm"], titles, adapter=task.get("adapter"), block=task.get("effort_block"),
-                                 device=device, template=task.get("template", DEFAULT_DOMAIN),
-                                 dtype=task.get("dtype", "auto"), load_in_8bit=task.get("load_in_8bit", False),
-                                 load_in_4bit=task.get("load_in_4bit", False))
-        return tiger_target(task["tiger_dir"], block=task.get("effort_block"), device=device)
-    return _cached(("effort", task["target"], task.get("llm"), task.get("adapter"), task.get("tiger_dir"),
-                    task.get("effort_block"), task["target_sha256"], task.get("device"), task.get("template"),
-                    task.get("dtype"), task.get("load_in_8bit"), task.get("load_in_4bit")), build)
+    planned = tuple(sorted((k, str(v)) for k, v in task["target_task"].items()))
+    return _cached(("effort", task["target"], planned, task.get("effort_block"), task["target_sha256"],
+                    task.get("device")),
+                   lambda: EFFORT_TARGETS.get(task["target"]).from_task({**task, **task["target_task"]}))
 
 
 def effort_task(task: dict) -> dict:
@@ -278,7 +268,7 @@ def solve_influence_system(surrogate_dir: Path, samples: Samples, v: np.ndarray,
                            collate_batch: int | None = None):
     """``U = (H + damping * scale * I)^-1 v`` over the Hessian pool (see ``dealrec.hvp``)."""
     from dealrec.influence import freeze_all_but
-    from surrogates.base import load_surrogate
+    from surrogates.registry import load_surrogate
 
     model = load_surrogate(surrogate_dir).eval()
     block = model.influence_block()
@@ -454,32 +444,18 @@ def effort_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict, sam
     from safetensors.numpy import load_file
 
     target_info: dict = {"target": config.target}
-    if config.target == "none":
+    if config.target == NO_TARGET:
         return None, target_info
     prepared, work = job.prepared, job.work
+    # the target builds or hashes what its workers will load (TIGER: semantic IDs and a fresh model)
+    plan = EFFORT_TARGETS.get(config.target).plan(prepared, work, config, progress)
     task_base = {"samples_dir": job.samples_dir, "samples_sha256": job.samples_key, "data": str(prepared.root),
-                 "target": config.target,
+                 "target": config.target, "target_task": plan.task,
                  "batch_size": config.effort_batch_size, "effort_block": config.effort_block, "device": device}
     eff_inputs = {"samples": job.samples_sha, "target": config.target, "batch_size": config.effort_batch_size,
-                  "block": config.effort_block, "threads": executor.threads, **_device_key(device)}
-    if config.target == "bigrec":
-        task_base.update({"llm": str(config.llm), "adapter": config.adapter, "template": config.template,
-                          "dtype": config.dtype, "load_in_8bit": config.load_in_8bit,
-                          "load_in_4bit": config.load_in_4bit})
-        # what changes the effort beyond the defaults of the runs made before these options
-        eff_inputs.update({k: v for k, v in (("template", config.template), ("dtype", config.dtype),
-                                              ("load_in_8bit", config.load_in_8bit),
-                                              ("load_in_4bit", config.load_in_4bit))
-                           if v != getattr(ScoreConfig, k)})
-        eff_inputs.update(_folder_digest(config.llm, "llm"))
-        if config.adapter:
-            eff_inputs.update(_folder_digest(config.adapter, "adapter"))
-    else:
-        tiger_dir, tiger_info = prepare_tiger_target(prepared, work / "tiger-init", config, progress)
-        task_base["tiger_dir"] = str(tiger_dir)
-        eff_inputs["tiger"] = tiger_info.get("built_sha256", tiger_info["sha256"])  # the content
-        phases["semantic_ids"] = {"seconds": tiger_info.pop("seconds")}
-        target_info.update(tiger_info)
+                  "block": config.effort_block, "threads": executor.threads, **_device_key(device), **plan.inputs}
+    phases.update(plan.phases)
+    target_info.update(plan.info)
     task_base["target_sha256"] = stable_hash({k: v for k, v in eff_inputs.items() if k != "samples"})
     eff_store = ShardStore(work / "effort", "effort", "safetensors")
     eff_shards = plan_shards(len(job.samples), config.shard_size, config.effort_batch_size)
@@ -526,58 +502,6 @@ def write_score_outputs(job: ScoreJob, config: ScoreConfig, result: InfluenceRes
         "score_seconds": round(time.perf_counter() - t_start, 3),
         "outputs": {"scores": SCORES_FILE},
     }, merge=("phases",)).data
-
-
-def tensors_digest(path: Path) -> str:
-    """sha256 of a safetensors file's tensors (names, dtypes, shapes, bytes in name order). The file's
-    own bytes are no content hash: which name of a tied tensor it keeps can change from run to run."""
-    from safetensors.numpy import load_file
-
-    h = hashlib.sha256()
-    for name, t in sorted(load_file(str(path)).items()):
-        h.update(f"{name}|{t.dtype.str}|{t.shape}|".encode())
-        h.update(np.ascontiguousarray(t).tobytes())
-    return h.hexdigest()
-
-
-def _folder_digest(path, what: str) -> dict:
-    path = Path(path)
-    if not path.is_dir():
-        raise DealrecError(f"{path}: no such folder (--{what})")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".model",
-                                                                              ".txt", ".bin"))
-    return {f"{what}_sha256": stable_hash({p.name: sha256_file(p) for p in files})}
-
-
-def prepare_tiger_target(prepared: PreparedData, folder: Path, config: ScoreConfig,
-                         progress: bool = True) -> tuple[Path, dict]:
-    """The TIGER model at the start of fine-tuning: ``--target-init CKPT`` or a fresh one built once here."""
-    from finetune.tiger import build_tiger, load_tiger, save_tiger
-
-    t0 = time.perf_counter()
-    if config.target_init:
-        ckpt = Path(config.target_init)
-        load_tiger(ckpt)  # fail here, with the loader's message, rather than in every worker
-        info = {"tiger": str(ckpt), "fresh": False, **_folder_digest(ckpt, "target-init")}
-        info["sha256"] = info.pop("target-init_sha256")
-        info["seconds"] = round(time.perf_counter() - t0, 3)
-        return ckpt, info
-    marker = folder / "DONE.json"
-    key = stable_hash({"data": [sha256_file(p) for p in prepared.shard_paths()],
-                       "items": sha256_file(prepared.root / "items.parquet"), "seed": config.seed})
-    if not (marker.exists() and json.loads(marker.read_text()).get("key") == key):
-        with atomic_output_dir(folder, overwrite=True) as tmp:
-            # item embeddings and the RQ-VAE fit come from the shared cache ($DEALREC_CACHE), keyed by content,
-            # so every run and command on the same catalogue fits them once (docs/tiger.md)
-            model = build_tiger(prepared, config.seed, progress=progress)
-            save_tiger(model, tmp)
-            write_json_atomic(tmp / "DONE.json", {"key": key})
-    # what was built, not only what it was built from: two builds with the same inputs must agree
-    built = stable_hash({f: tensors_digest(folder / f) for f in ("model.safetensors", "semantic_ids.safetensors")
-                         if (folder / f).exists()})
-    info = {"tiger": str(folder), "fresh": True, "sha256": key, "built_sha256": built,
-            "seconds": round(time.perf_counter() - t0, 3)}
-    return folder, info
 
 
 # ----------------------------------------------------------------------------- command

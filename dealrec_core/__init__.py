@@ -8,5 +8,6 @@
 - ``options``: click types shared by every command; ``threads``: fixed torch thread counts.
 - ``hashing``: the splitmix64 mixer behind every id-keyed random draw;
 - ``devices``: where torch work runs and in which float type (``--device``, ``--dtype``), one rule.
+- ``tasks``: the scoring-task contract every surrogate and effort target fills, and the registry by name.
 """
 __version__ = "0.1.0"

@@ -1,20 +1,34 @@
-"""The surrogate contract: what every small recommender provides (SASRec, in sasrec.py, is the one built in).
+"""The surrogate contract: what every small recommender provides (SASRec, BERT4Rec, DCRec).
 
-The trainer, the evaluator and the scoring engine only talk to a surrogate through this
-class, so adding a model means one new file plus one line in ``SURROGATES``.
+A surrogate is a ``dealrec_core.tasks.ScoringTask`` (the contract the engine scores with, shared
+with the effort targets) plus what training and evaluation need. The trainer, the evaluator and
+the scoring engine only talk to a surrogate through this class, so adding a model is one new file
+(a ``Surrogate`` subclass that registers itself, ``class SASRec(Surrogate, name="sasrec")``) plus
+its line in ``surrogates/registry.py``, which imports the built-in models and finds them by name.
 
-- ``collate(samples)``: a batch dict of tensors for training samples (with ``sample_id``);
+- ``collate(samples)``: the scoring batch dict of training samples (with ``sample_id``);
+- ``training_batch(samples, round_)``: the trainer's batch for epoch ``round_`` (default: ``collate``);
+  a model whose training draws at random (sampled negatives, cloze masks) keys the draws by
+  ``(seed, round_, sample_id, position)``, so an epoch's batches are a pure function of their samples;
 - ``collate_histories(histories)``: a batch dict for scoring the next item after each history;
-- ``sample_losses(batch) -> [B]``: each sample's own mean loss over its positions. It must
-  not depend on the other samples of the batch or on padding, and must be a pure function of
-  the parameters and the batch (no randomness in eval mode), so influence scores are the same
-  whatever the batching and reproduce bit for bit;
+- ``sample_losses(batch) -> [B]``: each sample's own loss. It must not depend on the other samples
+  of the batch or on padding, and must be a pure function of the parameters and the batch (no
+  randomness in eval mode), so influence scores are the same whatever the batching and reproduce
+  bit for bit;
+- ``training_loss(batch, weighting) -> scalar``: what the trainer minimises; ``weighting`` is
+  ``position`` (every predicted position weighs the same) or ``sample`` (every sample does);
 - ``full_sort_scores(batch) -> [B, n_items + 1]``: a score for every item id (0 is padding);
-- ``influence_block() -> nn.Linear``: the layer that influence puts its hooks on;
-- ``sample_weights(batch) -> [B]`` (optional, default all ones): each sample's weight in the
-  training objective when every predicted position weighs the same (for SASRec: the number
-  of positions its mean loss averages). Influence's ``v`` is the gradient of the risk the
-  surrogate was trained on, so it needs these weights (see docs/engine.md, "Which risk").
+- ``influence_block() -> nn.Linear``: the layer that influence puts its hooks on (``named_block``
+  gives it with its module name);
+- ``sample_weights(batch) -> [B]``: each sample's weight in the ``position``-weighted training
+  risk (for SASRec: the number of positions its mean loss averages). Influence's ``v`` is the
+  gradient of the risk the surrogate was trained on, so it needs these weights (see
+  docs/engine.md, "Which risk");
+- ``prepare_training(samples)``: called once by the trainer with every training sample before the
+  first epoch (default: nothing); a model that builds structures from the data (DCRec's item graphs)
+  builds them here, as buffers saved with the weights;
+- ``options``: the config fields a user may set (``dealrec train-surrogate``'s model options), each
+  with the help text in its dataclass field's ``metadata["help"]``.
 
 Checkpoints are ``model.safetensors`` plus ``config.json`` (never pickles).
 """
@@ -33,9 +47,17 @@ from torch import nn
 from dealrec_core.data import Samples, atomic_file, write_json_atomic
 from dealrec_core.devices import to_device
 from dealrec_core.errors import DealrecError
+from dealrec_core.tasks import Registry, ScoringTask
+from surrogates.config import WEIGHTINGS
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+
+
+def option(default, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field that ``dealrec train-surrogate`` offers as ``--name`` (its help, its choices)."""
+    metadata = {"help": help, **({"choices": tuple(choices)} if choices else {})}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -43,7 +65,7 @@ class SurrogateConfig:
     """Fields every surrogate has; each model subclasses this with its own hyper-parameters."""
 
     n_items: int = 0          # real items are 1..n_items; tables are sized n_items + 1 (+ specials)
-    max_len: int = 50         # the most recent max_len positions are kept
+    max_len: int = option(50, "Most recent positions kept.")   # the most recent max_len positions are kept
     seed: int = 0             # for initialisation and for deterministic negatives
 
     def to_dict(self) -> dict[str, Any]:
@@ -57,12 +79,26 @@ class SurrogateConfig:
             raise DealrecError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
         return cls(**d)
 
+    @classmethod
+    def option_fields(cls) -> tuple[dataclasses.Field, ...]:
+        """The fields a user may set: those whose metadata carries a ``help`` text."""
+        return tuple(f for f in dataclasses.fields(cls) if "help" in f.metadata)
 
-class Surrogate(nn.Module):
+
+# Every surrogate class registers here when its module is imported (``surrogates/registry.py``
+# imports the built-in ones and looks models up by name).
+SURROGATES = Registry("surrogate model")
+
+
+class Surrogate(nn.Module, ScoringTask):
     """Base class of the surrogate models (see the module docstring for the contract)."""
 
-    name: ClassVar[str] = ""
+    registry = SURROGATES
     config_class: ClassVar[type[SurrogateConfig]] = SurrogateConfig
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.options = tuple(f.name for f in cls.config_class.option_fields())
 
     def __init__(self, config: SurrogateConfig):
         super().__init__()
@@ -70,8 +106,15 @@ class Surrogate(nn.Module):
 
     # ---- the contract -------------------------------------------------------------------
 
-    def collate(self, samples: Samples, **kwargs) -> dict[str, torch.Tensor]:
+    def collate(self, samples: Samples) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def training_batch(self, samples: Samples, round_: int) -> dict[str, torch.Tensor]:
+        """The trainer's batch in epoch ``round_``; by default the scoring batch."""
+        return self.collate(samples)
+
+    def prepare_training(self, samples: Samples) -> None:
+        """Build what the model derives from the training data (nothing by default)."""
 
     def collate_histories(self, histories: list[np.ndarray]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -85,15 +128,25 @@ class Surrogate(nn.Module):
     def influence_block(self) -> nn.Linear:
         raise NotImplementedError
 
+    def named_block(self) -> tuple[str, nn.Linear]:
+        block = self.influence_block()
+        return next(name for name, module in self.named_modules() if module is block), block
+
     def sample_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Each sample's weight in the position-weighted training risk; one position each by default."""
         return torch.ones(len(batch["sample_id"]), dtype=torch.float64)
 
-    # ---- conveniences shared by all models -------------------------------------------------
+    def training_loss(self, batch: dict[str, torch.Tensor], weighting: str = "position") -> torch.Tensor:
+        """The objective the trainer minimises: by default (``position``) the mean of the sample losses
+        weighted by ``sample_weights``; ``sample``: their plain mean."""
+        check_weighting(weighting)
+        losses = self.sample_losses(batch)
+        if weighting == "sample":
+            return losses.mean()
+        w = self.sample_weights(batch).to(losses.dtype)
+        return (losses * w).sum() / w.sum().clamp(min=1e-12)
 
-    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The objective the trainer minimises; by default the mean of the sample losses."""
-        return self.sample_losses(batch).mean()
+    # ---- conveniences shared by all models -------------------------------------------------
 
     @property
     def device(self) -> torch.device:
@@ -111,19 +164,9 @@ class Surrogate(nn.Module):
             self.train(was_training)
 
 
-# Filled by the model modules at import time (see the bottom of this file).
-SURROGATES: dict[str, type[Surrogate]] = {}
-
-
-def surrogate_class(name: str) -> type[Surrogate]:
-    if name not in SURROGATES:
-        raise DealrecError(f"unknown surrogate model {name!r} (choose from {', '.join(sorted(SURROGATES))})")
-    return SURROGATES[name]
-
-
-def build_surrogate(name: str, **config_fields) -> Surrogate:
-    cls = surrogate_class(name)
-    return cls(cls.config_class(**config_fields))
+def check_weighting(weighting: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise DealrecError(f"unknown weighting {weighting!r} (choose from {', '.join(WEIGHTINGS)})")
 
 
 def save_surrogate(model: Surrogate, out_dir: str | Path) -> None:
@@ -143,13 +186,10 @@ def check_surrogate_fits(model_dir: str | Path, n_items: int, data="the data", o
     so it can run before any output folder is created."""
     model_dir = Path(model_dir)
     config_path = model_dir / CONFIG_FILE
-    for p in (config_path, model_dir / WEIGHTS_FILE):
-        if not p.exists():
-            raise DealrecError(f"{p}: missing (is {model_dir} a trained surrogate folder?) ({option})")
     try:
-        trained = json.loads(config_path.read_text(encoding="utf-8"))["config"]["n_items"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise DealrecError(f"{config_path}: not a surrogate config ({type(e).__name__}: {e}) ({option})") from None
+        trained = read_surrogate_config(model_dir, option)[1]["n_items"]
+    except KeyError as e:
+        raise DealrecError(f"{config_path}: not a surrogate config (KeyError: {e}) ({option})") from None
     if isinstance(trained, bool) or not isinstance(trained, int):
         raise DealrecError(f"{config_path}: config.n_items is not an integer ({option})")
     if trained < n_items:
@@ -158,32 +198,20 @@ def check_surrogate_fits(model_dir: str | Path, n_items: int, data="the data", o
                            f"this data)")
 
 
-def load_surrogate(model_dir: str | Path, map_location: str = "cpu") -> Surrogate:
-    """Rebuild a surrogate from a folder written by ``save_surrogate``; returned in eval mode."""
-    from safetensors.torch import load_file
-
+def read_surrogate_config(model_dir: str | Path, option: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``(model name, config fields)`` of a surrogate folder, from its ``config.json`` alone (no torch work);
+    a folder that is not a trained surrogate is one line naming the file (and ``option`` when given)."""
     model_dir = Path(model_dir)
-    config_path, weights_path = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
-    for p in (config_path, weights_path):
+    config_path = model_dir / CONFIG_FILE
+    which = f" ({option})" if option else ""
+    for p in (config_path, model_dir / WEIGHTS_FILE):
         if not p.exists():
-            raise DealrecError(f"{p}: missing (is {model_dir} a trained surrogate folder?)")
+            raise DealrecError(f"{p}: missing (is {model_dir} a trained surrogate folder?){which}")
     try:
-        meta = json.loads(config_path.read_text())
+        meta = json.loads(config_path.read_text(encoding="utf-8"))
         name, fields = meta["model"], meta["config"]
+        if not isinstance(name, str) or not isinstance(fields, dict):
+            raise TypeError("model must be a name and config an object")
     except (ValueError, KeyError, TypeError) as e:
-        raise DealrecError(f"{config_path}: not a surrogate config ({type(e).__name__}: {e})") from None
-    cls = surrogate_class(name)
-    model = cls(cls.config_class.from_dict(fields))
-    state = load_file(str(weights_path), device=map_location)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise DealrecError(f"{weights_path}: weights do not match the config "
-                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.eval()
-
-
-# The built-in models register themselves in SURROGATES when their module is imported;
-# importing them here makes ``from surrogates.base import SURROGATES`` see all of them.
-# (A plain ``import`` also works when a model module is imported first: it then finds the
-# partly initialised module and the model registers itself when its module finishes.)
-import surrogates.sasrec  # noqa: E402,F401
+        raise DealrecError(f"{config_path}: not a surrogate config ({type(e).__name__}: {e}){which}") from None
+    return name, fields

@@ -1,4 +1,11 @@
-"""``dealrec train-surrogate DATA --model sasrec --out DIR``."""
+"""``dealrec train-surrogate DATA --model sasrec|bert4rec|dcrec --out DIR``.
+
+The model options are not written here: they are every registered model's option fields
+(``SurrogateConfig.option_fields``: a dataclass field with a ``help`` in its metadata), one click
+option per field name. They have no click default: left unset, the model's own default applies
+(and metrics.json's model_fields stays empty). ``--help`` lists them in one section per model, each
+with that model's default, read from its config class.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,35 +15,68 @@ import click
 from dealrec_core.devices import DEVICE_HELP
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
-from surrogates.base import SURROGATES, surrogate_class
 from surrogates import train as training
-from surrogates.sasrec import LOSSES, POSITIONS, SASRecConfig
 from surrogates.config import DEFAULT_MODEL, DEFAULT_THREADS, WEIGHTINGS, TrainConfig
-
-# The model options (--hidden ... --positions) have no click default: left unset, the model's own
-# default applies (and metrics.json's model_fields stays empty). Their help states SASRec's default,
-# read from SASRecConfig.
+from surrogates.registry import SURROGATES, model_names, surrogate_class
 
 
-@click.command("train-surrogate")
+def model_option_fields() -> dict[str, list[tuple[str, dataclasses.Field]]]:
+    """Each model option's name -> the (model, field) pairs that declare it, models in registry order."""
+    found: dict[str, list[tuple[str, dataclasses.Field]]] = {}
+    for name, cls in SURROGATES.items():
+        for f in cls.config_class.option_fields():
+            found.setdefault(f.name, []).append((name, f))
+    return found
+
+
+def _field_type(name: str, fields: list[tuple[str, dataclasses.Field]]):
+    """The click type of an option that several models may declare: one Python type, the union of choices."""
+    choices = [c for _, f in fields for c in f.metadata.get("choices", ())]
+    if choices:
+        return click.Choice(list(dict.fromkeys(choices)))
+    kinds = {type(f.default) for _, f in fields}
+    if kinds == {int, float}:
+        kinds = {float}
+    if len(kinds) != 1:
+        raise TypeError(f"model option {name!r} has defaults of several types: {sorted(k.__name__ for k in kinds)}")
+    return kinds.pop()
+
+
+def _model_options(f):
+    for name, fields in reversed(list(model_option_fields().items())):
+        models = ", ".join(model for model, _ in fields)
+        f = click.option(f"--{name.replace('_', '-')}", name, type=_field_type(name, fields), default=None,
+                         help=f"{fields[0][1].metadata['help']} Models: {models}.")(f)
+    return f
+
+
+class ModelOptionsCommand(click.Command):
+    """``--help`` lists the training options, then one section per registered model with its own options."""
+
+    def format_options(self, ctx, formatter):
+        model_options = model_option_fields()
+        params = {p.name: p for p in self.get_params(ctx)}
+        general = [p.get_help_record(ctx) for name, p in params.items()
+                   if name not in model_options and isinstance(p, click.Option)]
+        with formatter.section("Options"):
+            formatter.write_dl([r for r in general if r])
+        for name, cls in SURROGATES.items():
+            rows = []
+            for field in cls.config_class.option_fields():
+                opts = params[field.name].get_help_record(ctx)[0]
+                rows.append((opts, f"{field.metadata['help']}  [{field.default}]"))
+            with formatter.section(f"{cls.__name__} options (--model {name}; unset: these defaults)"):
+                formatter.write_dl(rows)
+
+
+@click.command("train-surrogate", cls=ModelOptionsCommand)
 @click.argument("data", type=click.Path(file_okay=False))
 @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
-              type=click.Choice(sorted(SURROGATES)), help="Surrogate model.")
+              type=click.Choice(model_names()), help="Surrogate model (its options: below).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: model.safetensors, config.json, metrics.json.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-@click.option("--hidden", type=int, help=f"Hidden size [{SASRecConfig.hidden}].")
-@click.option("--n-blocks", type=int, help=f"Transformer blocks [{SASRecConfig.n_blocks}].")
-@click.option("--n-heads", type=int, help=f"Attention heads [{SASRecConfig.n_heads}].")
-@click.option("--ffn-hidden", type=int, help=f"Feed-forward inner size [{SASRecConfig.ffn_hidden}].")
-@click.option("--max-len", type=int, help=f"Most recent positions kept [{SASRecConfig.max_len}].")
-@click.option("--dropout", type=float, help=f"Dropout rate [{SASRecConfig.dropout}].")
-@click.option("--loss", type=click.Choice(LOSSES),
-              help=f"ce: full-softmax cross-entropy; bce: one sampled negative (DEALRec reference) "
-                   f"[{SASRecConfig.loss}].")
-@click.option("--positions", type=click.Choice(POSITIONS),
-              help=f"Position ids counted back from the sequence's end (from_end) or from its start (from_start) "
-                   f"[{SASRecConfig.positions}].")
+@_model_options
 @click.option("--lr", type=float, default=TrainConfig.lr, show_default=True)
 @click.option("--weight-decay", type=float, default=TrainConfig.weight_decay, show_default=True)
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
@@ -75,7 +115,7 @@ def training_request(model_name, lr, weight_decay, batch_size, max_epochs, patie
                      threads, quiet, device=TrainConfig.device, **model_options) -> tuple[dict, TrainConfig]:
     """The command's options as ``train_surrogate``'s arguments: the model options given (None: left out; one
     that the model does not take is refused) and the ``TrainConfig``. The Python API builds them here too."""
-    fields = {f.name for f in dataclasses.fields(surrogate_class(model_name).config_class)}
+    fields = {f.name for f in surrogate_class(model_name).config_class.option_fields()}
     model_fields = {k: v for k, v in model_options.items() if v is not None}
     unknown = sorted(set(model_fields) - fields)
     if unknown:

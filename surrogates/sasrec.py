@@ -22,7 +22,8 @@ Losses:
   draws, so ``sample_losses`` is a pure function of the parameters and the batch.
 
 Attention uses plain ``nn.Linear`` modules for q/k/v/out (not ``nn.MultiheadAttention``,
-whose fused path skips module hooks): influence hooks the last block's ``out``.
+whose fused path skips module hooks): influence hooks the last block's ``out``. The attention and
+the block are shared with BERT4Rec (bidirectional) and DCRec (this encoder plus item graphs).
 """
 from __future__ import annotations
 
@@ -38,21 +39,31 @@ from dealrec_core.batching import pad_rows
 from dealrec_core.data import Samples
 from dealrec_core.errors import DealrecError
 from dealrec_core.hashing import GOLDEN, mix64
-from surrogates.base import SURROGATES, Surrogate, SurrogateConfig
+from surrogates.base import Surrogate, SurrogateConfig, option
 
 LOSSES = ("ce", "bce")
 POSITIONS = ("from_start", "from_end")
 
 
 @dataclass
-class SASRecConfig(SurrogateConfig):
-    hidden: int = 64
-    n_blocks: int = 2
-    n_heads: int = 2
-    ffn_hidden: int = 256
-    dropout: float = 0.3
-    loss: str = "ce"                 # "ce" (full softmax) or "bce" (one sampled negative)
-    positions: str = "from_end"      # position ids counted back from the last item (see below) or from the start
+class TransformerConfig(SurrogateConfig):
+    """The shape of a transformer over item sequences (SASRec's, BERT4Rec's, DCRec's encoder)."""
+
+    hidden: int = option(64, "Hidden size.")
+    n_blocks: int = option(2, "Transformer blocks.")
+    n_heads: int = option(2, "Attention heads.")
+    ffn_hidden: int = option(256, "Feed-forward inner size.")
+    dropout: float = option(0.3, "Dropout rate.")
+
+
+@dataclass
+class SASRecConfig(TransformerConfig):
+    # "ce" (full softmax) or "bce" (one sampled negative)
+    loss: str = option("ce", "ce: full-softmax cross-entropy; bce: one sampled negative (DEALRec reference).",
+                       LOSSES)
+    # position ids counted back from the last item (see the module docstring) or from the start
+    positions: str = option("from_end", "Position ids counted back from the sequence's end (from_end) or from its "
+                                        "start (from_start).", POSITIONS)
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -60,23 +71,32 @@ class SASRecConfig(SurrogateConfig):
             raise DealrecError(f"unknown SASRec loss {self.loss!r} (choose from {', '.join(LOSSES)})")
         if self.positions not in POSITIONS:
             raise DealrecError(f"unknown positions {self.positions!r} (choose from {', '.join(POSITIONS)})")
-        if self.hidden % self.n_heads:
-            raise DealrecError(f"hidden ({self.hidden}) must be a multiple of n_heads ({self.n_heads})")
-        if self.max_len < 1:
-            raise DealrecError("max_len must be at least 1")
+        check_shape(self)
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, hidden: int, n_heads: int, dropout: float):
+def check_shape(cfg) -> None:
+    """The checks every config of a transformer over item sequences needs (SASRec's, BERT4Rec's)."""
+    if cfg.hidden % cfg.n_heads:
+        raise DealrecError(f"hidden ({cfg.hidden}) must be a multiple of n_heads ({cfg.n_heads})")
+    if cfg.max_len < 1:
+        raise DealrecError("max_len must be at least 1")
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention of plain Linear layers: causal (SASRec), or bidirectional over the
+    positions ``keys`` marks real (BERT4Rec: a real position never attends to padding)."""
+
+    def __init__(self, hidden: int, n_heads: int, dropout: float, causal: bool = True):
         super().__init__()
         self.n_heads = n_heads
+        self.causal = causal
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, hidden)  # the influence block of the last layer
         self.attn_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         b, t, h = x.shape
         d = h // self.n_heads
 
@@ -84,8 +104,12 @@ class CausalSelfAttention(nn.Module):
             return y.view(b, t, self.n_heads, d).transpose(1, 2)  # [B, heads, T, d]
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         att = (q @ k.transpose(-1, -2)) / math.sqrt(d)
-        future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
-        att = att.masked_fill(future, float("-inf")).softmax(-1)
+        if self.causal:
+            future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+            att = att.masked_fill(future, float("-inf"))
+        if keys is not None:   # [B, T] bool: the positions that may be attended to
+            att = att.masked_fill(~keys[:, None, None, :], float("-inf"))
+        att = att.softmax(-1)
         y = self.attn_dropout(att) @ v
         return self.out(y.transpose(1, 2).reshape(b, t, h))
 
@@ -93,18 +117,27 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm transformer block (stable without warm-up at small sizes)."""
 
-    def __init__(self, cfg: SASRecConfig):
+    def __init__(self, cfg: SASRecConfig, causal: bool = True):
         super().__init__()
         self.ln_attn = nn.LayerNorm(cfg.hidden)
-        self.attn = CausalSelfAttention(cfg.hidden, cfg.n_heads, cfg.dropout)
+        self.attn = SelfAttention(cfg.hidden, cfg.n_heads, cfg.dropout, causal)
         self.ln_ffn = nn.LayerNorm(cfg.hidden)
         self.ffn_in = nn.Linear(cfg.hidden, cfg.ffn_hidden)
         self.ffn_out = nn.Linear(cfg.ffn_hidden, cfg.hidden)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.ln_attn(x)))
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.ln_attn(x), keys))
         return x + self.dropout(self.ffn_out(self.dropout(F.gelu(self.ffn_in(self.ln_ffn(x))))))
+
+
+def position_keys(seed: int, round_: int, sample_id: np.ndarray, width: int) -> np.ndarray:
+    """uint64 ``[B, width]``: a hash of (seed, round, sample_id, position), the key of every per-position
+    draw of a training batch (SASRec's negatives, BERT4Rec's cloze masks)."""
+    pos = np.arange(width, dtype=np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        key = mix64(np.uint64(seed) * GOLDEN + np.uint64(round_))
+        return mix64(key ^ mix64(np.asarray(sample_id).astype(np.uint64)[:, None] * np.uint64(1 << 8) + pos))
 
 
 def hashed_negatives(seed: int, sample_id: np.ndarray, labels: np.ndarray, n_items: int,
@@ -113,11 +146,7 @@ def hashed_negatives(seed: int, sample_id: np.ndarray, labels: np.ndarray, n_ite
 
     ``labels`` is [B, T] (0 = padding); the negative never equals the label it is paired with.
     """
-    b, t = labels.shape
-    pos = np.arange(t, dtype=np.uint64)[None, :]
-    with np.errstate(over="ignore"):
-        key = mix64(np.uint64(seed) * GOLDEN + np.uint64(round_))
-        h = mix64(key ^ mix64(sample_id.astype(np.uint64)[:, None] * np.uint64(1 << 8) + pos))
+    h = position_keys(seed, round_, sample_id, labels.shape[1])
     neg = (h % np.uint64(n_items)).astype(np.int64) + 1
     clash = neg == labels
     neg[clash] = neg[clash] % n_items + 1  # the next item id, wrapping around
@@ -125,35 +154,52 @@ def hashed_negatives(seed: int, sample_id: np.ndarray, labels: np.ndarray, n_ite
     return neg
 
 
-class SASRec(Surrogate):
-    name = "sasrec"
+def sample_means(losses: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the mean of each row's position losses (``rows``: the row of each loss; ``labels > 0``
+    marks the positions that have one)."""
+    sums = torch.zeros(labels.shape[0], dtype=losses.dtype, device=losses.device).index_add(0, rows, losses)
+    return sums / (labels > 0).sum(1).clamp(min=1)
+
+
+def add_encoder(model: nn.Module, cfg, causal: bool) -> None:
+    """The item table (padding, items and one special token), learned positions, the blocks and a final
+    LayerNorm, as ``model``'s modules (in this order: it fixes the initialisation's draws)."""
+    if cfg.n_items < 1:
+        raise DealrecError(f"{type(model).__name__} needs n_items >= 1")
+    model.item_emb = nn.Embedding(cfg.n_items + 2, cfg.hidden, padding_idx=0)
+    model.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
+    model.emb_dropout = nn.Dropout(cfg.dropout)
+    model.blocks = nn.ModuleList(Block(cfg, causal) for _ in range(cfg.n_blocks))
+    model.ln_final = nn.LayerNorm(cfg.hidden)
+
+
+def init_weights(model: nn.Module, seed: int, std: float) -> None:
+    """normal(0, std) Linear and Embedding weights, zero biases, a zero padding row (``model.item_emb``),
+    from a private generator: the initial weights depend on the seed only, not on global state."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std, generator=gen)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+        model.item_emb.weight[0].zero_()
+
+
+class SASRec(Surrogate, name="sasrec"):
     config_class = SASRecConfig
 
     def __init__(self, config: SASRecConfig):
         super().__init__(config)
         cfg = config
-        if cfg.n_items < 1:
-            raise DealrecError("SASRec needs n_items >= 1")
         self.bos = cfg.n_items + 1
         # ids: 0 padding, 1..n_items items, n_items + 1 the begin-of-sequence token.
         # The same table scores the next item (tied input/output embeddings).
-        self.item_emb = nn.Embedding(cfg.n_items + 2, cfg.hidden, padding_idx=0)
-        self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
-        self.ln_final = nn.LayerNorm(cfg.hidden)
+        add_encoder(self, cfg, causal=True)
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # A private generator: the initial weights depend on the seed only, not on global state.
-        gen = torch.Generator().manual_seed(self.config.seed)
-        with torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, (nn.Linear, nn.Embedding)):
-                    module.weight.normal_(0.0, self.config.init_std, generator=gen)
-                if isinstance(module, nn.Linear) and module.bias is not None:
-                    module.bias.zero_()
-            self.item_emb.weight[0].zero_()
+        init_weights(self, self.config.seed, self.config.init_std)
 
     # ---- batches -------------------------------------------------------------------------
 
@@ -183,6 +229,9 @@ class SASRec(Surrogate):
             batch["negatives"] = torch.from_numpy(negs)
         return batch
 
+    def training_batch(self, samples: Samples, round_: int) -> dict[str, torch.Tensor]:
+        return self.collate(samples, negative_round=round_)   # fresh bce negatives each epoch
+
     def collate_histories(self, histories: list[np.ndarray]) -> dict[str, torch.Tensor]:
         L = self.config.max_len
         inputs = [np.concatenate([[self.bos], np.asarray(h, dtype=np.int64)])[-L:] for h in histories]
@@ -207,10 +256,12 @@ class SASRec(Surrogate):
     def _item_table(self) -> torch.Tensor:
         return self.item_emb.weight[: self.config.n_items + 1]  # padding + real items, no BOS
 
-    def position_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss at every real position, flattened, and the batch row each belongs to."""
+    def position_losses(self, batch: dict[str, torch.Tensor],
+                        states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss at every real position, flattened, and the batch row each belongs to (``states``:
+        the hidden states of the batch when the caller has them already)."""
         labels = batch["labels"]
-        states = self.hidden_states(batch["input_ids"])
+        states = self.hidden_states(batch["input_ids"]) if states is None else states
         real = labels > 0
         rows = real.nonzero()[:, 0]
         h = states[real]            # [N, hidden]: only real positions ever reach the loss
@@ -228,22 +279,19 @@ class SASRec(Surrogate):
         return losses, rows
 
     def sample_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        losses, rows = self.position_losses(batch)
-        n = batch["labels"].shape[0]
-        sums = torch.zeros(n, dtype=losses.dtype, device=losses.device).index_add(0, rows, losses)
-        counts = (batch["labels"] > 0).sum(1).clamp(min=1)
-        return sums / counts
+        return sample_means(*self.position_losses(batch), batch["labels"])
 
     def sample_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The number of positions each sample's mean loss averages (its weight in ``position`` training)."""
         return (batch["labels"] > 0).sum(1).to(torch.float64)
 
-    def training_loss(self, batch: dict[str, torch.Tensor], weighting: str = "position") -> torch.Tensor:
+    def training_loss(self, batch: dict[str, torch.Tensor], weighting: str = "position",
+                      states: torch.Tensor | None = None) -> torch.Tensor:
         """``position``: every predicted item weighs the same (the usual SASRec objective);
         ``sample``: every sample weighs the same (the quantity influence is defined on)."""
+        losses, rows = self.position_losses(batch, states)
         if weighting == "sample":
-            return self.sample_losses(batch).mean()
-        losses, _ = self.position_losses(batch)
+            return sample_means(losses, rows, batch["labels"]).mean()
         return losses.mean()
 
     def full_sort_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -255,6 +303,3 @@ class SASRec(Surrogate):
 
     def influence_block(self) -> nn.Linear:
         return self.blocks[-1].attn.out
-
-
-SURROGATES[SASRec.name] = SASRec

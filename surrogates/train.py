@@ -26,7 +26,8 @@ from dealrec_core.errors import DealrecError
 from dealrec_core.paths import check_output
 from dealrec_core.training import MAX_EPOCHS, PATIENCE, TIME_BUDGET, train_with_early_stopping
 from dealrec_core.evaluate import evaluate_scorer, format_metrics
-from surrogates.base import Surrogate, save_surrogate, surrogate_class
+from surrogates.base import Surrogate, save_surrogate
+from surrogates.registry import surrogate_class
 from surrogates.config import DEFAULT_THREADS, TrainConfig
 
 # metrics.json's stopped_by for each way the loop ends
@@ -47,6 +48,7 @@ def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConf
 
 
 def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
+    model.prepare_training(samples)   # what the model derives from the data (DCRec's graphs), before any step
     torch.manual_seed(cfg.seed)  # dropout masks
     shuffle_rng = np.random.default_rng(cfg.seed)
     valid_split = data.eval_split("valid")
@@ -71,8 +73,8 @@ def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainCon
                    dynamic_ncols=True)
         loss_sum = 0.0
         for b in bar:
-            batch = to_device(model.collate(samples.subset(order[b * cfg.batch_size:(b + 1) * cfg.batch_size]),
-                                            negative_round=epoch), model.device)
+            batch = to_device(model.training_batch(samples.subset(order[b * cfg.batch_size:(b + 1) * cfg.batch_size]),
+                                                   epoch), model.device)
             loss = model.training_loss(batch, weighting=cfg.weighting)
             if not torch.isfinite(loss):
                 raise DealrecError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr")

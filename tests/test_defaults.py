@@ -34,6 +34,7 @@ import dealrec.select as select
 import finetune.bigrec as bigrec
 import finetune.prompts as prompts
 import finetune.tiger_train as tiger_train
+import surrogates.cli as surrogate_cli
 import surrogates.config as surrogate_config
 import surrogates.train as surrogate_train
 from dealrec.cli import main
@@ -45,7 +46,7 @@ from finetune.rqvae import RQVAEConfig
 from finetune.tiger import TigerConfig
 from finetune.tiger_train import TigerTrainConfig
 from surrogates.config import TrainConfig as SurrogateTrainConfig
-from surrogates.sasrec import SASRecConfig
+from surrogates.registry import SURROGATES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,8 +125,9 @@ def _tiger(name):
     return Default(TigerTrainConfig, name)
 
 
-def _sasrec(name):
-    return Default(SASRecConfig, name)
+# a model option of train-surrogate: no click default and no one default in its help (each model has its
+# own); the help's section of each model states that model's (test_each_models_section_states_its_defaults)
+PER_MODEL = Default(UNSET, "value")
 
 
 COUNTERPARTS = {
@@ -141,9 +143,8 @@ COUNTERPARTS = {
     "train-surrogate": {
         "data": CLI_ONLY, "out_dir": CLI_ONLY, "overwrite": Default(surrogate_train.train_surrogate, "overwrite"),
         "model_name": Default(surrogate_config, "DEFAULT_MODEL"),
-        # model options: no click default (unset = the model's own); the help states SASRec's
-        **{name: left_to(_sasrec(name))
-           for name in ("hidden", "n_blocks", "n_heads", "ffn_hidden", "max_len", "dropout", "loss", "positions")},
+        # model options: no click default (unset = the model's own); the help states each model's
+        **{name: PER_MODEL for name in surrogate_cli.model_option_fields()},
         "lr": Default(SurrogateTrainConfig, "lr"), "weight_decay": Default(SurrogateTrainConfig, "weight_decay"),
         "batch_size": Default(SurrogateTrainConfig, "batch_size"),
         "max_epochs": Default(SurrogateTrainConfig, "max_epochs"),
@@ -168,6 +169,7 @@ COUNTERPARTS = {
     "prune": {
         "data": CLI_ONLY, "out": CLI_ONLY, **SCORE_OPTIONS,
         "n": Default(select, "DEFAULT_N"), "surrogate": Default(prune.run_prune, "surrogate"),
+        "surrogate_model": Default(prune.run_prune, "surrogate_model", says=Default(surrogate_config, "DEFAULT_MODEL")),
         "surrogate_minutes": Default(SurrogateTrainConfig, "max_minutes"),
         "surrogate_epochs": Default(SurrogateTrainConfig, "max_epochs"), "threads": SURROGATE_THREADS,
         # None: run_prune uses select's default
@@ -182,6 +184,7 @@ COUNTERPARTS = {
         "full": _run_compare("full"), "target": Default(compare, "DEFAULT_TARGET"), "llm": _run_compare("llm"),
         "workers": _run_compare("workers"), "ray_address": _run_compare("ray_address"),
         "surrogate": _run_compare("surrogate"), "surrogate_epochs": Default(SurrogateTrainConfig, "max_epochs"),
+        "surrogate_model": _run_compare("surrogate_model", says=Default(surrogate_config, "DEFAULT_MODEL")),
         "surrogate_minutes": Default(SurrogateTrainConfig, "max_minutes"), "threads": SURROGATE_THREADS,
         "lam": Default(select, "DEFAULT_LAMBDA"), "k": Default(select, "DEFAULT_K"),
         "hard_prune": Default(select, "DEFAULT_HARD_PRUNE"), "score_args": _run_compare("score_args"),
@@ -364,3 +367,20 @@ def test_the_checks_catch_a_stale_help_text():
     assert not _states("0.5", 0.3, ())
     assert not _states("64", None, ())                            # a value stated where none applies
     assert _states("1,024", 1024, ()) and _states("ce", "ce", ("ce", "bce")) and _states("none", None, ())
+
+
+def test_each_models_section_states_its_defaults():
+    """train-surrogate --help: a section per registered model, listing exactly that model's options, each
+    with the default its config class gives."""
+    command = COMMANDS["train-surrogate"]
+    ctx = click.Context(command, info_name="train-surrogate")
+    text = command.get_help(ctx)
+    sections = re.split(r"\n(?=\S)", text)
+    for name, cls in SURROGATES.items():
+        [section] = [s for s in sections if s.startswith(f"{cls.__name__} options (--model {name};")]
+        rows = re.split(r" (?=--[a-z])", " ".join(section.split("\n", 1)[1].split()))
+        stated = {row.split()[0][2:]: re.findall(r"\[([^\]]*)\]", row)[-1] for row in rows}
+        fields = {f.name.replace("_", "-"): f.default for f in cls.config_class.option_fields()}
+        assert set(stated) == set(fields), f"{name}: {sorted(stated)} != {sorted(fields)}"
+        for option, default in fields.items():
+            assert stated[option] == str(default), f"{name} --{option}: help says {stated[option]}, default {default}"

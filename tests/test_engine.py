@@ -17,7 +17,8 @@ from dealrec.engine import LocalExecutor, RayExecutor, ShardStore, plan_shards
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HvpConfig
 from dealrec.score import ScoreConfig, run_score
-from surrogates.base import build_surrogate, save_surrogate
+from surrogates.base import save_surrogate
+from surrogates.registry import build_surrogate
 from tiny_lm import make_tiny_causal_lm
 from tiny_surrogate import tiny_samples, write_tiny_prepared
 
@@ -216,7 +217,7 @@ def test_tensors_digest_hashes_content_not_file_bytes(tmp_path):
     """The built TIGER target is recorded by content: two saves of equal tensors (metadata, order) agree."""
     from safetensors.numpy import save_file
 
-    from dealrec.score import tensors_digest
+    from dealrec.effort import tensors_digest
 
     a = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)}
     save_file(a, str(tmp_path / "one.safetensors"), metadata={"run": "1"})

@@ -8,7 +8,7 @@ import torch
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HessianPool, HvpConfig, solve
 from dealrec.influence import freeze_all_but
-from surrogates.base import build_surrogate
+from surrogates.registry import build_surrogate
 from tiny_surrogate import tiny_samples
 
 N_ITEMS = 20

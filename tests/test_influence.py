@@ -9,7 +9,7 @@ from torch import nn
 from dealrec_core.errors import DealrecError
 from dealrec.influence import LinearTaps, capture_batch, capture_samples, freeze_all_but, influence_from_rows, \
     length_groups, per_sample_gradient_loop
-from surrogates.base import build_surrogate
+from surrogates.registry import build_surrogate
 from tiny_surrogate import TinySurrogate, tiny_samples
 
 N_ITEMS = 30

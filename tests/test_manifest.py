@@ -19,7 +19,8 @@ from dealrec.cli import main
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec_core.data import samples_table
 from dealrec_core.errors import InputError
-from surrogates.base import build_surrogate, save_surrogate
+from surrogates.base import save_surrogate
+from surrogates.registry import build_surrogate
 from tiny_lm import make_tiny_causal_lm
 from tiny_surrogate import tiny_samples, write_tiny_prepared
 

@@ -80,7 +80,8 @@ def write_release(folder: Path, train: str = "10 1 2 3\n11 4 5\n12 2 6 1 4\n", v
 def fx(tmp_path_factory):
     """A prepared folder (6 items), a run beside it, and a surrogate trained on a 4-item catalogue."""
     from dealrec.prepare import prepare
-    from surrogates.base import build_surrogate, save_surrogate
+    from surrogates.base import save_surrogate
+    from surrogates.registry import build_surrogate
 
     root = tmp_path_factory.mktemp("fx")
     prepared = root / "prepared"
@@ -317,7 +318,8 @@ def test_select_of_a_missing_run_folder_says_so(tmp_path):
 
 
 def test_score_and_prune_check_their_options_before_creating_out(tmp_path, fx):
-    from surrogates.base import build_surrogate, save_surrogate
+    from surrogates.base import save_surrogate
+    from surrogates.registry import build_surrogate
 
     surrogate = tmp_path / "surrogate"
     surrogate.mkdir()

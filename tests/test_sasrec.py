@@ -9,8 +9,10 @@ import torch
 
 from dealrec_core.data import Samples
 from dealrec_core.errors import DealrecError
-from surrogates.base import SURROGATES, build_surrogate, load_surrogate, save_surrogate
+from surrogates.base import SURROGATES, save_surrogate
+from surrogates.registry import build_surrogate, load_surrogate
 from surrogates.sasrec import SASRec, hashed_negatives
+from test_surrogate_contract import assert_losses_invariant
 
 N_ITEMS = 30
 
@@ -55,23 +57,8 @@ def test_registry_and_influence_block():
 @pytest.mark.parametrize("positions", ["from_start", "from_end"])
 def test_sample_losses_invariant_to_batch_and_padding(loss, positions):
     samples = random_samples()
-    model = trained_a_little(tiny(loss, positions), samples)
-    with torch.no_grad():
-        together = model.sample_losses(model.collate(samples))
-        alone = torch.cat([model.sample_losses(model.collate(samples.subset([i]))) for i in range(len(samples))])
-        perm = np.random.default_rng(1).permutation(len(samples))
-        shuffled = model.sample_losses(model.collate(samples.subset(perm)))
-        # a sample padded far beyond its length: pair it with the longest sample
-        longest = int(np.argmax([len(h) for h in samples.history]))
-        padded = torch.stack([model.sample_losses(model.collate(samples.subset([i, longest])))[0]
-                              for i in range(len(samples))])
-    assert together.shape == (len(samples),)
-    torch.testing.assert_close(alone, together, atol=1e-6, rtol=0)
-    torch.testing.assert_close(shuffled, together[perm], atol=1e-6, rtol=0)
-    torch.testing.assert_close(padded, together, atol=1e-6, rtol=0)
-    # reproducible bit for bit
-    with torch.no_grad():
-        assert torch.equal(model.sample_losses(model.collate(samples)), together)
+    # alone, in the batch, shuffled, padded far beyond its length (paired with the longest sample), again
+    assert_losses_invariant(trained_a_little(tiny(loss, positions), samples), samples)
 
 
 def test_padding_tokens_get_no_gradient_at_the_influence_block():

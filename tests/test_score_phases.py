@@ -10,7 +10,8 @@ from dealrec.engine import LocalExecutor
 from dealrec.hvp import HvpConfig
 from dealrec.score import (ScoreConfig, effort_phase, influence_phase, prepare_score_inputs, run_score,
                            write_score_outputs)
-from surrogates.base import build_surrogate, save_surrogate
+from surrogates.base import save_surrogate
+from surrogates.registry import build_surrogate
 from tiny_surrogate import tiny_samples, write_tiny_prepared
 
 N_ITEMS = 30

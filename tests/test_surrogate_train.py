@@ -13,7 +13,7 @@ from dealrec.cli import main
 from dealrec_core.data import EvalSplit, PreparedData, samples_table, write_parquet_atomic, write_samples
 from dealrec_core.errors import DealrecError
 from dealrec_core.evaluate import evaluate_scorer, popularity_scorer
-from surrogates.base import load_surrogate
+from surrogates.registry import load_surrogate
 from surrogates.train import TrainConfig, train_surrogate
 
 N_ITEMS = 60  # the evaluator ranks the top 50, so the catalogue must be larger
