@@ -173,6 +173,8 @@ def prepare(src, out, *, items=PrepareOptions.items_file, min_rating=PrepareOpti
 
 def train_surrogate(data, out, *, model=DEFAULT_MODEL, overwrite: bool = False, hidden=None, n_blocks=None,
                     n_heads=None, ffn_hidden=None, max_len=None, dropout=None, loss=None, positions=None,
+                    mask_prob=None, mask_last=None, graph_layers=None, cl_weight=None, cl_temperature=None,
+                    conformity_mean=None,
                     lr=SurrogateTrainConfig.lr, weight_decay=SurrogateTrainConfig.weight_decay,
                     batch_size=SurrogateTrainConfig.batch_size, max_epochs=SurrogateTrainConfig.max_epochs,
                     patience=SurrogateTrainConfig.patience, max_minutes=SurrogateTrainConfig.max_minutes,
@@ -184,7 +186,8 @@ def train_surrogate(data, out, *, model=DEFAULT_MODEL, overwrite: bool = False, 
     left at None keep the model's own defaults."""
     a, _ = _options(train_surrogate_command, dict(locals()))
     model_options = {name: a[name] for name in ("hidden", "n_blocks", "n_heads", "ffn_hidden", "max_len", "dropout",
-                                                "loss", "positions")}
+                                                "loss", "positions", "mask_prob", "mask_last", "graph_layers",
+                                                "cl_weight", "cl_temperature", "conformity_mean")}
     model_fields, cfg = training_request(a["model"], a["lr"], a["weight_decay"], a["batch_size"], a["max_epochs"],
                                          a["patience"], a["max_minutes"], a["weighting"], a["seed"], a["threads"],
                                          a["quiet"], device=a["device"], **model_options)
@@ -240,7 +243,8 @@ def export(run, *, format=DEFAULT_FORMAT, data=None, template=None) -> ExportRes
 
 
 @_with_score_options
-def prune(data, out, *, n=DEFAULT_N, surrogate=None, surrogate_minutes=SurrogateTrainConfig.max_minutes,
+def prune(data, out, *, n=DEFAULT_N, surrogate=None, surrogate_model=None,
+          surrogate_minutes=SurrogateTrainConfig.max_minutes,
           surrogate_epochs=SurrogateTrainConfig.max_epochs, threads=SurrogateTrainConfig.threads, lambda_=None,
           k=None, hard_prune=None, quiet: bool = False, **score_options) -> PruneResult:
     """``dealrec prune DATA --out OUT``: prepare ``data`` if it is raw, train the surrogate (or use
@@ -252,7 +256,8 @@ def prune(data, out, *, n=DEFAULT_N, surrogate=None, surrogate_minutes=Surrogate
     config = config_from_options(**{name: a[name] for name in inspect.signature(config_from_options).parameters})
     with recording(a["out"], "prune", recorded):
         run_prune(a["data"], a["out"], a["n"], a["surrogate"], config, a["lambda_"], a["k"], a["hard_prune"],
-                  a["surrogate_minutes"], a["surrogate_epochs"], progress=not a["quiet"], threads=a["threads"])
+                  a["surrogate_minutes"], a["surrogate_epochs"], progress=not a["quiet"], threads=a["threads"],
+                  surrogate_model=a["surrogate_model"])
     out = Path(out)
     return PruneResult(out, out / CORESET_FILE, out / SCORES_FILE, out / BIGREC_FILE, out / TIGER_DIR,
                        RunManifest.read(out))
@@ -260,7 +265,7 @@ def prune(data, out, *, n=DEFAULT_N, surrogate=None, surrogate_minutes=Surrogate
 
 def compare(data, out, *, n=DEFAULT_N, methods=",".join(DEFAULT_METHODS), full: bool = False,
             target=DEFAULT_TARGET, llm=None, seeds=",".join(map(str, DEFAULT_SEEDS)), workers=None,
-            ray_address=None, surrogate=None, surrogate_epochs=SurrogateTrainConfig.max_epochs,
+            ray_address=None, surrogate=None, surrogate_model=None, surrogate_epochs=SurrogateTrainConfig.max_epochs,
             surrogate_minutes=SurrogateTrainConfig.max_minutes, threads=SurrogateTrainConfig.threads,
             lambda_=DEFAULT_LAMBDA, k=DEFAULT_K, hard_prune=DEFAULT_HARD_PRUNE, score_args="", finetune_args="",
             quiet: bool = False) -> CompareResult:
@@ -277,7 +282,7 @@ def compare(data, out, *, n=DEFAULT_N, methods=",".join(DEFAULT_METHODS), full: 
         report = run_compare(a["data"], a["out"], n=a["n"], methods=a["methods"], seeds=a["seeds"],
                              target=a["target"], full=a["full"], llm=a["llm"], workers=a["workers"],
                              ray_address=a["ray_address"], surrogate=a["surrogate"],
-                             surrogate_epochs=a["surrogate_epochs"], surrogate_minutes=a["surrogate_minutes"],
+                             surrogate_model=a["surrogate_model"], surrogate_epochs=a["surrogate_epochs"], surrogate_minutes=a["surrogate_minutes"],
                              threads=a["threads"], lam=a["lambda_"], k=a["k"], hard_prune=a["hard_prune"],
                              score_args=a["score_args"], finetune_args=a["finetune_args"], progress=not a["quiet"],
                              log=None if a["quiet"] else _say)

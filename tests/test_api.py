@@ -21,7 +21,8 @@ from dealrec.cli import main
 from dealrec.manifest import RunManifest
 from dealrec.runconfig import flag_name, python_name
 from dealrec_core.errors import DealrecError
-from surrogates.base import build_surrogate, save_surrogate
+from surrogates.base import save_surrogate
+from surrogates.registry import build_surrogate
 from test_defaults import _same, click_defaults
 from test_prune import write_release
 from tiny_surrogate import tiny_samples, write_tiny_prepared

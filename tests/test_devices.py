@@ -186,7 +186,7 @@ def test_the_surrogate_records_its_device_and_prune_retrains_on_another(tmp_path
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
 def test_capture_and_effort_on_the_gpu_agree_with_the_cpu(models):
     from dealrec.influence import LinearTaps, capture_samples, freeze_all_but
-    from surrogates.base import build_surrogate
+    from surrogates.registry import build_surrogate
 
     samples = tiny_samples(16, N_ITEMS, seed=5, max_hist=6)
     rows = {}

@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from dealrec.cli import main
 from dealrec.export import prompt_records
 from finetune.prompts import DOMAIN_TEMPLATES
-from surrogates.base import build_surrogate, save_surrogate
+from surrogates.base import save_surrogate
+from surrogates.registry import build_surrogate
 from test_export import TITLES, _coreset, make_run
 from tiny_lm import make_tiny_causal_lm
 from tiny_surrogate import tiny_samples, write_tiny_prepared
