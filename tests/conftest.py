@@ -1,9 +1,14 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # the suite's embedding and semantic-ID caches live in a folder of their own, never in the user's ~/.cache
-os.environ.setdefault("DEALREC_CACHE", tempfile.mkdtemp(prefix="dealrec-test-cache-"))
+# (made only when none is given, and removed when the session ends: each run used to leave one in /tmp)
+if "DEALREC_CACHE" not in os.environ:
+    os.environ["DEALREC_CACHE"] = tempfile.mkdtemp(prefix="dealrec-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["DEALREC_CACHE"], ignore_errors=True)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
