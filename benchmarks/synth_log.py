@@ -150,13 +150,14 @@ class LogSpec:
             rng = np.random.default_rng([self.seed, 2, index])
             idx = np.arange(first, min(first + CHUNK_ROWS, self.n_items))
             n = len(idx)
-            # About 3% of the items share a title with others (re-releases, platform versions).
-            series = np.where(rng.random(n) < 0.03, rng.integers(0, 50, n), idx + 50)
+            # A title is a function of a key, the item's own index; about 4% of the items take another
+            # item's key, so share its title (re-releases, platform versions).
+            key = np.where(rng.random(n) < 0.04, rng.integers(0, self.n_items, n), idx)
             title = pc.binary_join_element_wise(
-                words[0].take(pa.array(rng.integers(0, len(ADJECTIVES), n))),
-                words[1].take(pa.array(rng.integers(0, len(NOUNS), n))),
-                pc.cast(pa.array(series), pa.string()), " ")       # "Super Racer 1234"
-            title = pc.binary_join_element_wise(title, words[2].take(pa.array(rng.integers(0, len(EDITIONS), n))), "")
+                words[0].take(pa.array(key * 7919 % len(ADJECTIVES))),
+                words[1].take(pa.array(key * 104729 // 7 % len(NOUNS))),
+                pc.cast(pa.array(key), pa.string()), " ")       # "Super Racer 1234"
+            title = pc.binary_join_element_wise(title, words[2].take(pa.array(key * 31 // 5 % len(EDITIONS))), "")
             categories = path_array.take(pa.array(rng.integers(0, len(paths), n)))
             item = text_ids(idx, "B0", 8, 11) if id_type == "str" else int_ids(idx, 11)
             yield pa.table({"item": item, "title": title, "categories": categories})
