@@ -326,7 +326,7 @@ class IdChecks(ColumnChecks):
             return pa.array(x.astype(np.int64))
         if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
             arr = arr.cast(pa.string())
-            empty = pc.equal(pc.utf8_length(arr), 0).to_numpy(zero_copy_only=False)
+            empty = pc.utf8_length(arr).to_numpy(zero_copy_only=False) == 0
             if empty.any():
                 self.fail(1, f"empty {name} id", locate, _first(empty))
             return arr

@@ -86,7 +86,7 @@ def _count(con, table: str) -> int:
 
 def _prepare(con, staged: StagedLog, out: Path, options: PrepareOptions, overwrite: bool) -> dict:
     path = staged.path
-    stages = tqdm(total=4, desc=f"prepare {path.name}", leave=False, disable=staged.rows < PROGRESS_MIN_ROWS,
+    stages = tqdm(total=5, desc=f"prepare {path.name}", leave=False, disable=staged.rows < PROGRESS_MIN_ROWS,
                   bar_format="{desc}(step {n}/{total} done, {elapsed})")
     stages.set_description(f"prepare {path.name}: filtering")
     counts: dict = {"log_rows": staged.rows}
@@ -108,13 +108,12 @@ def _prepare(con, staged: StagedLog, out: Path, options: PrepareOptions, overwri
 
     # The paper's split: all interactions in time order, cut at the 80% and 90% positions; ties in
     # file order, so the result is deterministic. Rather than number every row in time order, find
-    # the rows at the two cuts (``_row_at``): a row is before a cut if (ts, pos) is smaller.
+    # the rows at the two cuts (``_rows_at``): a row is before a cut if (ts, pos) is smaller.
     stages.update()
     stages.set_description(f"prepare {path.name}: splitting by time")
     cut_train = int(math.floor(n * options.split[0] + 1e-9))
     cut_valid = int(math.floor(n * (options.split[0] + options.split[1]) + 1e-9))
-    train, tp = _before(_row_at(con, cut_train, n))
-    valid, vp = _before(_row_at(con, cut_valid, n))
+    (train, tp), (valid, vp) = (_before(row) for row in _rows_at(con, [cut_train, cut_valid], n))
     # Users with nothing in the training period have no sample: drop them from every split.
     con.execute(f"CREATE TABLE tu AS SELECT DISTINCT u FROM f WHERE {train}", tp)
     users, *dropped = _one(
@@ -173,33 +172,40 @@ def _prepare(con, staged: StagedLog, out: Path, options: PrepareOptions, overwri
     return manifest
 
 
-def _row_at(con, index: int, n: int) -> tuple | None:
-    """(ts, pos) of row ``index`` (from 0) of table f in (ts, pos) order; None past the end. From the
-    counts of each timestamp in time order, then, among the rows at that timestamp, the counts of rows
-    by blocks of ``pos``: neither query holds more than a block of rows."""
-    if index >= n:
-        return None
+def _rows_at(con, indices: list[int], n: int) -> list[tuple | None]:
+    """(ts, pos) of the rows ``indices`` (from 0, ascending) of table f in (ts, pos) order; None past
+    the end. One pass over the counts of each timestamp in time order finds each row's timestamp; then,
+    among the rows at that timestamp, the counts by blocks of ``pos`` find its block, and the block its
+    row: no query holds more than a block of rows."""
+    found: list = []
+    wanted = [k for k in indices if k < n]
     seen = 0
     reader = con.sql("SELECT ts, count(*) FROM f GROUP BY ts ORDER BY ts").to_arrow_reader(FETCH_ROWS)
     try:
         for batch in reader:
+            if len(found) == len(wanted):
+                break
             counts = batch.column(1).to_numpy()
             ends = seen + np.cumsum(counts)
-            j = int(np.searchsorted(ends, index, "right"))
-            if j < len(ends):
-                ts = batch.column(0)[j].as_py()
-                index -= int(ends[j] - counts[j])
-                break
+            while len(found) < len(wanted):
+                index = wanted[len(found)]
+                j = int(np.searchsorted(ends, index, "right"))
+                if j == len(ends):
+                    break
+                found.append((batch.column(0)[j].as_py(), index - int(ends[j] - counts[j])))
             seen = int(ends[-1])
     finally:
         reader.close()
-    for block, count in con.execute(f"SELECT pos // {FETCH_ROWS} AS b, count(*) FROM f WHERE ts = ? GROUP BY b "
-                                    f"ORDER BY b", [ts]).fetchall():
-        if index < count:
-            return ts, _one(con, f"SELECT pos FROM f WHERE ts = ? AND pos // {FETCH_ROWS} = {int(block)} ORDER BY pos "
-                                 f"LIMIT 1 OFFSET {index}", [ts])[0]
-        index -= count
-    raise AssertionError("unreachable: the counts cover the table")
+    rows = []
+    for ts, index in found:
+        for block, count in con.execute(f"SELECT pos // {FETCH_ROWS} AS b, count(*) FROM f WHERE ts = ? GROUP BY b "
+                                        f"ORDER BY b", [ts]).fetchall():
+            if index < count:
+                rows.append((ts, _one(con, f"SELECT pos FROM f WHERE ts = ? AND pos // {FETCH_ROWS} = {int(block)} "
+                                           f"ORDER BY pos LIMIT 1 OFFSET {index}", [ts])[0]))
+                break
+            index -= count
+    return rows + [None] * (len(indices) - len(rows))
 
 
 def _before(row: tuple | None) -> tuple[str, list]:

@@ -106,8 +106,8 @@ def _check_and_stage(path: Path, out: Path, names: list[str], chunks: Chunks, to
                     columns["line"] = pa.array(lines.astype(np.int64))
                     has_lines = True
                 batch = pa.table(columns)
-                if writer is None:
-                    writer = pq.ParquetWriter(out, batch.schema)
+                if writer is None:   # no dictionaries (ids are many): zstd alone writes fastest and smallest
+                    writer = pq.ParquetWriter(out, batch.schema, use_dictionary=False, compression="zstd")
                 writer.write_table(batch)
             rows += n
             if bar is None and max(total or 0, rows) >= PROGRESS_MIN_ROWS:
@@ -167,8 +167,8 @@ def _stage_csv(path: Path, out: Path) -> StagedLog:
     """CSV: ids are text; the timestamp and rating columns get the type that Arrow infers from the whole
     file (the first type in ``CSV_INFERENCE_ORDER`` that reads every value). The streaming reader infers
     from the first block only: when a later block does not fit, each inferred column's type is found
-    by reading that column alone, trying the types after the first block's in order; then the file is
-    read again with those types."""
+    by reading that column alone, trying the types from the first block's on, in order; then the file
+    is read again with those types."""
     try:
         first = _open_csv(path, _csv_options())
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as e:
@@ -228,9 +228,10 @@ def _csv_scan(path: Path, names: list[str]) -> int:
 
 
 def _csv_column_type(path: Path, name: str, first_type: pa.DataType) -> pa.DataType | None:
-    """The first type after ``first_type`` in Arrow's inference order that reads all of column ``name``."""
+    """The first type from ``first_type`` on, in Arrow's inference order, that reads all of column ``name``
+    (``first_type`` itself when the block that did not fit was another column's)."""
     order = list(CSV_INFERENCE_ORDER)
-    later = order[order.index(first_type) + 1:] if first_type in order else order
+    later = order[order.index(first_type):] if first_type in order else order
     for candidate in later:
         try:
             for _ in _open_csv(path, _csv_options({name: candidate}, [name])):
