@@ -32,8 +32,10 @@ from dealrec.prepare.write import SampleShards, folder_counts, manifest_for, row
 
 # DuckDB's memory for the sorts, joins and groupings (it spills the rest to WORK/duckdb.tmp).
 DUCKDB_MEMORY = "1GB"
-# Rows fetched from DuckDB at a time, sorted by user, to build the sequences.
+# Rows fetched from DuckDB at a time (sorted by user, to build the sequences; counts).
 FETCH_ROWS = 1 << 20
+# Ranges of time that the rows are first counted in, to find the rows at the split's cuts.
+TIME_BUCKETS = 1 << 20
 
 
 @contextlib.contextmanager
@@ -126,6 +128,8 @@ def _prepare(con, staged: StagedLog, out: Path, options: PrepareOptions, overwri
                 f"AS period FROM f SEMI JOIN tu USING (u)", [*tp, *vp])
     if not _count(con, "k"):
         raise DealrecError(f"{path}: no user has an interaction in the training period")
+    con.execute("DROP TABLE f")      # its blocks go back to the database file for what follows
+    con.execute("DROP TABLE tu")
 
     # Dense ids in order of first appearance in time; 0 stays free for padding.
     stages.update()
@@ -172,39 +176,53 @@ def _prepare(con, staged: StagedLog, out: Path, options: PrepareOptions, overwri
     return manifest
 
 
-def _rows_at(con, indices: list[int], n: int) -> list[tuple | None]:
-    """(ts, pos) of the rows ``indices`` (from 0, ascending) of table f in (ts, pos) order; None past
-    the end. One pass over the counts of each timestamp in time order finds each row's timestamp; then,
-    among the rows at that timestamp, the counts by blocks of ``pos`` find its block, and the block its
-    row: no query holds more than a block of rows."""
+def _walk(con, sql: str, params: list, indices: list[int]) -> list[tuple]:
+    """``sql`` counts rows by a key, in key order ``(key, count)``; for each of ``indices`` (ascending)
+    into those rows, the key whose rows hold it and its index among them (fewer where past the end).
+    The counts are streamed: memory holds a batch of them."""
     found: list = []
-    wanted = [k for k in indices if k < n]
     seen = 0
-    reader = con.sql("SELECT ts, count(*) FROM f GROUP BY ts ORDER BY ts").to_arrow_reader(FETCH_ROWS)
+    reader = con.sql(sql, params=params).to_arrow_reader(FETCH_ROWS)
     try:
         for batch in reader:
-            if len(found) == len(wanted):
-                break
             counts = batch.column(1).to_numpy()
             ends = seen + np.cumsum(counts)
-            while len(found) < len(wanted):
-                index = wanted[len(found)]
+            while len(found) < len(indices):
+                index = indices[len(found)]
                 j = int(np.searchsorted(ends, index, "right"))
                 if j == len(ends):
                     break
                 found.append((batch.column(0)[j].as_py(), index - int(ends[j] - counts[j])))
+            if len(found) == len(indices):
+                break
             seen = int(ends[-1])
     finally:
         reader.close()
+    return found
+
+
+def _rows_at(con, indices: list[int], n: int) -> list[tuple | None]:
+    """(ts, pos) of the rows ``indices`` (from 0, ascending) of table f in (ts, pos) order; None past the
+    end. Found by counting, never by sorting the table: the rows by ranges of time (``TIME_BUCKETS`` of
+    them), then the rows of the range that holds the wanted one by timestamp, then the rows at that
+    timestamp by blocks of ``pos``, then the block's rows; each query holds a bounded number of rows."""
+    lo, hi = _one(con, "SELECT min(ts), max(ts) FROM f")
+    if isinstance(lo, int):     # integers: buckets of a whole width, in exact (128-bit) arithmetic
+        width = max(1, -(-(hi - lo + 1) // TIME_BUCKETS))
+        bucket, bucket_params = "(ts::HUGEINT - ?::HUGEINT) // ?", [lo, width]
+    elif math.isfinite((hi - lo) / TIME_BUCKETS) and hi > lo:
+        bucket, bucket_params = "floor((ts - ?) / ?)", [lo, (hi - lo) / TIME_BUCKETS]
+    else:
+        bucket, bucket_params = "ts", []
     rows = []
-    for ts, index in found:
-        for block, count in con.execute(f"SELECT pos // {FETCH_ROWS} AS b, count(*) FROM f WHERE ts = ? GROUP BY b "
-                                        f"ORDER BY b", [ts]).fetchall():
-            if index < count:
-                rows.append((ts, _one(con, f"SELECT pos FROM f WHERE ts = ? AND pos // {FETCH_ROWS} = {int(block)} "
-                                           f"ORDER BY pos LIMIT 1 OFFSET {index}", [ts])[0]))
-                break
-            index -= count
+    wanted = [k for k in indices if k < n]
+    for b, index in _walk(con, f"SELECT {bucket} AS b, count(*) FROM f GROUP BY b ORDER BY b", bucket_params, wanted):
+        (ts, index), = _walk(con, f"SELECT ts, count(*) FROM f WHERE {bucket} = ? GROUP BY ts ORDER BY ts",
+                             [*bucket_params, b], [index])
+        (block, index), = _walk(con, f"SELECT pos // {FETCH_ROWS} AS b, count(*) FROM f WHERE ts = ? GROUP BY b "
+                                     f"ORDER BY b", [ts], [index])
+        rows.append((ts, _one(con, f"SELECT pos FROM f WHERE ts = ? AND pos // {FETCH_ROWS} = ? ORDER BY pos "
+                                   f"LIMIT 1 OFFSET {int(index)}", [ts, block])[0]))
     return rows + [None] * (len(indices) - len(rows))
 
 

@@ -138,7 +138,7 @@ def _rows_at(start: int) -> Locate:
 
 def _parquet_chunks(path: Path):
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(path, pre_buffer=False)   # pre-buffered reads pile up as it goes
     except Exception as e:   # pyarrow raises several types for a damaged file
         raise unreadable(path, "parquet", e) from None
     if parquet.metadata.num_rows == 0:
@@ -295,7 +295,7 @@ def _jsonl_chunks(path: Path, work: Path) -> tuple[list[str], Chunks, int]:
     names = list(seen)
 
     def chunks():
-        for batch in pq.ParquetFile(raw).iter_batches(batch_size=JSONL_CHUNK_LINES):
+        for batch in pq.ParquetFile(raw, pre_buffer=False).iter_batches(batch_size=JSONL_CHUNK_LINES):
             line = batch.column("line").to_numpy()
             table = pa.table({key: columns[key].emit(pa.table({part: batch.column(f"{key}__{part}")
                                                                 for part in JSON_PARTS}))
