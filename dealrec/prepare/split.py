@@ -69,12 +69,17 @@ def prepare_log(path: Path, out: Path, options: PrepareOptions, overwrite: bool)
         con = duckdb.connect(str(work / "prepare.duckdb"))
         try:
             con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
-            con.execute(f"SET temp_directory = '{work / 'duckdb.tmp'}'")
+            con.execute(f"SET temp_directory = {_text(work / 'duckdb.tmp')}")
             con.execute("SET preserve_insertion_order = false")
             con.execute("SET enable_progress_bar = false")
             return _prepare(con, staged, out, options, overwrite)
         finally:
             con.close()
+
+
+def _text(path: Path) -> str:
+    """A path as an SQL string literal (a quote in a folder name is doubled)."""
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _one(con, sql: str, params: list | None = None) -> tuple:
@@ -92,7 +97,7 @@ def _prepare(con, staged: StagedLog, out: Path, options: PrepareOptions, overwri
                   bar_format="{desc}(step {n}/{total} done, {elapsed})")
     stages.set_description(f"prepare {path.name}: filtering")
     counts: dict = {"log_rows": staged.rows}
-    con.execute(f"CREATE VIEW log AS SELECT * FROM read_parquet('{staged.file}')")
+    con.execute(f"CREATE VIEW log AS SELECT * FROM read_parquet({_text(staged.file)})")
     if options.min_rating is not None:
         if not staged.has_rating:
             raise InputError(path, "--min-rating needs a 'rating' column", field="rating")
