@@ -14,11 +14,13 @@ training sequence; its last item the target), the item catalogue, the validation
 splits and a manifest. Everything is built in a temporary folder and renamed into place when
 complete; bad input raises ``InputError`` naming the file, the line (or row) and the field.
 
-The package, one job a module: ``release`` reads a release folder, ``log`` reads, filters and
-splits an interaction log, both into a ``PreparedInMemory`` (``common``, with the options and
-the numbered line reading they share); ``write`` writes a ``PreparedInMemory`` as a prepared
-folder; ``cli`` is the command, on top of the package (the package does not import it). ``prepare``
-(here) chooses the reader and writes.
+The package, one job a module: ``release`` reads a release folder into a ``PreparedInMemory``
+(``common``, with the options and the numbered line reading), which ``write`` writes as a prepared
+folder. A log is prepared out of core, in memory that does not grow with it: ``stream`` reads and
+checks it chunk by chunk (the column checks and the item catalogue are ``log``'s) into a staging
+file, ``split`` filters, splits and renumbers it in DuckDB and writes the folder piece by piece with
+``write``'s writers. ``cli`` is the command, on top of the package (the package does not import it).
+``prepare`` (here) chooses the path.
 """
 from __future__ import annotations
 
@@ -27,15 +29,16 @@ from pathlib import Path
 from dealrec_core.errors import DealrecError, InputError
 from dealrec_core.paths import check_output
 from dealrec.prepare.common import INT32_MAX, INT64_MAX, PROGRESS_MIN_ROWS, PreparedInMemory, PrepareOptions
-from dealrec.prepare.log import (ID_COLUMNS, LOG_SUFFIXES, InteractionLog, _log_kind, k_core, read_any_table,
-                                 read_interaction_log, read_item_catalogue, read_log_and_split)
+from dealrec.prepare.log import ID_COLUMNS, LOG_SUFFIXES, read_any_table, read_item_catalogue
 from dealrec.prepare.release import RELEASE_FILES, read_items_jsonl, read_release, read_sequence_file
+from dealrec.prepare.split import prepare_log
+from dealrec.prepare.stream import StagedLog, stage_log
 from dealrec.prepare.write import write_prepared
 
 __all__ = ["ID_COLUMNS", "INT32_MAX", "INT64_MAX", "LOG_SUFFIXES", "PROGRESS_MIN_ROWS", "RELEASE_FILES",
-           "InteractionLog", "PrepareOptions", "PreparedInMemory", "k_core", "prepare",
-           "read_any_table", "read_interaction_log", "read_item_catalogue", "read_items_jsonl", "read_log_and_split",
-           "read_release", "read_sequence_file", "write_prepared"]
+           "PrepareOptions", "PreparedInMemory", "StagedLog", "prepare", "prepare_log",
+           "read_any_table", "read_item_catalogue", "read_items_jsonl", "read_release", "read_sequence_file",
+           "stage_log", "write_prepared"]
 
 
 def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = None,
@@ -58,8 +61,7 @@ def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = N
         prepared = read_release(src)
         fmt = "release"
     elif src.is_file():
-        prepared = read_log_and_split(src, options)
-        fmt = f"log-{_log_kind(src)}"
+        return prepare_log(src, out, options, overwrite)
     else:
         raise InputError(src, "no such file or folder")
     return write_prepared(prepared, out, fmt, options, overwrite)
