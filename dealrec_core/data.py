@@ -325,7 +325,8 @@ class SampleRows:
             return pq.read_schema(self.files[0]).empty_table()
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="default")
 
-    def subset(self, idx) -> Samples:
+    def table(self, idx) -> pa.Table:
+        """The rows ``idx`` (any order), every column, as one table."""
         idx = np.asarray(idx, dtype=np.int64)
         if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"{self.path}: rows {idx.min()}..{idx.max()} outside 0..{len(self) - 1}")
@@ -333,7 +334,10 @@ class SampleRows:
         table = self._table(idx[order])
         if not np.array_equal(order, np.arange(len(idx))):   # rows asked for out of order: give them so
             table = table.take(pa.array(np.argsort(order, kind="stable")))
-        return Samples.from_table(table, self.path)
+        return table
+
+    def subset(self, idx) -> Samples:
+        return Samples.from_table(self.table(idx), self.path)
 
     def rows(self, start: int, stop: int) -> Samples:
         return self.subset(np.arange(start, stop, dtype=np.int64))

@@ -69,3 +69,16 @@ def test_bad_tables_are_refused_naming_the_file_before_any_row_is_read(tmp_path)
     write_samples(dup, tmp_path / "c", shard_size=2)   # the repeated id spans two files
     with pytest.raises(InputError, match="sample_id values are not unique"):
         SampleRows(tmp_path / "c").check_unique_ids()
+
+
+@pytest.mark.parametrize("method", ["dealrec", "random", "influence"])
+def test_selection_from_rows_on_disk_equals_selection_from_the_whole_table(folder, method):
+    from dealrec.coreset import select_coreset
+    whole = load_samples(folder).to_table()
+    rng = np.random.default_rng(3)
+    scores = pa.table({"sample_id": whole.column("sample_id"),
+                       "influence": rng.normal(size=whole.num_rows), "effort": rng.random(whole.num_rows)})
+    a = select_coreset(scores, whole, method, n=20, k=4, seed=1)
+    b = select_coreset(scores, SampleRows(folder), method, n=20, k=4, seed=1)
+    assert a.coreset.equals(b.coreset) and a.scores.equals(b.scores) and a.summary == b.summary
+    assert b.coreset.num_rows == 20
