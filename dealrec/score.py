@@ -35,7 +35,8 @@ import torch
 
 from dealrec_core.data import PreparedData, SampleRows, Samples, sha256_file, write_parquet_atomic
 from dealrec.effort import EFFORT_TARGETS
-from dealrec.engine import ShardStore, batch_ranges, make_executor, plan_shards, run_phase, task_store
+from dealrec.engine import (ShardStore, batch_ranges, make_executor, peak_rss_mb, plan_shards, run_phase,
+                            task_store)
 from dealrec_core.data import stable_hash
 from dealrec_core.devices import DEVICE_AUTO, DEVICE_HELP, DTYPE_CHOICES, pick_device
 from dealrec_core.errors import DealrecError
@@ -180,7 +181,7 @@ def capture_task(task: dict) -> dict:
                "a": np.ascontiguousarray(np.concatenate(a)), "g": np.ascontiguousarray(np.concatenate(g)),
                "batch_grad_sums": np.stack(sums), "batch_weighted_sums": np.stack(weighted),
                "batch_weights": np.asarray(weights, dtype=np.float64)}, str(tmp))
-    store.commit(shard, tmp, task["key"], {"rows": int(sum(len(x) for x in index))})
+    store.commit(shard, tmp, task["key"], {"rows": int(sum(len(x) for x in index)), "peak_rss_mb": peak_rss_mb()})
     return {"shard": shard.index}
 
 
@@ -196,7 +197,7 @@ def influence_task(task: dict) -> dict:
     influence = influence_from_rows(c["row_sample"], c["a"], c["g"], np.asarray(task["u"]), len(c["sample_id"]))
     tmp = store.temporary(shard)
     save_file({"sample_id": c["sample_id"], "influence": influence}, str(tmp))
-    store.commit(shard, tmp, task["key"], {"rows": int(len(c["row_sample"]))})
+    store.commit(shard, tmp, task["key"], {"rows": int(len(c["row_sample"])), "peak_rss_mb": peak_rss_mb()})
     return {"shard": shard.index}
 
 
