@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from dealrec_core.data import SampleRows
 from dealrec_core.errors import DealrecError, InputError
 from dealrec.methods import METHODS, REGISTRY
 from dealrec.strata import (DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, Strata, random_select,
@@ -88,7 +89,9 @@ def _float_column(table: pa.Table, col: str, source: str) -> np.ndarray:
 def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: int = DEFAULT_N,
                    lam: float = DEFAULT_LAMBDA, k: int = DEFAULT_K, hard_prune: float = DEFAULT_HARD_PRUNE,
                    seed: int = 0, source: str = "scores table") -> SelectionResult:
-    """Select a coreset; ``samples`` is a samples ``pa.Table`` or :class:`dealrec_core.data.Samples`.
+    """Select a coreset; ``samples`` is a samples ``pa.Table``, :class:`dealrec_core.data.Samples` or
+    :class:`dealrec_core.data.SampleRows` (the table on disk: only its ``sample_id`` column and the selected
+    rows are read, so selection needs the per-sample columns and nothing more).
 
     ``scores_table`` needs ``sample_id`` plus the columns ``REGISTRY[method].columns``
     (``random`` needs only ``sample_id``). Every sample of the samples table must have a
@@ -98,13 +101,18 @@ def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: 
     if "sample_id" not in scores_table.column_names:
         raise InputError(source, "missing column sample_id "
                                  f"(has: {', '.join(scores_table.column_names)})", field="sample_id")
-    samples_tbl = samples if isinstance(samples, pa.Table) else samples.to_table()
-    if "sample_id" not in samples_tbl.column_names:
-        raise InputError("samples table", "missing column sample_id", field="sample_id")
+    if isinstance(samples, SampleRows):
+        sample_ids, take = samples.column("sample_id").to_numpy().astype(np.int64), samples.table
+    else:
+        samples_tbl = samples if isinstance(samples, pa.Table) else samples.to_table()
+        if "sample_id" not in samples_tbl.column_names:
+            raise InputError("samples table", "missing column sample_id", field="sample_id")
+        sample_ids = samples_tbl.column("sample_id").to_numpy().astype(np.int64)
+        take = lambda rows: samples_tbl.take(pa.array(rows))   # noqa: E731
     sid = scores_table.column("sample_id").to_numpy().astype(np.int64)
     if len(np.unique(sid)) != len(sid):
         raise InputError(source, "sample_id values are not unique", field="sample_id")
-    check_same_samples(sid, samples_tbl.column("sample_id").to_numpy().astype(np.int64), source)
+    check_same_samples(sid, sample_ids, source)
 
     score = method_score(scores_table, method, cfg.lam, cfg.seed, source)
     strata = None
@@ -127,7 +135,7 @@ def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: 
         else:
             out = out.append_column(name, values)
 
-    coreset = _coreset_rows(samples_tbl, out.filter(pa.array(is_selected)), selected)
+    coreset = _coreset_rows(sample_ids, take, out.filter(pa.array(is_selected)), selected)
     summary = {**cfg.to_dict(), "n_samples": int(len(sid)), "n_selected": int(len(selected))}
     if strata is not None:
         summary.update({
@@ -153,12 +161,12 @@ def check_same_samples(score_ids: np.ndarray, sample_ids: np.ndarray, source: st
                                  f"(first {int(extra[0])})", field="sample_id")
 
 
-def _coreset_rows(samples_tbl: pa.Table, selected_scores: pa.Table, selected: np.ndarray) -> pa.Table:
-    """Samples-table rows of ``selected`` (sorted by sample_id) joined with their score columns."""
-    ids = samples_tbl.column("sample_id").to_numpy().astype(np.int64)
+def _coreset_rows(ids: np.ndarray, take, selected_scores: pa.Table, selected: np.ndarray) -> pa.Table:
+    """Samples-table rows of ``selected`` (sorted by sample_id) joined with their score columns; ``ids``: the
+    samples table's sample_id column, ``take(rows)``: those rows of it as a table."""
     pos = np.argsort(ids)
     rows = pos[np.searchsorted(ids[pos], selected)]
-    coreset = samples_tbl.take(pa.array(rows))
+    coreset = take(rows)
     sc_ids = selected_scores.column("sample_id").to_numpy().astype(np.int64)
     sc_rows = np.argsort(sc_ids)[np.searchsorted(np.sort(sc_ids), selected)]
     sc = selected_scores.take(pa.array(sc_rows))

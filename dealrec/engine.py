@@ -338,6 +338,15 @@ def run_phase(executor, fn: Callable[[dict], dict], store: ShardStore, shards: I
     return {"ran": len(todo), "skipped": skipped, "seconds": round(time.perf_counter() - t0, 3)}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (a worker's, recorded in its shard manifests so a
+    benchmark can read how much a worker needed; ``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
 def task_store(task: dict) -> tuple[ShardStore, Shard]:
     """Inside a task function: the store and the shard it should write."""
     index, start, stop = task["shard"]

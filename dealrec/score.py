@@ -7,7 +7,8 @@ Phases (each timed in ``RUN/manifest.json``):
    gradient sum of each of its batches;
 2. ``solve`` (driver): ``v`` = the batch sums added in global batch order / N; ``U = H^-1 v`` by
    LiSSA, CG or the exact solve over the seeded Hessian pool;
-3. ``influence`` (driver): ``sum_t g_t^T U a_t`` per sample from the kept rows (no model pass);
+3. ``influence`` (shards, in parallel): ``U`` is sent to the workers; each scores its own shard,
+   ``sum_t g_t^T U a_t`` per sample from the shard's kept rows (no model pass);
 4. ``effort`` (shards, in parallel): per-sample gradient norms of the target model.
 
 Capture and effort run on ``--device`` (``auto``: a GPU when this machine or the Ray cluster has one,
@@ -32,10 +33,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dealrec_core.data import (PreparedData, Samples, read_table, sha256_file,
-                               write_parquet_atomic)
+from dealrec_core.data import PreparedData, SampleRows, Samples, sha256_file, write_parquet_atomic
 from dealrec.effort import EFFORT_TARGETS
-from dealrec.engine import ShardStore, batch_ranges, make_executor, plan_shards, run_phase, task_store
+from dealrec.engine import (ShardStore, batch_ranges, make_executor, peak_rss_mb, plan_shards, run_phase,
+                            task_store)
 from dealrec_core.data import stable_hash
 from dealrec_core.devices import DEVICE_AUTO, DEVICE_HELP, DTYPE_CHOICES, pick_device
 from dealrec_core.errors import DealrecError
@@ -137,10 +138,10 @@ def _cached(key, build):
 
 
 def _shard_samples(samples_dir: str, digest: str, start: int, stop: int) -> Samples:
-    # keyed by content too: a long-lived worker must not serve a folder's old samples after it changed
-    table = _cached(("samples", samples_dir, digest), lambda: read_table(samples_dir, required=("sample_id", "history",
-                                                                                        "target")))
-    return Samples.from_table(table.slice(start, stop - start), samples_dir)
+    """The shard's rows only, read from the files that hold them (never the whole table: a worker's memory
+    does not grow with the data). Keyed by content too: a long-lived worker must not serve a folder's old
+    samples after it changed."""
+    return _cached(("samples", samples_dir, digest), lambda: SampleRows(samples_dir)).rows(start, stop)
 
 
 def _surrogate(path: str, digest: str, device: str = "cpu"):
@@ -180,7 +181,23 @@ def capture_task(task: dict) -> dict:
                "a": np.ascontiguousarray(np.concatenate(a)), "g": np.ascontiguousarray(np.concatenate(g)),
                "batch_grad_sums": np.stack(sums), "batch_weighted_sums": np.stack(weighted),
                "batch_weights": np.asarray(weights, dtype=np.float64)}, str(tmp))
-    store.commit(shard, tmp, task["key"], {"rows": int(sum(len(x) for x in index))})
+    store.commit(shard, tmp, task["key"], {"rows": int(sum(len(x) for x in index)), "peak_rss_mb": peak_rss_mb()})
+    return {"shard": shard.index}
+
+
+def influence_task(task: dict) -> dict:
+    """Phase 3 on one shard: ``sum_t g_t^T U a_t`` per sample from the shard's captured rows and the broadcast
+    ``U``, written as the shard's ``sample_id`` and ``influence``."""
+    from safetensors.numpy import load_file, save_file
+
+    from dealrec.influence import influence_from_rows
+
+    store, shard = task_store(task)
+    c = load_file(task["capture"])
+    influence = influence_from_rows(c["row_sample"], c["a"], c["g"], np.asarray(task["u"]), len(c["sample_id"]))
+    tmp = store.temporary(shard)
+    save_file({"sample_id": c["sample_id"], "influence": influence}, str(tmp))
+    store.commit(shard, tmp, task["key"], {"rows": int(len(c["row_sample"])), "peak_rss_mb": peak_rss_mb()})
     return {"shard": shard.index}
 
 
@@ -274,8 +291,10 @@ def solve_influence_system(surrogate_dir: Path, samples: Samples, v: np.ndarray,
     block = model.influence_block()
     freeze_all_but(model, block)
     rows = hessian_pool_rows(len(samples), config)
+    pool_samples = samples.subset(rows)   # only the pool's rows are read (samples may be a SampleRows)
     step = collate_batch or config.hvp_batch
-    batches = [model.collate(samples.subset(rows[i:i + step])) for i in range(0, len(rows), step)]
+    batches = [model.collate(pool_samples.subset(np.arange(i, min(i + step, len(rows)))))
+               for i in range(0, len(rows), step)]
     pool = HessianPool(model, block, batches)
     return solve(pool, v, config)
 
@@ -286,7 +305,7 @@ class ScoreJob:
     prepared: PreparedData
     surrogate: Path
     out: Path
-    samples: Samples
+    samples: SampleRows            # read by rows: the driver never holds the whole table
     samples_sha: list[str]         # sha256 of each samples shard
     samples_key: str               # one digest of those
     surrogate_sha: str
@@ -364,19 +383,21 @@ def prepare_score_inputs(data: str | Path, surrogate: str | Path, out: str | Pat
 
     samples_dir = str(prepared.samples_dir)
     samples_sha = [sha256_file(p) for p in prepared.shard_paths()]
-    samples = Samples.from_table(read_table(samples_dir, required=("sample_id", "history", "target")), samples_dir)
+    samples = SampleRows(samples_dir)
     if len(samples) == 0:
         raise DealrecError(f"{samples_dir}: the samples table is empty")
+    samples.check_unique_ids()   # one column read: refused here, before any work, as the whole-table read did
     return ScoreJob(prepared, surrogate, out, samples, samples_sha, stable_hash(samples_sha),
                     surrogate_digest(surrogate))
 
 
 def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
                     progress: bool = True, device: str = "cpu") -> InfluenceResult:
-    """Phases ``capture`` (shards), ``solve`` and ``influence`` (driver); each is timed into ``phases``."""
-    from safetensors.numpy import load_file, save_file
+    """Phases ``capture`` (shards), ``solve`` (driver) and ``influence`` (shards); each is timed into ``phases``.
 
-    from dealrec.influence import influence_from_rows
+    The driver reads the samples by rows (the Hessian pool), the captures' per-batch sums (``v``) and the
+    shards' influence columns; never the captured rows, nor the whole samples table."""
+    from safetensors.numpy import load_file, save_file
 
     n, surrogate, work = len(job.samples), job.surrogate, job.work
     # ---- capture
@@ -392,11 +413,12 @@ def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
                    "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens, "device": device},
         cap_inputs, "influence: capture", progress, use_gpu=device.startswith("cuda"))
 
-    # ---- mean gradient and solve
+    # ---- mean gradient and solve: only the per-batch sums are read (never the rows)
     t0 = time.perf_counter()
-    captures = [load_file(str(cap_store.output(s))) for s in shards]
+    captures = [_capture_sums(cap_store.output(s)) for s in shards]
     weighting = resolve_v_weighting(config.v_weighting, surrogate)
     v = mean_gradient(captures, weighting)
+    del captures
     solve_store = ShardStore(work / "solve", "solve", "safetensors")
     solve_key = stable_hash({"capture": cap_inputs, "hvp": config.hvp.to_dict(), "n": n,
                              "threads": config.threads, "v_weighting": weighting})
@@ -420,15 +442,28 @@ def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
     phases["solve"] = {"seconds": round(time.perf_counter() - t0, 3), "solver": config.hvp.solver,
                        "v_weighting": weighting}
 
-    # ---- influence from the kept rows
-    t0 = time.perf_counter()
-    influence = np.concatenate([influence_from_rows(c["row_sample"], c["a"], c["g"], u, len(c["sample_id"]))
-                                for c in captures])
-    sample_id = np.concatenate([c["sample_id"] for c in captures])
-    n_rows = int(sum(len(c["row_sample"]) for c in captures))
-    del captures
-    phases["influence"] = {"seconds": round(time.perf_counter() - t0, 3), "rows": n_rows}
+    # ---- influence: U is sent to the workers, each scores its own shard's rows; the driver reads the results
+    inf_store = ShardStore(work / "influence", "influence", "safetensors")
+    inf_inputs = {"capture": cap_inputs, "solve": solve_key, "threads": executor.threads}
+    phases["influence"] = run_phase(
+        executor, influence_task, inf_store, shards,
+        lambda s: {"capture": str(cap_store.output(s)), "u": np.ascontiguousarray(u)},
+        inf_inputs, "influence: scores", progress)
+    parts = [load_file(str(inf_store.output(s))) for s in shards]
+    influence = np.concatenate([p["influence"] for p in parts])
+    sample_id = np.concatenate([p["sample_id"] for p in parts])
+    n_rows = int(sum(json.loads(inf_store.manifest(s).read_text())["rows"] for s in shards))
+    phases["influence"]["rows"] = n_rows
     return InfluenceResult(sample_id, influence, n_rows, solve_summary)
+
+
+def _capture_sums(path: Path) -> dict:
+    """What ``mean_gradient`` reads of a capture shard: its per-batch sums and sample ids, not its rows."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return {k: f.get_tensor(k) for k in ("sample_id", "batch_grad_sums", "batch_weighted_sums",
+                                             "batch_weights")}
 
 
 def _device_key(device: str) -> dict:
@@ -482,7 +517,7 @@ def write_score_outputs(job: ScoreJob, config: ScoreConfig, result: InfluenceRes
         columns["effort"] = pa.array(effort[order], pa.float64())
     write_parquet_atomic(pa.table(columns), out / SCORES_FILE)
 
-    lengths = np.asarray([len(h) for h in job.samples.history])
+    lengths = job.samples.history_lengths()
     return update_manifest(out, {
         "command": "dealrec score",
         "inputs": {"data": str(job.prepared.root), "surrogate": str(surrogate), "samples_sha256": job.samples_sha,

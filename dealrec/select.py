@@ -38,7 +38,7 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
 
     Returns the manifest's ``selection`` section.
     """
-    from dealrec_core.data import PreparedData, read_table, sha256_file, write_parquet_atomic
+    from dealrec_core.data import PreparedData, SampleRows, read_table, sha256_file, write_parquet_atomic
 
     t0 = time.time()
     SelectionConfig(method, n, lam, k, hard_prune, seed)  # a bad method or parameter: one line before any work
@@ -68,8 +68,7 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
     check_output(out, {"--data": data, "--surrogate": surrogate},
                  writes=(SCORES_FILE, CORESET_FILE, MANIFEST_FILE, PLOT_FILE), option="--out" if out != run else "RUN")
     prepared = PreparedData(data)
-    samples_tbl = read_table(prepared.samples_dir, required=("sample_id", "history", "target"),
-                             what="samples table")
+    samples = SampleRows(prepared.samples_dir)   # read by rows: its sample_id column and the coreset's rows
 
     needs = spec.columns
     if scores_path.exists():
@@ -78,7 +77,7 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
         raise InputError(scores_path, f"no such file; --method {method} needs the scores of "
                                       f"'dealrec score' (columns sample_id, {', '.join(needs)})")
     else:
-        scores = pa.table({"sample_id": samples_tbl.column("sample_id")})
+        scores = pa.table({"sample_id": samples.column("sample_id")})
     # stale selection columns of an earlier run are replaced, never mixed in
     scores = scores.select([c for c in scores.column_names if c not in ("score", "stratum", "selected")])
 
@@ -98,7 +97,7 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
     if known:
         inputs["baseline_columns"] = known
 
-    result = select_coreset(scores, samples_tbl, method, n, lam, k, hard_prune, seed, source=str(scores_path))
+    result = select_coreset(scores, samples, method, n, lam, k, hard_prune, seed, source=str(scores_path))
     out.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(result.scores, out / SCORES_FILE)
     write_parquet_atomic(result.coreset, out / CORESET_FILE)

@@ -277,6 +277,88 @@ class Samples:
         return samples_table(self.sample_id, self.user, self.history, self.target)
 
 
+class SampleRows:
+    """A samples table on disk (one Parquet file or a folder of shards), read by rows, never whole.
+
+    What a scoring worker needs (``rows(start, stop)``: its shard), what the driver needs (``subset(idx)``:
+    the Hessian pool; ``column(name)``: one column, for counts and checks) at a memory that grows with the
+    rows asked for, not with the table. Row ``i`` is the ``i``-th row of the files in name order, as
+    ``read_table`` concatenates them. The files' schemas are checked when it is made, with the messages of
+    ``Samples.from_table`` (no data is read for that).
+    """
+
+    def __init__(self, path: str | Path, required: Sequence[str] = ("sample_id", "history", "target")):
+        self.path = Path(path)
+        self.files = shard_paths(path)
+        counts = []
+        for p in self.files:
+            try:
+                meta = pq.read_metadata(p)
+            except Exception as e:  # pyarrow raises several types for a corrupt file
+                raise InputError(p, f"not a readable Parquet samples table: {str(e).splitlines()[0]}") from None
+            schema = meta.schema.to_arrow_schema()
+            missing = [c for c in required if c not in schema.names]
+            if missing:
+                raise InputError(p, f"missing column{'s' if len(missing) > 1 else ''} "
+                                    f"{', '.join(missing)} (has: {', '.join(schema.names)})", field=missing[0])
+            Samples.from_table(schema.empty_table(), p)   # the column types, by the one reader's rules
+            counts.append(meta.num_rows)
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self._last: tuple[int, pa.Table] | None = None   # the file read last (consecutive shards share one)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _file(self, f: int) -> pa.Table:
+        if self._last is None or self._last[0] != f:
+            self._last = (f, pq.read_table(self.files[f]))
+        return self._last[1]
+
+    def _table(self, idx: np.ndarray) -> pa.Table:
+        """The rows ``idx`` (ascending) as one table, reading only the files that hold them."""
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        parts = []
+        for f in np.unique(which):
+            local = idx[which == f] - self.offsets[f]
+            parts.append(self._file(int(f)).take(pa.array(local)))
+        if not parts:
+            return pq.read_schema(self.files[0]).empty_table()
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="default")
+
+    def table(self, idx) -> pa.Table:
+        """The rows ``idx`` (any order), every column, as one table."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"{self.path}: rows {idx.min()}..{idx.max()} outside 0..{len(self) - 1}")
+        order = np.argsort(idx, kind="stable")
+        table = self._table(idx[order])
+        if not np.array_equal(order, np.arange(len(idx))):   # rows asked for out of order: give them so
+            table = table.take(pa.array(np.argsort(order, kind="stable")))
+        return table
+
+    def subset(self, idx) -> Samples:
+        return Samples.from_table(self.table(idx), self.path)
+
+    def rows(self, start: int, stop: int) -> Samples:
+        return self.subset(np.arange(start, stop, dtype=np.int64))
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        """One column of every row, file by file (the only column read)."""
+        return pa.chunked_array([pq.read_table(p, columns=[name]).column(name).combine_chunks()
+                                 for p in self.files])
+
+    def history_lengths(self) -> np.ndarray:
+        import pyarrow.compute as pc
+        return pc.list_value_length(self.column("history")).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def check_unique_ids(self) -> np.ndarray:
+        """Every sample_id, checked unique (the check ``Samples.from_table`` makes on a whole table)."""
+        sample_id = self.column("sample_id").to_numpy().astype(np.int64)
+        if len(np.unique(sample_id)) != len(sample_id):
+            raise InputError(self.path, "sample_id values are not unique", field="sample_id")
+        return sample_id
+
+
 def load_samples(path: str | Path, n_items: int | None = None) -> Samples:
     """Load a samples table or a coreset (any Parquet with ``history`` and ``target``)."""
     table = read_table(path, required=("history", "target"), what="samples table")
