@@ -16,7 +16,7 @@ from dealrec_core.devices import DEVICE_HELP
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
 from surrogates import train as training
-from surrogates.config import DEFAULT_MODEL, DEFAULT_THREADS, WEIGHTINGS, TrainConfig
+from surrogates.config import BATCHINGS, DEFAULT_MODEL, DEFAULT_THREADS, WEIGHTINGS, TrainConfig
 from surrogates.registry import SURROGATES, model_names, surrogate_class
 
 
@@ -87,6 +87,9 @@ class ModelOptionsCommand(click.Command):
               help="Stop after the epoch that passes this budget.")
 @click.option("--weighting", type=click.Choice(WEIGHTINGS), default=TrainConfig.weighting,
               show_default=True, help="Weigh every predicted item (position) or every sample equally.")
+@click.option("--batching", type=click.Choice(BATCHINGS), default=TrainConfig.batching, show_default=True,
+              help="Cut each epoch into random batches, or into batches of samples of similar length (bucketed: "
+                   "less padding, the same risk).")
 @click.option("--seed", type=SEED, default=TrainConfig.seed, show_default=True)
 @click.option("--threads", type=int, default=TrainConfig.threads,
               help=f"Torch threads [{DEFAULT_THREADS}, whatever the machine: the weights depend on the thread count].")
@@ -94,14 +97,16 @@ class ModelOptionsCommand(click.Command):
               help=f"{DEVICE_HELP}. A GPU gives other weights than the CPU (and not always the same bits twice).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_decay, batch_size, max_epochs,
-                            patience, max_minutes, weighting, seed, threads, device, quiet, **model_options):
+                            patience, max_minutes, weighting, batching, seed, threads, device, quiet,
+                            **model_options):
     """Train a surrogate recommender on all samples of a prepared DATA folder.
 
     Early stopping on validation NDCG@10; reports valid and test Recall/NDCG@10/20/50 of the
     best epoch in DIR/metrics.json.
     """
     model_fields, cfg = training_request(model_name, lr, weight_decay, batch_size, max_epochs, patience, max_minutes,
-                                         weighting, seed, threads, quiet, device=device, **model_options)
+                                         weighting, seed, threads, quiet, device=device, batching=batching,
+                                         **model_options)
     metrics = training.train_surrogate(data, model_name, out_dir, model_fields, cfg, overwrite=overwrite)
     for split in ("valid", "test"):
         m = metrics[split]
@@ -112,7 +117,8 @@ def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_dec
 
 
 def training_request(model_name, lr, weight_decay, batch_size, max_epochs, patience, max_minutes, weighting, seed,
-                     threads, quiet, device=TrainConfig.device, **model_options) -> tuple[dict, TrainConfig]:
+                     threads, quiet, device=TrainConfig.device, batching=TrainConfig.batching,
+                     **model_options) -> tuple[dict, TrainConfig]:
     """The command's options as ``train_surrogate``'s arguments: the model options given (None: left out; one
     that the model does not take is refused) and the ``TrainConfig``. The Python API builds them here too."""
     fields = {f.name for f in surrogate_class(model_name).config_class.option_fields()}
@@ -122,7 +128,7 @@ def training_request(model_name, lr, weight_decay, batch_size, max_epochs, patie
         raise DealrecError(f"--{unknown[0].replace('_', '-')} does not apply to model {model_name}")
     cfg = TrainConfig(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
                       patience=patience, seed=seed, weighting=weighting, max_minutes=max_minutes,
-                      threads=threads, progress=not quiet, device=device)
+                      threads=threads, progress=not quiet, device=device, batching=batching)
     return model_fields, cfg
 
 

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from dealrec_core.errors import DealrecError
 
 WEIGHTINGS = ("position", "sample")
+# how an epoch's samples are cut into batches (surrogates/train.py, epoch_batches): "random", consecutive
+# slices of a permutation; "bucketed", samples of similar length together, so a batch pads little
+BATCHINGS = ("random", "bucketed")
+BUCKET_POOL_BATCHES = 64   # bucketed: a permutation's slices of this many batches are sorted by length
 DEFAULT_MODEL = "sasrec"   # the surrogate that train-surrogate, prune and compare train when none is named
 
 
@@ -22,6 +26,7 @@ class TrainConfig:
     patience: int = 3                 # epochs without a better validation NDCG@10 before stopping
     seed: int = 0
     weighting: str = "position"       # "position": every predicted item weighs the same; "sample": every sample
+    batching: str = "random"          # "random" or "bucketed" (BATCHINGS); the same risk either way
     max_minutes: float | None = None  # wall-clock budget; checked after each epoch
     threads: int | None = None        # torch intra-op threads; default DEFAULT_THREADS, whatever the machine
     eval_batch_size: int = 1024
@@ -31,6 +36,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.weighting not in WEIGHTINGS:
             raise DealrecError(f"unknown weighting {self.weighting!r} (choose from {', '.join(WEIGHTINGS)})")
+        if self.batching not in BATCHINGS:
+            raise DealrecError(f"unknown batching {self.batching!r} (choose from {', '.join(BATCHINGS)})")
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise DealrecError("batch_size, max_epochs and patience must be at least 1")
         if not self.lr > 0:

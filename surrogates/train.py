@@ -1,6 +1,7 @@
 """Train a surrogate on a prepared data folder: Adam, early stopping on validation NDCG@10.
 
-One flat loop: shuffle the samples, step Adam on each batch, evaluate the validation split
+One flat loop: cut the shuffled samples into batches (``epoch_batches``: random slices, or slices of
+similar length with ``batching="bucketed"``), step Adam on each batch, evaluate the validation split
 with the project's one evaluator after every epoch, keep the best weights, stop when
 NDCG@10 has not improved for ``patience`` epochs, and report valid and test metrics of the
 best weights. Seeded: on CPU the same seed and thread count give the same model.
@@ -28,7 +29,7 @@ from dealrec_core.training import MAX_EPOCHS, PATIENCE, TIME_BUDGET, train_with_
 from dealrec_core.evaluate import evaluate_scorer, format_metrics
 from surrogates.base import Surrogate, save_surrogate
 from surrogates.registry import surrogate_class
-from surrogates.config import DEFAULT_THREADS, TrainConfig
+from surrogates.config import BUCKET_POOL_BATCHES, DEFAULT_THREADS, TrainConfig
 
 # metrics.json's stopped_by for each way the loop ends
 STOPPED_BY = {MAX_EPOCHS: "max epochs", PATIENCE: "early stopping", TIME_BUDGET: "time budget"}
@@ -36,6 +37,70 @@ STOPPED_BY = {MAX_EPOCHS: "max epochs", PATIENCE: "early stopping", TIME_BUDGET:
 
 def evaluate_model(model: Surrogate, data: PreparedData, split: str, batch_size: int = 1024) -> dict[str, float]:
     return evaluate_scorer(model.score_histories, data.eval_split(split), data.n_items, batch_size=batch_size)
+
+
+def sequence_widths(model: Surrogate, samples: Samples) -> np.ndarray:
+    """The columns each sample fills in a training batch: its history and target, at most the model's max_len."""
+    widths = np.fromiter((len(h) for h in samples.history), dtype=np.int64, count=len(samples)) + 1
+    max_len = getattr(model.config, "max_len", None)
+    return widths if max_len is None else np.minimum(widths, max_len)
+
+
+def epoch_batches(n: int, batch_size: int, rng: np.random.Generator, batching: str = "random",
+                  widths: np.ndarray | None = None, pool_batches: int = BUCKET_POOL_BATCHES) -> list[np.ndarray]:
+    """One epoch's batches, as sample indices; every sample exactly once, ``ceil(n / batch_size)`` batches.
+
+    ``random``: consecutive slices of a permutation. ``bucketed``: the permutation is cut into pools of
+    ``pool_batches`` batches, each pool sorted by ``widths`` (stable) and sliced, and the batches are
+    shuffled, so a batch holds samples of similar length (little padding) drawn from all over the data.
+    """
+    order = rng.permutation(n)
+    if batching == "random":
+        return [order[b:b + batch_size] for b in range(0, n, batch_size)]
+    if widths is None or len(widths) != n:
+        raise DealrecError("bucketed batches need every sample's width")
+    pool = batch_size * pool_batches   # a whole number of batches: only the last pool has a short batch
+    batches = []
+    for start in range(0, n, pool):
+        chunk = order[start:start + pool]
+        chunk = chunk[np.argsort(widths[chunk], kind="stable")]
+        batches.extend(chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def risk_weights(model: Surrogate, samples: Samples, weighting: str, chunk: int = 4096) -> np.ndarray:
+    """Each sample's weight in the training risk: ``sample_weights`` (``position``) or 1 (``sample``)."""
+    if weighting == "sample":
+        return np.ones(len(samples))
+    out = [model.sample_weights(model.collate(samples.subset(np.arange(s, min(s + chunk, len(samples))))))
+           for s in range(0, len(samples), chunk)]
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+class EpochPlan:
+    """How every epoch is cut into batches, and the factor each batch's loss is scaled by (None: none).
+
+    A batch's loss is a mean over its own positions (``position``) or samples (``sample``). Random batches
+    hold about the same number of positions each, so their mean estimates the risk. Bucketed batches do
+    not (a batch of long histories holds many times the positions of a batch of empty ones), so each
+    batch's mean is scaled by its share of the epoch's weight (``risk_weights`` summed over the batch,
+    over their mean per batch): summed over an epoch, every position (sample) then weighs the same, as in
+    the risk of random batches and in the ``v`` of influence (docs/engine.md, "Which risk").
+    """
+
+    def __init__(self, model: Surrogate, samples: Samples, batch_size: int, batching: str = "random",
+                 weighting: str = "position"):
+        self.n, self.batch_size, self.batching = len(samples), batch_size, batching
+        self.n_batches = math.ceil(self.n / batch_size)
+        self.widths = sequence_widths(model, samples)
+        self.weights = risk_weights(model, samples, weighting) if batching == "bucketed" else None
+        self.mean_batch_weight = None if self.weights is None else self.weights.sum() / self.n_batches
+
+    def batches(self, rng: np.random.Generator) -> list[tuple[np.ndarray, float | None]]:
+        out = epoch_batches(self.n, self.batch_size, rng, self.batching, self.widths)
+        if self.weights is None:
+            return [(idx, None) for idx in out]
+        return [(idx, float(self.weights[idx].sum() / self.mean_batch_weight)) for idx in out]
 
 
 def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
@@ -54,6 +119,7 @@ def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainCon
     valid_split = data.eval_split("valid")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_batches = math.ceil(len(samples) / cfg.batch_size)
+    plan = EpochPlan(model, samples, cfg.batch_size, cfg.batching, cfg.weighting)
 
     best_valid = None
     history = []
@@ -61,21 +127,26 @@ def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainCon
     train_seconds = 0.0
     train_cpu_seconds = 0.0  # this process's CPU time: a load-independent view on a shared machine
     latest = ""
-    epoch_loss = epoch_train_seconds = 0.0
+    epoch_loss = epoch_train_seconds = padding_share = 0.0
     valid: dict[str, float] = {}
 
     def train_epoch(epoch: int) -> None:
-        nonlocal train_seconds, train_cpu_seconds, epoch_loss, epoch_train_seconds
+        nonlocal train_seconds, train_cpu_seconds, epoch_loss, epoch_train_seconds, padding_share
         epoch_start, epoch_cpu_start = time.perf_counter(), time.process_time()
         model.train()
-        order = shuffle_rng.permutation(len(samples))
+        batches = plan.batches(shuffle_rng)
         bar = tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not cfg.progress, leave=False,
                    dynamic_ncols=True)
         loss_sum = 0.0
+        cells = filled = 0
         for b in bar:
-            batch = to_device(model.training_batch(samples.subset(order[b * cfg.batch_size:(b + 1) * cfg.batch_size]),
-                                                   epoch), model.device)
+            idx, scale = batches[b]
+            cells += len(idx) * int(plan.widths[idx].max())
+            filled += int(plan.widths[idx].sum())
+            batch = to_device(model.training_batch(samples.subset(idx), epoch), model.device)
             loss = model.training_loss(batch, weighting=cfg.weighting)
+            if scale is not None:
+                loss = loss * scale
             if not torch.isfinite(loss):
                 raise DealrecError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr")
             optimizer.zero_grad(set_to_none=True)
@@ -86,6 +157,7 @@ def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainCon
                 bar.set_postfix_str(f"loss {loss_sum / (b + 1):.4f}{latest}")
         bar.close()
         epoch_loss = loss_sum / n_batches
+        padding_share = 1.0 - filled / max(cells, 1)
         epoch_train_seconds = time.perf_counter() - epoch_start
         train_seconds += epoch_train_seconds
         train_cpu_seconds += time.process_time() - epoch_cpu_start
@@ -100,6 +172,7 @@ def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainCon
         if improved:
             best_valid = valid
         history.append({"epoch": epoch, "loss": epoch_loss, "train_seconds": epoch_train_seconds,
+                        "padding_share": padding_share,   # of the batches' item cells (history + target)
                         **{f"valid_{k}": v for k, v in valid.items()}})
         latest = f" | valid N@10 {valid['ndcg@10']:.4f} R@20 {valid['recall@20']:.4f}"
         if cfg.progress:

@@ -170,3 +170,106 @@ def test_default_thread_count_is_fixed_not_the_machines(prepared, tmp_path, monk
         digests.append(hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())
     torch.set_num_threads(1)
     assert digests[0] == digests[1]
+
+
+# ---- bucketed batches (issue 15: an epoch should cost its real positions, not its padding)
+
+def _skewed_samples(n=300, seed=0):
+    """Mostly short histories and a few long ones, as real logs have (Games: mean 5, max 657)."""
+    from dealrec_core.data import Samples
+    rng = np.random.default_rng(seed)
+    lengths = np.minimum(rng.zipf(1.6, n) - 1, 40)
+    history = [rng.integers(1, N_ITEMS + 1, size=k).astype(np.int32) for k in lengths]
+    return Samples(np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64) + 7, history,
+                   rng.integers(1, N_ITEMS + 1, size=n).astype(np.int32))
+
+
+@pytest.mark.parametrize("n,batch_size,pool", [(300, 16, 4), (257, 16, 3), (5, 16, 2), (64, 16, 1)])
+def test_every_epoch_takes_each_sample_once_in_as_many_batches_as_random(n, batch_size, pool):
+    from surrogates.train import epoch_batches
+    widths = np.random.default_rng(1).integers(1, 30, size=n)
+    for batching in ("random", "bucketed"):
+        batches = epoch_batches(n, batch_size, np.random.default_rng(2), batching, widths, pool_batches=pool)
+        assert len(batches) == -(-n // batch_size)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(n))
+        assert sum(len(b) < batch_size for b in batches) == (n % batch_size > 0)   # one short batch at most
+        again = epoch_batches(n, batch_size, np.random.default_rng(2), batching, widths, pool_batches=pool)
+        assert all(np.array_equal(x, y) for x, y in zip(batches, again))   # a pure function of the seed
+
+
+def test_random_batches_are_the_slices_of_one_permutation_as_before():
+    """The default keeps the trained bytes of every earlier surrogate: one permutation an epoch, sliced."""
+    from surrogates.train import epoch_batches
+    batches = epoch_batches(100, 32, np.random.default_rng(5))
+    order = np.random.default_rng(5).permutation(100)
+    assert [b.tolist() for b in batches] == [order[i:i + 32].tolist() for i in range(0, 100, 32)]
+
+
+def test_bucketed_batches_pad_far_less_and_still_mix_the_data():
+    from surrogates.train import epoch_batches
+    samples = _skewed_samples(2000)
+    widths = np.array([len(h) + 1 for h in samples.history])
+
+    def padding(batches):
+        return 1 - sum(widths[b].sum() for b in batches) / sum(len(b) * widths[b].max() for b in batches)
+
+    rng = np.random.default_rng(0)
+    random_pad = padding(epoch_batches(2000, 32, rng))
+    bucketed = epoch_batches(2000, 32, rng, "bucketed", widths, pool_batches=16)
+    assert padding(bucketed) < 0.25 * random_pad
+    # batches come from all over the data in a shuffled order, not the sorted order of the whole set
+    maxima = np.array([widths[b].max() for b in bucketed])
+    assert not np.all(np.diff(maxima) >= 0)
+    assert np.mean([np.ptp(b) for b in bucketed]) > 2000 / 4
+
+
+@pytest.mark.parametrize("weighting", ["position", "sample"])
+def test_bucketed_scaling_sums_to_the_risk_of_all_samples(weighting):
+    """Summed over an epoch, the scaled batch losses are n_batches x the risk over every sample at once
+    (every position, or every sample, weighing the same), whatever the batches' sizes in positions;
+    so are their gradients (the sum is linear)."""
+    from surrogates.registry import build_surrogate
+    from surrogates.train import EpochPlan
+    samples = _skewed_samples(150)
+    model = build_surrogate("sasrec", n_items=N_ITEMS, **TINY_MODEL)
+    model.eval()
+    plan = EpochPlan(model, samples, batch_size=16, batching="bucketed", weighting=weighting)
+    epoch = plan.batches(np.random.default_rng(0))
+    total = sum(model.training_loss(model.collate(samples.subset(idx)), weighting) * scale for idx, scale in epoch)
+    whole = model.training_loss(model.collate(samples), weighting)
+    assert len(epoch) == plan.n_batches
+    torch.testing.assert_close(total / plan.n_batches, whole, rtol=1e-5, atol=1e-6)
+    g_total = torch.autograd.grad(total / plan.n_batches, model.influence_block().weight)[0]
+    g_whole = torch.autograd.grad(whole, model.influence_block().weight)[0]
+    torch.testing.assert_close(g_total, g_whole, rtol=1e-4, atol=1e-6)
+    # the unscaled means would not: batches of long histories are under-weighted per position
+    if weighting == "position":
+        unscaled = sum(model.training_loss(model.collate(samples.subset(idx)), weighting) for idx, _ in epoch)
+        assert abs(float((unscaled / plan.n_batches - whole).detach())) > 1e-3
+
+
+@pytest.mark.parametrize("model_name", ["sasrec", "bert4rec", "dcrec"])
+def test_bucketed_training_runs_for_every_model_and_records_its_padding(prepared, tmp_path, model_name):
+    from surrogates.registry import surrogate_class
+    fields = {k: v for k, v in TINY_MODEL.items() if k in {f.name for f in
+                                                             surrogate_class(model_name).config_class.option_fields()}}
+    shares = {}
+    for batching in ("random", "bucketed"):
+        cfg = TrainConfig(lr=5e-3, batch_size=8, max_epochs=2, patience=2, seed=0, threads=1, progress=False,
+                          batching=batching)
+        metrics = train_surrogate(prepared, model_name, tmp_path / f"{model_name}-{batching}", fields, cfg)
+        assert metrics["train_config"]["batching"] == batching
+        shares[batching] = metrics["history"][0]["padding_share"]
+    assert 0 <= shares["bucketed"] < shares["random"]
+
+
+def test_cli_takes_batching_and_refuses_an_unknown_one(prepared, tmp_path):
+    args = ["train-surrogate", str(prepared), "--out", str(tmp_path / "m"), "--max-epochs", "1", "--quiet",
+            "--hidden", "16", "--n-blocks", "1", "--ffn-hidden", "32", "--max-len", "10"]
+    result = CliRunner().invoke(main, args + ["--batching", "bucketed"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text())["train_config"]["batching"] == "bucketed"
+    bad = CliRunner().invoke(main, args[:3] + [str(tmp_path / "m2"), "--batching", "sorted"])
+    assert bad.exit_code != 0 and "sorted" in bad.output
+    with pytest.raises(DealrecError, match="batching"):
+        TrainConfig(batching="sorted")
