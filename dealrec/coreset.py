@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-from dealrec_core.data import SampleRows
 from dealrec_core.errors import DealrecError, InputError
 from dealrec.methods import METHODS, REGISTRY
 from dealrec.strata import (DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, Strata, random_select,
@@ -101,6 +100,8 @@ def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: 
     if "sample_id" not in scores_table.column_names:
         raise InputError(source, "missing column sample_id "
                                  f"(has: {', '.join(scores_table.column_names)})", field="sample_id")
+    from dealrec_core.data import SampleRows   # pyarrow's readers: not for a command's --help
+
     if isinstance(samples, SampleRows):
         sample_ids, take = samples.column("sample_id").to_numpy().astype(np.int64), samples.table
     else:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -341,8 +342,6 @@ def run_phase(executor, fn: Callable[[dict], dict], store: ShardStore, shards: I
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MiB (a worker's, recorded in its shard manifests so a
     benchmark can read how much a worker needed; ``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
-    import resource
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
