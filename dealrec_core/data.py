@@ -201,19 +201,32 @@ def shard_paths(path: str | Path) -> list[Path]:
     return [path]
 
 
+def _read_parquet(read, p: Path, what: str):
+    """``read(p)`` (a table, its metadata...), a corrupt file refused in one line naming it."""
+    try:
+        return read(p)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise InputError(p, f"not a readable Parquet {what}: {str(e).splitlines()[0]}") from None
+
+
+def _require_columns(p: Path, names: Sequence[str], required: Sequence[str]) -> None:
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise InputError(p, f"missing column{'s' if len(missing) > 1 else ''} "
+                            f"{', '.join(missing)} (has: {', '.join(names)})", field=missing[0])
+
+
+def _require_unique_ids(sample_id: np.ndarray, source) -> None:
+    if len(np.unique(sample_id)) != len(sample_id):
+        raise InputError(source, "sample_id values are not unique", field="sample_id")
+
+
 def read_table(path: str | Path, required: Sequence[str] = (), what: str = "table") -> pa.Table:
     """Read one Parquet file or a folder of shards, checking that ``required`` columns exist."""
     tables = []
     for p in shard_paths(path):
-        try:
-            t = pq.read_table(p)
-        except Exception as e:  # pyarrow raises several types for a corrupt file
-            raise InputError(p, f"not a readable Parquet {what}: {str(e).splitlines()[0]}") from None
-        missing = [c for c in required if c not in t.column_names]
-        if missing:
-            raise InputError(p, f"missing column{'s' if len(missing) > 1 else ''} "
-                                f"{', '.join(missing)} (has: {', '.join(t.column_names)})",
-                             field=missing[0])
+        t = _read_parquet(pq.read_table, p, what)
+        _require_columns(p, t.column_names, required)
         tables.append(t)
     if len(tables) == 1:
         return tables[0]
@@ -269,8 +282,7 @@ class Samples:
             raise InputError(source, "history must hold integer item ids", field="history")
         values = values.astype(np.int32)
         history = [values[offsets[i]:offsets[i + 1]] for i in range(n)]
-        if len(np.unique(sample_id)) != n:
-            raise InputError(source, "sample_id values are not unique", field="sample_id")
+        _require_unique_ids(sample_id, source)
         return cls(sample_id, user, history, target.astype(np.int32))
 
     def to_table(self) -> pa.Table:
@@ -292,15 +304,9 @@ class SampleRows:
         self.files = shard_paths(path)
         counts = []
         for p in self.files:
-            try:
-                meta = pq.read_metadata(p)
-            except Exception as e:  # pyarrow raises several types for a corrupt file
-                raise InputError(p, f"not a readable Parquet samples table: {str(e).splitlines()[0]}") from None
+            meta = _read_parquet(pq.read_metadata, p, "samples table")
             schema = meta.schema.to_arrow_schema()
-            missing = [c for c in required if c not in schema.names]
-            if missing:
-                raise InputError(p, f"missing column{'s' if len(missing) > 1 else ''} "
-                                    f"{', '.join(missing)} (has: {', '.join(schema.names)})", field=missing[0])
+            _require_columns(p, schema.names, required)
             Samples.from_table(schema.empty_table(), p)   # the column types, by the one reader's rules
             counts.append(meta.num_rows)
         self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
@@ -354,8 +360,7 @@ class SampleRows:
     def check_unique_ids(self) -> np.ndarray:
         """Every sample_id, checked unique (the check ``Samples.from_table`` makes on a whole table)."""
         sample_id = self.column("sample_id").to_numpy().astype(np.int64)
-        if len(np.unique(sample_id)) != len(sample_id):
-            raise InputError(self.path, "sample_id values are not unique", field="sample_id")
+        _require_unique_ids(sample_id, self.path)
         return sample_id
 
 

@@ -118,8 +118,8 @@ def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainCon
     shuffle_rng = np.random.default_rng(cfg.seed)
     valid_split = data.eval_split("valid")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n_batches = math.ceil(len(samples) / cfg.batch_size)
     plan = EpochPlan(model, samples, cfg.batch_size, cfg.batching, cfg.weighting)
+    n_batches = plan.n_batches
 
     best_valid = None
     history = []
