@@ -527,7 +527,8 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                    "plan": plan, "executor": executor, "t_all": t_all}
         popularity = item_popularity(prepared)
         context["all_samples"] = _table_composition(prepared.samples_dir, popularity)
-        references = most_popular_metrics(prepared)
+        references = most_popular_metrics(prepared, train_options.get("valid_users", 0)
+                                           if target == "tiger" else 0)
         failed: dict[str, str] = {}
         t0 = time.perf_counter()
         for result in executor.run(compare_task, tasks, "compare: runs", progress=False,
@@ -555,13 +556,17 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
     return report
 
 
-def most_popular_metrics(prepared: PreparedData) -> dict:
+def most_popular_metrics(prepared: PreparedData, stop_users: int = 0) -> dict:
     """Most-popular on valid and test: items ranked by their interactions over all samples' sequences,
-    the project's reference row (``dealrec_core.evaluate.popularity_scorer``, counted as bench_surrogate.py does)."""
-    from dealrec_core.evaluate import evaluate_scorer, popularity_scorer
+    the project's reference row (``dealrec_core.evaluate.popularity_scorer``, counted as bench_surrogate.py does).
+    Validation is counted on the users the runs report on: those that did not early-stop them
+    (``stopping_split`` with the runs' ``stop_users``)."""
+    from dealrec_core.evaluate import evaluate_scorer, popularity_scorer, stopping_split
 
     score = popularity_scorer(prepared.samples().sequences(), prepared.n_items)
-    return {split: evaluate_scorer(score, prepared.eval_split(split), prepared.n_items) for split in SPLITS}
+    users = {"valid": stopping_split(prepared.eval_split("valid"), stop_users)[1],
+             "test": prepared.eval_split("test")}
+    return {split: evaluate_scorer(score, users[split], prepared.n_items) for split in SPLITS}
 
 
 # ----------------------------------------------------------------------------- the report
@@ -704,6 +709,13 @@ def report_markdown(report: dict) -> str:
              f"{report['selection']['k']}, hard prune {report['selection']['hard_prune']}. Each cell: mean "
              f"(sd over seeds) and every seed's value in seed order. Choose on valid, report on test.",
              ""]
+    stop_users = report["finetune_options"].get("valid_users") if report["target"] == "tiger" else None
+    if stop_users:
+        lines += [f"Validation is counted on the validation users that did not early-stop the runs ({stop_users} "
+                  f"users, at most half, stop every run; the same users for every method and seed).", ""]
+    elif stop_users == 0:
+        lines += ["Validation is counted on the users that also early-stopped the runs (`--valid-users 0`): "
+                  "optimistic.", ""]
     if report["missing"]:
         lines += [f"**Not finished:** {', '.join(report['missing'])}.", ""]
     for split in reversed(SPLITS):   # test first: it is what a comparison reports

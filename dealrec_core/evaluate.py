@@ -65,6 +65,32 @@ def users_with_truth(split: EvalSplit) -> EvalSplit:
     return split if len(keep) == len(split) else split.subset(keep)
 
 
+# The draw of the early-stopping users is fixed (not the run's seed): every run on the same data, whatever
+# its method or seed, stops on the same users and reports on the same others, so runs stay paired.
+STOP_USERS_SEED = 0
+
+
+def stopping_split(split: EvalSplit, stop_users: int) -> tuple[EvalSplit, EvalSplit]:
+    """``(stop, report)``: the validation users an early stopper looks at, and the disjoint rest whose
+    metrics are reported, both without users that have no ground truth.
+
+    Metrics of the users that chose the stopping epoch are optimistic (the epoch was picked because
+    they scored well), by more for a noisier method; the rest are a fair validation figure. ``stop``
+    holds ``min(stop_users, half the users)`` users drawn with ``STOP_USERS_SEED``, so the report half
+    never shrinks below half. ``stop_users`` 0 keeps the old protocol: every user both stops and is
+    reported (``stop is report``).
+    """
+    split = users_with_truth(split)
+    if stop_users < 0:
+        raise ValueError(f"stop_users must be >= 0, got {stop_users}")
+    n_stop = min(stop_users, len(split) // 2)
+    if n_stop == 0:
+        return split, split
+    picked = np.zeros(len(split), dtype=bool)
+    picked[np.random.default_rng(STOP_USERS_SEED).choice(len(split), n_stop, replace=False)] = True
+    return split.subset(np.flatnonzero(picked)), split.subset(np.flatnonzero(~picked))
+
+
 def _ordered(sums: dict[str, float], n_users: int, ks: Sequence[int]) -> dict[str, float]:
     out = {}
     for k in ks:

@@ -5,11 +5,13 @@ end after every ``eval_every_steps`` optimizer steps, the best weights kept, and
 validation has not improved ``patience`` times in a row. The defaults are written once, in
 ``TigerTrainConfig`` (docs/tiger.md says why they were chosen); the command's options take them
 from there. The validation check is ``metric``: a ranking metric (``recall@10``, ``ndcg@20``...)
-ranks the validation users (``valid_users`` of them, 0 = all) by beam search; ``"loss"`` is the
-mean loss of every validation user's first validation item given the user's history: one
-teacher-forced pass, smooth, and cheap next to a beam search. The final numbers are the best
-weights' full validation and test rankings, scored by ``dealrec_core.evaluate.ranking_metrics``
-(the project's one evaluator).
+ranks the early-stopping users by beam search; ``"loss"`` is their mean loss of each user's first
+validation item given the user's history: one teacher-forced pass, smooth, and cheap next to a beam
+search. The early-stopping users are ``valid_users`` validation users (at most half of them, a fixed
+draw: ``dealrec_core.evaluate.stopping_split``); the final numbers are the best weights' rankings of
+the *other* validation users and of every test user, scored by ``dealrec_core.evaluate.ranking_metrics``
+(the project's one evaluator), so that validation is not judged on the users that chose the epoch.
+``valid_users`` 0 is the old protocol: every validation user stops and is reported (optimistic).
 
 A training sample is one pair (its full history -> its target) unless ``expand_prefixes`` is set:
 then every sample is expanded into its prefixes (each item of the sequence predicted from the items
@@ -32,7 +34,7 @@ from dealrec_core.data import EvalSplit, PreparedData, Samples, atomic_output_di
 from dealrec_core.devices import DEVICE_HELP, pick_device
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
-from dealrec_core.evaluate import DEFAULT_KS, ranking_metrics, users_with_truth
+from dealrec_core.evaluate import DEFAULT_KS, ranking_metrics, stopping_split, users_with_truth
 from dealrec_core.paths import check_output
 from dealrec_core.training import train_with_early_stopping
 from finetune.rqvae import RQVAEConfig
@@ -54,7 +56,8 @@ class TigerTrainConfig:
     eval_every_steps: int = 32      # validation at the first epoch end after this many steps
     patience: int = 3               # validations without improvement before stopping
     metric: str = "recall@10"       # early stopping: "loss" (validation NLL) or a ranking metric
-    valid_users: int = 0            # validation users for early stopping (0 = all)
+    valid_users: int = 2000         # validation users that early stopping looks at; "valid" is reported on
+                                    # the others (at most half the users stop; 0 = all users, both: optimistic)
     beam_size: int = 50
     eval_batch_size: int = 128
     max_minutes: float = 0.0        # wall-clock budget for the loop (0 = none)
@@ -109,12 +112,8 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
     if len(bad):
         raise DealrecError(f"training item {int(targets[bad[0]])} is not in the model's catalogue "
                            f"(1..{model.n_items}); was the checkpoint built for other data?")
-    valid_full = users_with_truth(data.eval_split("valid"))
+    valid_stop, valid_report = stopping_split(data.eval_split("valid"), config.valid_users)
     rng = np.random.default_rng(config.seed)
-    valid_idx = np.arange(len(valid_full))
-    if config.valid_users and len(valid_full) > config.valid_users:
-        valid_idx = np.sort(rng.choice(len(valid_full), config.valid_users, replace=False))
-    valid_small = valid_full.subset(valid_idx)
 
     torch.manual_seed(config.seed)
     decay = [p for n, p in model.t5.named_parameters() if p.ndim >= 2]
@@ -154,9 +153,9 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
     def validate(epoch: int) -> float:
         nonlocal metrics
         if config.metric == "loss":
-            metrics = {"loss": validation_loss(model, valid_small)}
+            metrics = {"loss": validation_loss(model, valid_stop)}
             return -metrics["loss"]
-        metrics = evaluate_tiger(model, valid_small, config)
+        metrics = evaluate_tiger(model, valid_stop, config)
         return metrics[config.metric]
 
     def report(epoch: int, score: float, improved: bool) -> None:
@@ -174,7 +173,10 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
     model.eval()
     train_seconds = time.time() - t_start
     result = {
-        "valid": evaluate_tiger(model, valid_full, config, desc="valid"),
+        "valid": evaluate_tiger(model, valid_report, config, desc="valid"),
+        # the users behind "valid": the ones that did not choose the stopping epoch, unless valid_users is 0
+        "valid_users": {"stop": len(valid_stop), "report": len(valid_report),
+                        "held_out": valid_stop is not valid_report},
         "test": evaluate_tiger(model, data.eval_split("test"), config, desc="test"),
         "epochs": stop.epochs,
         "best_epoch": stop.best_epoch,
@@ -295,7 +297,8 @@ def _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epoc
 @click.option("--patience", default=TigerTrainConfig.patience, show_default=True)
 @click.option("--eval-every-steps", default=TigerTrainConfig.eval_every_steps, show_default=True)
 @click.option("--valid-users", default=TigerTrainConfig.valid_users, show_default=True,
-              help="Validation users used for early stopping (0 = all).")
+              help="Validation users that early stopping looks at (at most half of them); the reported "
+                   "validation metrics are those of the other users. 0 = every user does both (optimistic).")
 @click.option("--metric", default=TigerTrainConfig.metric, show_default=True,
               help="Early-stopping criterion: loss (validation NLL) or a ranking metric such as recall@20.")
 @click.option("--beam-size", default=TigerTrainConfig.beam_size, show_default=True)

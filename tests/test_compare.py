@@ -91,6 +91,13 @@ def test_report_has_every_method_seed_and_reference(compared):
     expected = evaluate_scorer(popularity_scorer(data.samples().sequences(), data.n_items), data.eval_split("test"),
                                data.n_items)
     assert report["rows"][-1]["mean"]["test"] == {m: pytest.approx(expected[m]) for m in METRICS}
+    # ... and on validation over the users the runs report on (those that did not early-stop them)
+    from dealrec_core.evaluate import stopping_split
+
+    report_users = stopping_split(data.eval_split("valid"), report["finetune_options"]["valid_users"])[1]
+    expected = evaluate_scorer(popularity_scorer(data.samples().sequences(), data.n_items), report_users,
+                               data.n_items)
+    assert report["rows"][-1]["mean"]["valid"] == {m: pytest.approx(expected[m]) for m in METRICS}
     assert report["rows"][-1]["vs_random"]["ratio_of_means"]["test"]["recall@10"] > 0
 
     # every coreset run selected N samples and trained on them; "all" trained on every sample
@@ -116,7 +123,8 @@ def test_report_has_every_method_seed_and_reference(compared):
     assert not report["missing"] and not report["failed"]
 
     md = (out / "report.md").read_text()
-    for heading in ("## Test", "## Valid", "Paired against random", "## Composition", "## Runs", "## Machine"):
+    for heading in ("## Test", "## Valid", "Paired against random", "## Composition", "## Runs", "## Machine",
+                    "did not early-stop the runs"):
         assert heading in md
     for label in METHODS + ["all data (reference)", "most popular (reference)"]:
         assert f"| {label} |" in md

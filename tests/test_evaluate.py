@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dealrec_core.data import EvalSplit
-from dealrec_core.evaluate import evaluate_scorer, popularity_scorer, ranking_metrics
+from dealrec_core.evaluate import evaluate_scorer, popularity_scorer, ranking_metrics, stopping_split
 
 
 def _split():
@@ -75,3 +75,27 @@ def test_catalogue_smaller_than_k():
     assert got["recall@2"] == pytest.approx(EXPECTED["recall@2"])
     assert got["recall@50"] == pytest.approx(1.0)
     assert got["ndcg@50"] == pytest.approx(EXPECTED["ndcg@4"])
+
+
+def _split_of(n_users: int, empty_every: int = 0) -> EvalSplit:
+    targets = [np.array([] if empty_every and u % empty_every == 0 else [u % 7 + 1], np.int32) for u in range(n_users)]
+    return EvalSplit(np.arange(100, 100 + n_users), [np.array([1], np.int32)] * n_users, targets)
+
+
+def test_stopping_split_holds_out_the_reported_users():
+    split = _split_of(50, empty_every=5)          # 10 users without a ground truth
+    stop, report = stopping_split(split, 12)
+    assert len(stop) == 12 and len(report) == 28
+    assert not set(stop.user) & set(report.user)                       # disjoint
+    assert sorted(set(stop.user) | set(report.user)) == [u for u in split.user if (u - 100) % 5]   # every counted user
+    assert list(report.user) == sorted(report.user)                     # order kept
+    again_stop, again_report = stopping_split(split, 12)               # a fixed draw, not the caller's seed
+    assert np.array_equal(again_stop.user, stop.user) and np.array_equal(again_report.user, report.user)
+    # at most half the users stop, so the reported half never shrinks below half
+    stop, report = stopping_split(split, 10_000)
+    assert len(stop) == 20 and len(report) == 20
+    # 0: every user both stops and is reported (the optimistic old protocol)
+    stop, report = stopping_split(split, 0)
+    assert stop is report and len(stop) == 40
+    with pytest.raises(ValueError):
+        stopping_split(split, -1)

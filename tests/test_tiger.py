@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from dealrec.cli import main
 from dealrec_core.data import EvalSplit, PreparedData, samples_table, write_parquet_atomic, write_samples
-from dealrec_core.evaluate import ranking_metrics
+from dealrec_core.evaluate import ranking_metrics, stopping_split
 from finetune.rqvae import semantic_ids_from_codes
 from finetune.tiger import TigerConfig, TigerModel, load_tiger, save_tiger
 from finetune.tiger_train import TigerTrainConfig, train_tiger, training_pairs
@@ -172,6 +172,13 @@ def test_command_trains_on_a_hand_written_coreset_and_reloads(tmp_path, tiny_enc
     test = data.eval_split("test")
     ranked = model.rank(test.history, k=50)
     assert ranking_metrics(ranked, test, n_items=data.n_items) == pytest.approx(metrics["test"])
+    # "valid" is the users that did not early-stop the run: half of the 60 here (the default 2,000 is capped)
+    stop, report = stopping_split(data.eval_split("valid"), TigerTrainConfig.valid_users)
+    assert metrics["valid_users"] == {"stop": 30, "report": 30, "held_out": True}
+    assert ranking_metrics(model.rank(report.history, k=50), report, n_items=data.n_items) == \
+        pytest.approx(metrics["valid"])
+    assert ranking_metrics(model.rank(stop.history, k=50), stop, n_items=data.n_items) != \
+        pytest.approx(metrics["valid"])
     assert len(set(map(tuple, model.semantic_ids.codes[1:].tolist()))) == data.n_items
     # --init continues from the checkpoint (same semantic IDs, no encoder needed)
     res = CliRunner().invoke(main, ["finetune", "tiger", "--data", str(data_dir), "--train", str(data_dir / "samples"),
