@@ -65,6 +65,8 @@ RESULT_FILE = "result.json"      # a run is done when this exists with the run's
 ERROR_FILE = "error.txt"
 BASE_DIR = Path("scores") / "with-baselines"
 COMPOSITION = ("empty_history_share", "mean_history_length", "median_target_popularity", "distinct_targets")
+# Recall@10 of ranking items by how often they are a target of the training set (target_popularity_recall)
+TARGET_POPULARITY = ("target_popularity_recall@10_valid", "target_popularity_recall@10_test")
 
 # Options that compare sets itself: naming them in --finetune-args / --score-args would be ambiguous.
 _FINETUNE_FIXED = {"tiger": ("--data", "--train", "--out", "--seed", "--overwrite", "--quiet", "--help"),
@@ -205,6 +207,32 @@ def _table_composition(path: Path, popularity: np.ndarray) -> dict:
     table = read_table(path, required=("history", "target"), what="samples table")
     lengths = pc.list_value_length(table.column("history")).to_numpy(zero_copy_only=False)
     return composition(lengths, table.column("target").to_numpy(), popularity)
+
+
+def target_popularity_recall(path: Path, prepared: PreparedData, valid_users, cache: dict) -> dict:
+    """Recall@10 on valid and test of ranking items by how often they are a *target* in the training set at
+    ``path``: the popularity a model trained on that set could learn without learning anything else.
+
+    A downstream model near this figure has learnt little beyond its training targets' popularity (TIGER on
+    1,024 Games samples is: docs/selection.md). ``valid_users`` are the reported validation users. Computed
+    once per file and driver (``cache``).
+    """
+    from dealrec_core.evaluate import evaluate_scorer, popularity_scorer
+
+    key = str(path)
+    if key not in cache:
+        targets = read_table(path, required=("target",), what="samples table").column("target").to_numpy()
+        score = popularity_scorer([np.asarray(targets, dtype=np.int64)], prepared.n_items)
+        cache[key] = {split: evaluate_scorer(score, users, prepared.n_items)["recall@10"]
+                      for split, users in (("valid", valid_users), ("test", prepared.eval_split("test")))}
+    return cache[key]
+
+
+def _composition_of(path: Path, context: dict, popularity: np.ndarray) -> dict:
+    """A training set's composition plus its targets' popularity Recall@10 on valid and test."""
+    recall = target_popularity_recall(path, context["prepared"], context["valid_report_users"],
+                                      context["target_popularity_cache"])
+    return {**_table_composition(path, popularity), **{f"target_popularity_recall@10_{k}": v for k, v in recall.items()}}
 
 
 def item_popularity(prepared: PreparedData) -> np.ndarray:
@@ -525,10 +553,14 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                    "target": target, "full": full, "lam": lam, "k": k, "hard_prune": hard_prune,
                    "train_options": train_options, "score_config": config.to_dict(), "phases": phases,
                    "plan": plan, "executor": executor, "t_all": t_all}
+        from dealrec_core.evaluate import stopping_split   # torch: not on the --help path
+
         popularity = item_popularity(prepared)
-        context["all_samples"] = _table_composition(prepared.samples_dir, popularity)
-        references = most_popular_metrics(prepared, train_options.get("valid_users", 0)
-                                           if target == "tiger" else 0)
+        stop_users = train_options.get("valid_users", 0) if target == "tiger" else 0
+        references = most_popular_metrics(prepared, stop_users)
+        context["valid_report_users"] = stopping_split(prepared.eval_split("valid"), stop_users)[1]
+        context["target_popularity_cache"] = {}
+        context["all_samples"] = _composition_of(prepared.samples_dir, context, popularity)
         failed: dict[str, str] = {}
         t0 = time.perf_counter()
         for result in executor.run(compare_task, tasks, "compare: runs", progress=False,
@@ -624,10 +656,11 @@ def build_report(context: dict, results: dict, popularity: np.ndarray, reference
                                 "reused": r["reused"], "train_samples": r.get("train_samples")}
                        for s, r in by_seed.items()}
         if method != ALL:
-            per_seed = {str(s): _table_composition(context["out"] / "runs" / f"{method}-seed{s}" / CORESET_FILE,
-                                                   popularity) for s in by_seed}
+            per_seed = {str(s): _composition_of(context["out"] / "runs" / f"{method}-seed{s}" / CORESET_FILE,
+                                                context, popularity) for s in by_seed}
             compositions[method] = {"per_seed": per_seed,
-                                    "mean": {c: float(np.mean([v[c] for v in per_seed.values()])) for c in COMPOSITION}}
+                                    "mean": {c: float(np.mean([v[c] for v in per_seed.values()]))
+                                             for c in (*COMPOSITION, *TARGET_POPULARITY)}}
         rows.append(row)
     popular = {"name": "most popular", "kind": "reference", "method": "most-popular", "seeds": [],
                "mean": {split: {m: references[split][m] for m in METRICS} for split in SPLITS},
@@ -754,12 +787,15 @@ def report_markdown(report: dict) -> str:
     comp = report["composition"]
     lines += ["## Composition of the coresets", "",
               f"Popularity of an item: {comp['popularity']}. Coreset rows: mean over seeds [per seed].", "",
+              "Targets' popularity R@10: Recall@10 of ranking items by how often they are a target of the "
+              "training set, valid / test; a downstream model near it has learnt little beyond that popularity.", "",
               "| training set | samples | empty histories | mean history length | median target popularity | "
-              "distinct targets |", "| --- |" + " --- |" * 5]
+              "distinct targets | targets' popularity R@10 (valid / test) |", "| --- |" + " --- |" * 6]
 
     def comp_cells(c: dict) -> list[str]:
         return [f"{c['empty_history_share']:.1%}", f"{c['mean_history_length']:.2f}",
-                f"{c['median_target_popularity']:g}", f"{c['distinct_targets']:g}"]
+                f"{c['median_target_popularity']:g}", f"{c['distinct_targets']:g}",
+                f"{_fmt(c.get(TARGET_POPULARITY[0]))} / {_fmt(c.get(TARGET_POPULARITY[1]))}"]
     a = comp["all_samples"]
     lines.append(f"| all samples | {a['samples']} | " + " | ".join(comp_cells(a)) + " |")
     for method in report["methods"]:
