@@ -3,8 +3,9 @@ Recommendation Systems"): LoRA fine-tuning of a local causal LM on a coreset, th
 generation and grounding, evaluated with the project's one evaluator.
 
 Step 1, fine-tune: each sample (history titles -> target title) becomes an alpaca prompt
-(``finetune.prompts``); LoRA adapters on the attention projections are trained with AdamW,
-a batch of 128 by gradient accumulation, early stopping on the validation loss.
+(``finetune.prompts``); LoRA adapters on the attention projections are trained by transformers'
+``Trainer`` (``finetune.lora_train``: AdamW, a batch of 128 by gradient accumulation, early
+stopping on the validation loss, checkpoints beside OUT from which a killed run resumes).
 
 Step 2, ground: for every evaluation user, beam search (4 beams) writes a title; the
 generated text and every catalogue title are embedded by the BASE model (adapters off) as
@@ -24,6 +25,7 @@ import contextlib
 import json
 import math
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,8 +48,8 @@ from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
 from dealrec_core.evaluate import DEFAULT_KS, evaluate_scorer, format_metrics, truth_rows
 from dealrec_core.paths import check_output
-from dealrec_core.training import MAX_EPOCHS, PATIENCE, train_with_early_stopping
 from finetune.llm import attach_lora, load_causal_lm, pick_device, pick_dtype, quantization
+from finetune.lora_train import MIXED_PRECISION, check_batching, check_mixed_precision, train_lora
 from finetune.prompts import DEFAULT_DOMAIN, DOMAIN_TEMPLATES, LOSS_ON, PromptTemplate, encode_example, encode_prompt
 
 MAX_NEW_TOKENS_CAP = 64   # the most tokens that --max-new-tokens defaults to (default_max_new_tokens)
@@ -85,120 +87,8 @@ class BigrecConfig:
     adapter: str | None = None
     load_in_8bit: bool = False                      # the LLM quantized by bitsandbytes (a CUDA GPU only)
     load_in_4bit: bool = False
-
-
-# ----------------------------------------------------------------------------- batches and losses
-
-def n_loss_tokens(examples: Sequence[dict]) -> int:
-    # the first token is never predicted
-    return sum(sum(1 for lab in ex["labels"][1:] if lab != -100) for ex in examples)
-
-
-def token_loss_sum(model, examples: Sequence[dict], pad_id: int, device) -> torch.Tensor:
-    """Sum of next-token cross-entropies over the label tokens of ``examples``."""
-    batch = pad_batch([ex["input_ids"] for ex in examples], pad_id, "right",
-                      [ex["labels"] for ex in examples])
-    batch = {k: v.to(device) for k, v in batch.items()}
-    labels = batch.pop("labels")
-    logits = model(**batch).logits[:, :-1].float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                           ignore_index=-100, reduction="sum")
-
-
-@torch.no_grad()
-def mean_token_loss(model, examples: Sequence[dict], pad_id: int, device, micro_batch_size: int) -> float:
-    model.eval()
-    total, count = 0.0, n_loss_tokens(examples)
-    for start in range(0, len(examples), micro_batch_size):
-        total += float(token_loss_sum(model, examples[start:start + micro_batch_size], pad_id, device))
-    return total / max(count, 1)
-
-
-def train_step(model, optimizer, batch: Sequence[dict], cfg: BigrecConfig, pad_id: int, device) -> float:
-    """One optimizer step on ``batch`` by accumulation over micro-batches.
-
-    Every micro-batch's token-loss sum is divided by the token count of the WHOLE batch, so the
-    gradient is the batch's mean token loss whatever the micro-batch size.
-    """
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    count = max(n_loss_tokens(batch), 1)
-    total = 0.0
-    for start in range(0, len(batch), cfg.micro_batch_size):
-        loss = token_loss_sum(model, batch[start:start + cfg.micro_batch_size], pad_id, device) / count
-        loss.backward()
-        total += float(loss.detach())
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if cfg.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-    optimizer.step()
-    return total
-
-
-@dataclass
-class TrainResult:
-    steps: int = 0
-    epochs: float = 0.0
-    best_valid_loss: float = math.inf
-    best_epoch: float = 0.0
-    stopped: str = "epochs"
-    train_losses: list = field(default_factory=list)   # mean loss of each optimizer step
-    valid_losses: list = field(default_factory=list)   # (epochs, loss) at each evaluation
-
-
-def train_lora(model, train_examples: list[dict], valid_examples: list[dict], cfg: BigrecConfig,
-               pad_id: int, device) -> TrainResult:
-    """A flat training loop with early stopping; the model ends with its best adapter weights."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
-    planned = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        planned = min(planned, cfg.max_steps)
-    warmup = min(cfg.warmup_steps, planned // 10)
-    rng = np.random.default_rng(cfg.seed)
-    result = TrainResult()
-    bar = tqdm(total=planned, desc="fine-tune", unit="step", leave=False)
-
-    def train_epoch(epoch: int) -> str | None:
-        order = rng.permutation(len(train_examples))
-        for start in range(0, len(order), cfg.batch_size):
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (result.steps + 1) / (warmup + 1)) if warmup else cfg.lr
-            batch = [train_examples[i] for i in order[start:start + cfg.batch_size]]
-            loss = train_step(model, optimizer, batch, cfg, pad_id, device)
-            result.steps += 1
-            result.epochs = epoch - 1 + min(start + cfg.batch_size, len(order)) / len(order)
-            result.train_losses.append(loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
-            if cfg.max_steps is not None and result.steps >= cfg.max_steps:
-                return "max_steps"
-        return None
-
-    def validate(epoch: int) -> float:
-        valid_loss = mean_token_loss(model, valid_examples, pad_id, device, cfg.micro_batch_size)
-        result.valid_losses.append([round(result.epochs, 4), valid_loss])
-        return valid_loss
-
-    def report(epoch: int, valid_loss: float, improved: bool) -> None:
-        if improved:
-            result.best_valid_loss, result.best_epoch = valid_loss, result.epochs
-
-    def restore(best_state: dict) -> None:
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in best_state:
-                    p.copy_(best_state[n])
-
-    stop = train_with_early_stopping(
-        train_epoch, validate, max_epochs=cfg.epochs, patience=cfg.patience, higher_is_better=False,
-        snapshot=lambda: {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
-        restore=restore, report=report)
-    result.stopped = {MAX_EPOCHS: "epochs", PATIENCE: "early_stopping"}.get(stop.reason, stop.reason)
-    bar.close()
-    model.eval()
-    return result
+    mixed_precision: str = "no"                     # the Trainer's autocast: no, bf16, fp16 (a CUDA GPU)
+    gradient_checkpointing: bool = False            # recompute activations in the backward (less memory)
 
 
 # ----------------------------------------------------------------------------- generation and grounding
@@ -373,8 +263,7 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
         raise DealrecError(f"--loss-on must be one of {', '.join(LOSS_ON)}")
     if cfg.domain not in DOMAIN_TEMPLATES:
         raise DealrecError(f"unknown domain {cfg.domain!r} (choose from {', '.join(DOMAIN_TEMPLATES)})")
-    if cfg.batch_size < 1 or cfg.micro_batch_size < 1:
-        raise DealrecError("--batch-size and --micro-batch-size must be at least 1")
+    check_batching(cfg.batch_size, cfg.micro_batch_size)
     template = DOMAIN_TEMPLATES[cfg.domain]
 
     # Every input is checked before anything is written or any model is trained.
@@ -390,6 +279,7 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
     splits = {name: nonempty_users(prepared.eval_split(name), cfg.max_users, cfg.seed)
               for name in ("valid", "test")}
     device = pick_device(cfg.device)
+    check_mixed_precision(cfg.mixed_precision, device)
     dtype = pick_dtype(cfg.dtype, device)
     quantize = quantization(cfg.load_in_8bit, cfg.load_in_4bit, device)
     model, tokenizer = load_causal_lm(llm, device, dtype, quantize)
@@ -426,9 +316,18 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
     lora_config = model.peft_config["default"]
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
+    inputs = {"llm": str(llm.resolve()), "llm_files": _llm_fingerprint(llm),
+              "data": str(data.resolve()), "data_manifest": prepared.manifest(),
+              "train": {str(p): sha256_file(p) for p in shard_paths(train)},
+              "adapter": cfg.adapter}
+    # checkpoints beside OUT: a killed run started again with the same inputs and options resumes
+    work_dir = out.parent / f".{out.name}.checkpoints"
     t = time.perf_counter()
-    result = train_lora(model, train_examples, valid_examples, cfg, pad_id, device)
+    result = train_lora(model, train_examples, valid_examples, cfg, pad_id, device, work_dir,
+                        inputs={"inputs": inputs, "config": asdict(cfg)})
     timings["train"] = time.perf_counter() - t
+    if result.resumed_from:
+        log(f"resumed from {work_dir / result.resumed_from}")
     log(f"fine-tuned {result.steps} steps ({result.epochs:.2f} epochs, {result.stopped}); "
         f"best validation loss {result.best_valid_loss:.4f}")
 
@@ -457,14 +356,12 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
         "lora": {"r": lora_config.r, "alpha": lora_config.lora_alpha, "dropout": lora_config.lora_dropout,
                  "target_modules": sorted(lora_config.target_modules), "trainable_parameters": n_trainable},
         "template": asdict(template),
-        "inputs": {"llm": str(llm.resolve()), "llm_files": _llm_fingerprint(llm),
-                   "data": str(data.resolve()), "data_manifest": prepared.manifest(),
-                   "train": {str(p): sha256_file(p) for p in shard_paths(train)},
-                   "adapter": cfg.adapter},
+        "inputs": inputs,
         "training": {"steps": result.steps, "epochs": result.epochs, "stopped": result.stopped,
                      "best_valid_loss": result.best_valid_loss, "best_epoch": result.best_epoch,
                      "valid_losses": result.valid_losses, "train_losses": result.train_losses,
-                     "valid_loss_users": len(valid_examples)},
+                     "valid_loss_users": len(valid_examples), "loop": "transformers.Trainer",
+                     "resumed_from": result.resumed_from},
         "device": str(device), "dtype": dtype_name(dtype), "quantization": quantize,
         "torch_threads": torch.get_num_threads(),
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
@@ -479,6 +376,7 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
                            tmp / "generations" / f"{name}.parquet")
         write_json_atomic(tmp / "manifest.json", manifest)
         write_json_atomic(tmp / "metrics.json", metrics)
+    shutil.rmtree(work_dir, ignore_errors=True)   # the results are in place: the checkpoints are spent
     return metrics
 
 
@@ -540,6 +438,10 @@ def bigrec_config(adapter=None, target_modules=None, **options) -> BigrecConfig:
               help="Load the LLM in 8 bits (bitsandbytes; a CUDA GPU only).")
 @click.option("--load-in-4bit", is_flag=True, default=BigrecConfig.load_in_4bit,
               help="Load the LLM in 4 bits, nf4 (bitsandbytes; a CUDA GPU only).")
+@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), default=BigrecConfig.mixed_precision,
+              show_default=True, help="Autocast during fine-tuning (transformers' Trainer); fp16 needs a CUDA GPU.")
+@click.option("--gradient-checkpointing", is_flag=True, default=BigrecConfig.gradient_checkpointing,
+              help="Recompute activations in the backward pass: less memory, slower steps.")
 @click.option("--threads", default=BigrecConfig.threads, show_default=True,
               help="CPU threads for torch (0: torch's default). 1 is often fastest on a busy machine.")
 @click.option("--seed", type=SEED, default=BigrecConfig.seed, show_default=True)

@@ -10,10 +10,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from dealrec.cli import main
+from dealrec_core.errors import DealrecError
 from dealrec_core.data import EvalSplit, samples_table, write_samples
-from finetune.bigrec import BigrecConfig, Catalogue, embed_texts, train_step
+from finetune.bigrec import BigrecConfig, Catalogue, embed_texts
+from finetune.lora_train import build_trainer, n_loss_tokens, token_loss_sum, train_lora
 from finetune.llm import attach_lora, load_causal_lm
 from finetune.prompts import PromptTemplate, encode_example
 from tiny_lm import make_tiny_causal_lm
@@ -130,26 +133,77 @@ def test_adapter_is_loaded_before_training(e2e, tiny_models, prepared, coreset, 
         torch.testing.assert_close(after[k], before[k], rtol=0, atol=0)
 
 
-def test_gradient_step_does_not_depend_on_micro_batch(tiny_models):
-    model, tok = load_causal_lm(tiny_models["llama"])
-    examples = [encode_example(tok, TITLES[1 + i:4 + 2 * i], TITLES[30 - i], PromptTemplate(), 400, "response")
+def _lora(tiny_models, b_scale=0.1):
+    torch.manual_seed(0)
+    peft_model = attach_lora(load_causal_lm(tiny_models["llama"])[0], dropout=0.0)
+    # B starts at zero; give it values so that A's gradient is not zero either
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn_like(p) * b_scale)
+    return peft_model
+
+
+def _adapter(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_trainer_step_is_the_mean_token_loss_gradient_whatever_the_micro_batch(tiny_models, tmp_path):
+    """One Trainer step with SGD (lr 1) moves the adapter by exactly minus the gradient of the step's mean token
+    loss, computed here by autograd on the whole batch at once, for micro-batches of 1, 2, 3 and 6."""
+    _, tok = load_causal_lm(tiny_models["llama"])
+    examples = [encode_example(tok, TITLES[1 + i:4 + 2 * i], TITLES[30 - i], PromptTemplate(), 400, "all")
                 for i in range(6)]
-    results = []
-    for micro in (1, 4, 6):
-        torch.manual_seed(0)
-        peft_model = attach_lora(load_causal_lm(tiny_models["llama"])[0], dropout=0.0)
-        # B starts at zero; give it values so that A's gradient is not zero either
-        with torch.no_grad():
-            for n, p in peft_model.named_parameters():
-                if "lora_B" in n:
-                    p.copy_(torch.randn_like(p) * 0.1)
-        opt = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=1.0)
-        cfg = BigrecConfig(micro_batch_size=micro, max_grad_norm=0.0)
-        train_step(peft_model, opt, examples, cfg, tok.pad_token_id, "cpu")
-        results.append({n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad})
-    for other in results[1:]:
-        for n in results[0]:
-            torch.testing.assert_close(other[n], results[0][n], rtol=1e-4, atol=1e-6)
+    reference = _lora(tiny_models)
+    start = _adapter(reference)
+    loss = token_loss_sum(reference, examples, tok.pad_token_id, "cpu") / n_loss_tokens(examples)
+    grads = dict(zip(start, torch.autograd.grad(loss, [p for p in reference.parameters() if p.requires_grad])))
+    for micro in (1, 2, 3, 6):
+        model = _lora(tiny_models)
+        cfg = BigrecConfig(batch_size=6, micro_batch_size=micro, max_grad_norm=0.0, max_steps=1, warmup_steps=0,
+                           epochs=1)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+        build_trainer(model, examples, examples[:2], cfg, tok.pad_token_id, "cpu", tmp_path / f"w{micro}",
+                      optimizer=opt).train()
+        after = _adapter(model)
+        for n in start:
+            torch.testing.assert_close(after[n], start[n] - grads[n], rtol=1e-4, atol=1e-6)
+
+
+class _Crash(TrainerCallback):
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if round(state.epoch) == 2:
+            raise KeyboardInterrupt("killed during epoch 2")
+
+
+def test_a_killed_fine_tune_resumes_from_its_checkpoint_to_the_same_adapter(tiny_models, tmp_path):
+    _, tok = load_causal_lm(tiny_models["llama"])
+    examples = [encode_example(tok, TITLES[1 + i:4 + i], TITLES[30 - i], PromptTemplate(), 400, "all")
+                for i in range(8)]
+    cfg = BigrecConfig(batch_size=4, micro_batch_size=2, epochs=3, patience=5, lr=1e-2, warmup_steps=0, dropout=0.0)
+    inputs = {"what": "the same run"}
+
+    whole = _lora(tiny_models)
+    clean = train_lora(whole, examples, examples[:3], cfg, tok.pad_token_id, "cpu", tmp_path / "clean", inputs)
+    assert clean.steps == 6 and clean.epochs == pytest.approx(3.0) and len(clean.valid_losses) == 3
+
+    work = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(_lora(tiny_models), examples, examples[:3], cfg, tok.pad_token_id, "cpu", work, inputs,
+                   callbacks=[_Crash()])
+    assert (work / "checkpoint-2").is_dir() and not (work / "checkpoint-4").exists()
+    again = _lora(tiny_models)
+    resumed = train_lora(again, examples, examples[:3], cfg, tok.pad_token_id, "cpu", work, inputs)
+    assert resumed.resumed_from == "checkpoint-2" and resumed.steps == 6
+    final_clean, final_resumed = _adapter(whole), _adapter(again)
+    assert any((final_clean[n] != _adapter(_lora(tiny_models))[n]).any() for n in final_clean)   # it trained
+    for n in final_clean:
+        torch.testing.assert_close(final_resumed[n], final_clean[n], rtol=1e-5, atol=1e-7)
+    assert [v for _, v in resumed.valid_losses] == pytest.approx([v for _, v in clean.valid_losses], rel=1e-5)
+    # other inputs never resume from these checkpoints
+    other = train_lora(_lora(tiny_models), examples, examples[:3], cfg, tok.pad_token_id, "cpu", work,
+                       {"what": "another run"}, callbacks=[])
+    assert other.resumed_from is None
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -225,3 +279,27 @@ def test_max_new_tokens_default_is_the_longest_title_capped():
     help_text = next(p.help for p in main.commands["finetune"].get_command(None, "bigrec").params
                      if p.name == "max_new_tokens")
     assert f"at most {MAX_NEW_TOKENS_CAP}]" in help_text
+
+
+def test_gradient_checkpointing_gives_the_same_step_and_fp16_needs_a_gpu(tiny_models, tmp_path):
+    _, tok = load_causal_lm(tiny_models["llama"])
+    examples = [encode_example(tok, TITLES[1 + i:4 + i], TITLES[30 - i], PromptTemplate(), 400, "all")
+                for i in range(4)]
+    after = []
+    for checkpointing in (False, True):
+        model = _lora(tiny_models)
+        cfg = BigrecConfig(batch_size=4, micro_batch_size=2, max_grad_norm=0.0, max_steps=1, warmup_steps=0,
+                           epochs=1, gradient_checkpointing=checkpointing)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+        build_trainer(model, examples, examples[:2], cfg, tok.pad_token_id, "cpu", tmp_path / f"c{checkpointing}",
+                      optimizer=opt).train()
+        after.append(_adapter(model))
+    assert any((after[0][n] != _adapter(_lora(tiny_models))[n]).any() for n in after[0])
+    for n in after[0]:
+        torch.testing.assert_close(after[1][n], after[0][n], rtol=1e-5, atol=1e-7)
+    with pytest.raises(DealrecError, match="fp16 needs a CUDA GPU"):
+        build_trainer(_lora(tiny_models), examples, examples, BigrecConfig(mixed_precision="fp16"),
+                      tok.pad_token_id, "cpu", tmp_path / "fp16")
+    with pytest.raises(DealrecError, match="not a multiple of --micro-batch-size"):
+        build_trainer(_lora(tiny_models), examples, examples, BigrecConfig(batch_size=10, micro_batch_size=4),
+                      tok.pad_token_id, "cpu", tmp_path / "ga")

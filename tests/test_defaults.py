@@ -212,7 +212,8 @@ COUNTERPARTS = {
                                             "micro_batch_size", "epochs", "patience", "loss_on", "max_tokens",
                                             "max_steps", "max_users", "valid_loss_samples", "num_beams",
                                             "max_new_tokens", "eval_batch_size", "domain", "device", "dtype",
-                                            "threads", "seed", "load_in_8bit", "load_in_4bit")},
+                                            "threads", "seed", "load_in_8bit", "load_in_4bit", "mixed_precision",
+                                            "gradient_checkpointing")},
     },
 }
 
