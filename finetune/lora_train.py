@@ -39,6 +39,9 @@ from dealrec_core.batching import IGNORE_INDEX, pad_batch
 from dealrec_core.errors import DealrecError
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+# transformers 5 renamed TrainingArguments.gradient_checkpointing (the old name still works, with a warning)
+_CHECKPOINTING_ARG = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                      else "gradient_checkpointing")
 _INPUTS_FILE = "inputs.json"
 
 
@@ -208,8 +211,8 @@ def build_trainer(model, train_examples: Sequence[dict], valid_examples: Sequenc
         metric_for_best_model="loss", greater_is_better=False, restore_callback_states_from_checkpoint=True,
         logging_strategy="steps", logging_steps=1, report_to="none", disable_tqdm=True,
         seed=cfg.seed, data_seed=cfg.seed, use_cpu=device.type == "cpu", dataloader_num_workers=0,
-        remove_unused_columns=False, activation_checkpointing=cfg.gradient_checkpointing,
-        bf16=cfg.mixed_precision == "bf16", fp16=cfg.mixed_precision == "fp16", log_level="error")
+        remove_unused_columns=False, bf16=cfg.mixed_precision == "bf16", fp16=cfg.mixed_precision == "fp16",
+        log_level="error", **{_CHECKPOINTING_ARG: cfg.gradient_checkpointing})
     trainer = _LoraTrainer(
         model=model, args=args, train_dataset=_ExampleList(train_examples), eval_dataset=_ExampleList([]),
         data_collator=lambda rows: collate(rows, pad_id), compute_loss_func=step_loss,
