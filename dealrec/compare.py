@@ -201,38 +201,32 @@ def composition(lengths: np.ndarray, targets: np.ndarray, popularity: np.ndarray
             "distinct_targets": int(len(np.unique(targets)))}
 
 
-def _table_composition(path: Path, popularity: np.ndarray) -> dict:
-    import pyarrow.compute as pc
-
-    table = read_table(path, required=("history", "target"), what="samples table")
-    lengths = pc.list_value_length(table.column("history")).to_numpy(zero_copy_only=False)
-    return composition(lengths, table.column("target").to_numpy(), popularity)
-
-
-def target_popularity_recall(path: Path, prepared: PreparedData, valid_users, cache: dict) -> dict:
-    """Recall@10 on valid and test of ranking items by how often they are a *target* in the training set at
-    ``path``: the popularity a model trained on that set could learn without learning anything else.
-
-    A downstream model near this figure has learnt little beyond its training targets' popularity (TIGER on
-    1,024 Games samples is: docs/selection.md). ``valid_users`` are the reported validation users. Computed
-    once per file and driver (``cache``).
-    """
+def target_popularity_recall(targets: np.ndarray, n_items: int, eval_users: dict) -> dict:
+    """Recall@10 on each split of ``eval_users`` of ranking items by how often they are one of ``targets``
+    (a training set's targets): the popularity a model trained on that set could learn without learning
+    anything else. A downstream model near this figure has learnt little beyond its training targets'
+    popularity (TIGER on 1,024 Games samples is: docs/selection.md)."""
     from dealrec_core.evaluate import evaluate_scorer, popularity_scorer
 
-    key = str(path)
-    if key not in cache:
-        targets = read_table(path, required=("target",), what="samples table").column("target").to_numpy()
-        score = popularity_scorer([np.asarray(targets, dtype=np.int64)], prepared.n_items)
-        cache[key] = {split: evaluate_scorer(score, users, prepared.n_items)["recall@10"]
-                      for split, users in (("valid", valid_users), ("test", prepared.eval_split("test")))}
-    return cache[key]
+    score = popularity_scorer([np.asarray(targets, dtype=np.int64)], n_items)
+    return {split: evaluate_scorer(score, users, n_items)["recall@10"] for split, users in eval_users.items()}
 
 
 def _composition_of(path: Path, context: dict, popularity: np.ndarray) -> dict:
-    """A training set's composition plus its targets' popularity Recall@10 on valid and test."""
-    recall = target_popularity_recall(path, context["prepared"], context["valid_report_users"],
-                                      context["target_popularity_cache"])
-    return {**_table_composition(path, popularity), **{f"target_popularity_recall@10_{k}": v for k, v in recall.items()}}
+    """A training set's composition plus its targets' popularity Recall@10 on valid and test; read and
+    computed once per file and driver (the report is rewritten after every run)."""
+    import pyarrow.compute as pc
+
+    cache = context["composition_cache"]
+    key = str(path)
+    if key not in cache:
+        table = read_table(path, required=("history", "target"), what="samples table")
+        lengths = pc.list_value_length(table.column("history")).to_numpy(zero_copy_only=False)
+        targets = table.column("target").to_numpy()
+        recall = target_popularity_recall(targets, context["prepared"].n_items, context["eval_users"])
+        cache[key] = {**composition(lengths, targets, popularity),
+                      **{f"target_popularity_recall@10_{k}": v for k, v in recall.items()}}
+    return cache[key]
 
 
 def item_popularity(prepared: PreparedData) -> np.ndarray:
@@ -557,9 +551,11 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
 
         popularity = item_popularity(prepared)
         stop_users = train_options.get("valid_users", 0) if target == "tiger" else 0
-        references = most_popular_metrics(prepared, stop_users)
-        context["valid_report_users"] = stopping_split(prepared.eval_split("valid"), stop_users)[1]
-        context["target_popularity_cache"] = {}
+        # the users every figure of the report is counted on: validation less the runs' early-stopping users
+        context["eval_users"] = {"valid": stopping_split(prepared.eval_split("valid"), stop_users)[1],
+                                 "test": prepared.eval_split("test")}
+        context["composition_cache"] = {}
+        references = most_popular_metrics(prepared, context["eval_users"])
         context["all_samples"] = _composition_of(prepared.samples_dir, context, popularity)
         failed: dict[str, str] = {}
         t0 = time.perf_counter()
@@ -588,17 +584,14 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
     return report
 
 
-def most_popular_metrics(prepared: PreparedData, stop_users: int = 0) -> dict:
+def most_popular_metrics(prepared: PreparedData, eval_users: dict) -> dict:
     """Most-popular on valid and test: items ranked by their interactions over all samples' sequences,
-    the project's reference row (``dealrec_core.evaluate.popularity_scorer``, counted as bench_surrogate.py does).
-    Validation is counted on the users the runs report on: those that did not early-stop them
-    (``stopping_split`` with the runs' ``stop_users``)."""
-    from dealrec_core.evaluate import evaluate_scorer, popularity_scorer, stopping_split
+    the project's reference row (``dealrec_core.evaluate.popularity_scorer``, counted as bench_surrogate.py does),
+    on ``eval_users`` (split -> users: validation without the runs' early-stopping users)."""
+    from dealrec_core.evaluate import evaluate_scorer, popularity_scorer
 
     score = popularity_scorer(prepared.samples().sequences(), prepared.n_items)
-    users = {"valid": stopping_split(prepared.eval_split("valid"), stop_users)[1],
-             "test": prepared.eval_split("test")}
-    return {split: evaluate_scorer(score, users[split], prepared.n_items) for split in SPLITS}
+    return {split: evaluate_scorer(score, eval_users[split], prepared.n_items) for split in SPLITS}
 
 
 # ----------------------------------------------------------------------------- the report
