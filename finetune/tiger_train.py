@@ -296,7 +296,7 @@ def _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epoc
               help="Linear learning-rate warm-up (optimizer steps).")
 @click.option("--patience", default=TigerTrainConfig.patience, show_default=True)
 @click.option("--eval-every-steps", default=TigerTrainConfig.eval_every_steps, show_default=True)
-@click.option("--valid-users", default=TigerTrainConfig.valid_users, show_default=True,
+@click.option("--valid-users", default=TigerTrainConfig.valid_users, show_default=True, type=click.IntRange(min=0),
               help="Validation users that early stopping looks at (at most half of them); the reported "
                    "validation metrics are those of the other users. 0 = every user does both (optimistic).")
 @click.option("--metric", default=TigerTrainConfig.metric, show_default=True,

@@ -205,7 +205,7 @@ def test_command_rejects_bad_training_file(tmp_path, tiny_encoder):
     res = CliRunner().invoke(main, ["finetune", "tiger", "--data", str(data_dir), "--train",
                                     str(tmp_path / "nohist.parquet"), "--out", str(tmp_path / "o"), "--quiet"])
     assert res.exit_code == 2 and "history" in res.output
-    for option, value in (("--dropout", "1.5"), ("--warmup-steps", "-3")):
+    for option, value in (("--dropout", "1.5"), ("--warmup-steps", "-3"), ("--valid-users", "-1")):
         res = CliRunner().invoke(main, ["finetune", "tiger", "--data", str(data_dir), "--train",
                                         str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "o"), option, value])
         assert res.exit_code == 2 and option in res.output and "Traceback" not in res.output
