@@ -38,7 +38,7 @@ from dealrec.effort import EFFORT_TARGETS
 from dealrec.engine import (ShardStore, batch_ranges, make_executor, peak_rss_mb, plan_shards, run_phase,
                             task_store)
 from dealrec_core.data import stable_hash
-from dealrec_core.devices import DEVICE_AUTO, DEVICE_HELP, DTYPE_CHOICES, pick_device
+from dealrec_core.devices import DEVICE_AUTO, DEVICE_HELP, DTYPE_CHOICES, pick_device, reproducible_on
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HessianPool, HvpConfig, SOLVERS, solve
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
@@ -167,7 +167,8 @@ def capture_task(task: dict) -> dict:
     samples = _shard_samples(task["samples_dir"], task["samples_sha256"], shard.start, shard.stop)
     index, a, g, sums, weighted, weights, losses = [], [], [], [], [], [], []
     for lo, hi in batch_ranges(shard, task["batch_size"]):
-        rows = capture_samples(model, taps, samples.subset(np.arange(lo, hi)), task["chunk_tokens"])
+        with reproducible_on(model.device):
+            rows = capture_samples(model, taps, samples.subset(np.arange(lo, hi)), task["chunk_tokens"])
         index.append(rows.sample_index + lo)
         a.append(rows.a)
         g.append(rows.g)
@@ -214,8 +215,9 @@ def effort_task(task: dict) -> dict:
     store, shard = task_store(task)
     target = _effort_target(task)
     samples = _shard_samples(task["samples_dir"], task["samples_sha256"], shard.start, shard.stop)
-    norms = [target.norms(samples.subset(np.arange(lo, hi)))
-             for lo, hi in batch_ranges(shard, task["batch_size"])]
+    with reproducible_on(target.block.weight.device):
+        norms = [target.norms(samples.subset(np.arange(lo, hi)))
+                 for lo, hi in batch_ranges(shard, task["batch_size"])]
     tmp = store.temporary(shard)
     save_file({"sample_id": samples.sample_id.astype(np.int64), "effort": np.concatenate(norms)}, str(tmp))
     store.commit(shard, tmp, task["key"], {"target": target.info})

@@ -9,8 +9,17 @@
   long names ``bfloat16``/``float16``/``float32``) are taken as given.
 - ``to_device(batch, device)``: a batch dict's tensors on ``device`` (other values kept), the one way
   a collated batch reaches a model that may sit on a GPU.
+- ``reproducible_on(device)``: a block of work (surrogate training, influence capture, effort) that
+  must give the same bits on every run. The CPU path already does (fixed thread counts); on a CUDA
+  device it switches torch to its deterministic kernels for the block. Measured need: three runs of
+  the same ``dealrec prune --device cuda`` on an H100 trained three surrogates with different bytes
+  (atomic adds in the embedding and index-add backward), so three different coresets.
 """
 from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
 
 import torch
 
@@ -65,3 +74,30 @@ def dtype_name(dtype: torch.dtype) -> str:
 def to_device(batch: dict, device) -> dict:
     """``batch`` with every tensor moved to ``device`` (a no-op for tensors already there)."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# cuBLAS needs a fixed workspace to give the same bits on every call (CUDA >= 10.2); torch refuses
+# deterministic matrix products without it. Read when cuBLAS starts, so it is set before any CUDA work.
+CUBLAS_WORKSPACE_ENV, CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG", ":4096:8"
+
+
+@contextlib.contextmanager
+def reproducible_on(device) -> Iterator[None]:
+    """Deterministic CUDA kernels for the block when ``device`` is a CUDA device; nothing changes on the CPU.
+
+    torch's switch is process-wide, so the caller's setting is restored after the block. An op that has
+    no deterministic CUDA kernel warns (torch's ``warn_only``) rather than stopping a long job.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    os.environ.setdefault(CUBLAS_WORKSPACE_ENV, CUBLAS_WORKSPACE)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]

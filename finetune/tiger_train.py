@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dealrec_core.data import EvalSplit, PreparedData, Samples, atomic_output_dir, load_samples, write_json_atomic
-from dealrec_core.devices import DEVICE_HELP, pick_device
+from dealrec_core.devices import DEVICE_HELP, pick_device, reproducible_on
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
 from dealrec_core.evaluate import DEFAULT_KS, ranking_metrics, stopping_split, users_with_truth
@@ -228,10 +228,11 @@ def run_tiger(data_dir, train_path, out, init_ckpt=None, encoder_dir=None, seed:
     if threads > 0:
         torch.set_num_threads(threads)
     try:
-        return _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epochs, batch_size, lr,
-                          warmup_steps, patience, eval_every_steps, valid_users, metric, beam_size, max_minutes,
-                          expand_prefixes, d_model, layers, dropout, max_history, rqvae_epochs, overwrite, quiet,
-                          torch_device)
+        with reproducible_on(torch_device):
+                return _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epochs, batch_size, lr,
+                              warmup_steps, patience, eval_every_steps, valid_users, metric, beam_size,
+                              max_minutes, expand_prefixes, d_model, layers, dropout, max_history, rqvae_epochs,
+                              overwrite, quiet, torch_device)
     finally:
         torch.set_num_threads(threads_before)
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dealrec_core.devices import pick_device, to_device
+from dealrec_core.devices import pick_device, reproducible_on, to_device
 from dealrec_core.threads import fixed_threads
 from dealrec_core.data import PreparedData, Samples, atomic_output_dir, check_item_range, write_json_atomic
 from dealrec_core.errors import DealrecError
@@ -108,7 +108,7 @@ def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConf
     dict. Runs on ``cfg.threads`` (default ``DEFAULT_THREADS``) torch threads and gives the caller's count back."""
     device = pick_device(cfg.device)
     model.to(device)
-    with fixed_threads(cfg.threads or DEFAULT_THREADS):
+    with fixed_threads(cfg.threads or DEFAULT_THREADS), reproducible_on(device):
         return {**_train(model, samples, data, cfg), "device": str(device)}
 
 

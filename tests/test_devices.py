@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from click.testing import CliRunner
 
 from dealrec.cli import main
 from dealrec.effort import bigrec_target, per_sample_norm_loop
-from dealrec_core.devices import DTYPE_CHOICES, pick_device, pick_dtype, to_device
+from dealrec_core.devices import DTYPE_CHOICES, pick_device, pick_dtype, reproducible_on, to_device
 from dealrec_core.errors import DealrecError
 from finetune.llm import default_lora_targets, load_causal_lm, quantization, value_target
 from tiny_lm import KINDS, make_tiny_causal_lm
@@ -181,7 +182,52 @@ def test_the_surrogate_records_its_device_and_prune_retrains_on_another(tmp_path
     assert _stale_surrogate(folder, PreparedData(data), cfg) is None
 
 
+def test_reproducible_on_switches_cuda_to_deterministic_kernels_for_the_block_only(monkeypatch):
+    """The switch is process-wide: it must be on inside the block on a CUDA device, and the caller's
+    setting must come back after it (a comparison runs many trainings in one process). On the CPU the
+    block runs as it always did. (Flipping the flags needs no GPU; that it makes GPU runs repeat is the
+    CUDA test below.)"""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    with reproducible_on(torch.device("cpu")):
+        assert not torch.are_deterministic_algorithms_enabled()
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    cudnn = torch.backends.cudnn
+    benchmark_before = cudnn.benchmark
+    with reproducible_on("cuda:0"):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert cudnn.deterministic and not cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled() and not cudnn.deterministic
+    assert cudnn.benchmark == benchmark_before
+    torch.use_deterministic_algorithms(True)        # a caller that asked for strict determinism keeps it
+    try:
+        with reproducible_on("cuda"):
+            assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 # ----------------------------------------------------------------------------- on a GPU (skipped without one)
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+def test_surrogate_training_on_the_gpu_repeats_bit_for_bit(tmp_path):
+    """Three prunes on an H100 trained three different surrogates before ``reproducible_on``."""
+    from safetensors.torch import load_file
+
+    from surrogates.train import TrainConfig, train_surrogate
+    from test_surrogate_train import TINY_MODEL, make_prepared
+
+    data = make_prepared(tmp_path / "data", n_users=60)
+    for run in ("a", "b"):
+        train_surrogate(data, "sasrec", tmp_path / run, TINY_MODEL,
+                        TrainConfig(max_epochs=3, progress=False, device="cuda"))
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
 def test_capture_and_effort_on_the_gpu_agree_with_the_cpu(models):
