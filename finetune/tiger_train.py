@@ -229,7 +229,7 @@ def run_tiger(data_dir, train_path, out, init_ckpt=None, encoder_dir=None, seed:
         torch.set_num_threads(threads)
     try:
         with reproducible_on(torch_device):
-                return _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epochs, batch_size, lr,
+            return _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epochs, batch_size, lr,
                               warmup_steps, patience, eval_every_steps, valid_users, metric, beam_size,
                               max_minutes, expand_prefixes, d_model, layers, dropout, max_history, rqvae_epochs,
                               overwrite, quiet, torch_device)
