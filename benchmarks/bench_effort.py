@@ -14,7 +14,7 @@ only (it is the slow side), and the agreement is read on those.
 
     python benchmarks/bench_effort.py --data /work/data/games-prepared --samples 512
     python benchmarks/bench_effort.py --data DATA --samples 2048 --loop-samples 128 --device cuda \
-        --dtype bf16 --targets bigrec --hidden 2048 --layers 16     # a 1B-parameter Llama shape
+        --dtype bf16 --targets bigrec --hidden 2048 --layers 16     # a Llama shape, about 0.68B parameters
 """
 from __future__ import annotations
 
@@ -35,17 +35,17 @@ from dealrec.effort import EffortTarget, TigerTarget, per_sample_norm_loop
 from dealrec_core.devices import pick_device
 
 
-def tiger_target_random(data: PreparedData, seed: int, device: str = "cpu") -> EffortTarget:
+def tiger_target_random(data: PreparedData, seed: int, device: torch.device) -> EffortTarget:
     from finetune.rqvae import semantic_ids_from_codes
     from finetune.tiger import TigerConfig, TigerModel
 
     codes = np.random.default_rng(seed).integers(0, 256, size=(data.n_items, 3))
     sem, _ = semantic_ids_from_codes(codes, 256)
-    return TigerTarget(TigerModel(TigerConfig(), sem, seed=seed).to(pick_device(device)))
+    return TigerTarget(TigerModel(TigerConfig(), sem, seed=seed).to(device))
 
 
-def bigrec_target_random(data: PreparedData, hidden: int, layers: int, workdir: Path, device: str = "cpu",
-                         dtype: str = "fp32") -> EffortTarget:
+def bigrec_target_random(data: PreparedData, hidden: int, layers: int, workdir: Path, device: torch.device,
+                         dtype: str) -> EffortTarget:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from tiny_lm import make_tiny_causal_lm
 
@@ -54,7 +54,7 @@ def bigrec_target_random(data: PreparedData, hidden: int, layers: int, workdir: 
     titles = data.titles()
     llm = make_tiny_causal_lm("llama", [t for t in titles[1:2000] if t], workdir / "llm", hidden=hidden,
                               layers=layers, heads=max(1, hidden // 32), vocab_size=4096)
-    return bigrec_target(str(llm), titles, max_tokens=256, device=device, dtype=dtype)
+    return bigrec_target(str(llm), titles, max_tokens=256, device=str(device), dtype=dtype)
 
 
 def main():
@@ -82,8 +82,8 @@ def main():
     print("| --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.targets.split(","):
-            target = tiger_target_random(data, args.seed, args.device) if name == "tiger" else \
-                bigrec_target_random(data, args.hidden, args.layers, Path(tmp), args.device, args.dtype)
+            target = tiger_target_random(data, args.seed, device) if name == "tiger" else \
+                bigrec_target_random(data, args.hidden, args.layers, Path(tmp), device, args.dtype)
             target.norms(samples.subset(np.arange(min(args.batch_size, len(samples)))))   # warm-up (CUDA kernels)
             _sync(device)
             t0 = time.perf_counter()

@@ -166,16 +166,16 @@ def capture_task(task: dict) -> dict:
     model, block, taps = _surrogate(task["surrogate"], task["surrogate_sha256"], task.get("device", "cpu"))
     samples = _shard_samples(task["samples_dir"], task["samples_sha256"], shard.start, shard.stop)
     index, a, g, sums, weighted, weights, losses = [], [], [], [], [], [], []
-    for lo, hi in batch_ranges(shard, task["batch_size"]):
-        with reproducible_on(model.device):
+    with reproducible_on(model.device):
+        for lo, hi in batch_ranges(shard, task["batch_size"]):
             rows = capture_samples(model, taps, samples.subset(np.arange(lo, hi)), task["chunk_tokens"])
-        index.append(rows.sample_index + lo)
-        a.append(rows.a)
-        g.append(rows.g)
-        sums.append(rows.grad_sum)
-        weighted.append(rows.weighted_sum)
-        weights.append(rows.weight)
-        losses.append(rows.losses)
+            index.append(rows.sample_index + lo)
+            a.append(rows.a)
+            g.append(rows.g)
+            sums.append(rows.grad_sum)
+            weighted.append(rows.weighted_sum)
+            weights.append(rows.weight)
+            losses.append(rows.losses)
     tmp = store.temporary(shard)
     save_file({"sample_id": samples.sample_id.astype(np.int64), "losses": np.concatenate(losses),
                "row_sample": np.concatenate(index).astype(np.int64),

@@ -187,7 +187,9 @@ def test_reproducible_on_switches_cuda_to_deterministic_kernels_for_the_block_on
     setting must come back after it (a comparison runs many trainings in one process). On the CPU the
     block runs as it always did. (Flipping the flags needs no GPU; that it makes GPU runs repeat is the
     CUDA test below.)"""
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    # set, then removed: monkeypatch records the variable's original state, so what the block sets is undone
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     assert not torch.are_deterministic_algorithms_enabled()
     with reproducible_on(torch.device("cpu")):
         assert not torch.are_deterministic_algorithms_enabled()
