@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from dealrec_core import storage
 from dealrec_core.data import commit_file, stable_hash, temporary_file, write_json_atomic
 from dealrec_core.errors import DealrecError
 
@@ -179,6 +180,7 @@ class RayExecutor:
         import ray
 
         self.retries = retries
+        self.retried = 0   # tasks run again because their actor died (a node lost, a worker killed)
         self.worker_nice = None   # a joined cluster keeps its own setting
 
         self.started_here = False
@@ -230,7 +232,7 @@ class RayExecutor:
     def describe(self) -> dict:
         return {"executor": "ray", "workers": self.workers, "cluster_cpus": self.cpus, "cluster_gpus": self.gpus,
                 "cpus_per_actor": self.cpus_per_actor, "threads_per_actor": self.threads,
-                "worker_nice": self.worker_nice}
+                "worker_nice": self.worker_nice, "retried": self.retried}
 
     def _actor_class(self, gpu: bool):
         return self.ray.remote(_Actor).options(
@@ -277,6 +279,9 @@ class RayExecutor:
                             raise DealrecError(
                                 f"{desc}: a Ray worker died {times} running the same task ({what}); "
                                 f"finished work is kept, so the same command again resumes") from None
+                        self.retried += 1
+                        tqdm.write(f"{desc}: a Ray worker died ({what}); its shard runs again on a fresh worker",
+                                   file=sys.stderr)
                         actors[slot] = self._replace(actors[slot], use_gpu)   # a fresh actor in its place
                         idle.append(slot)
                         queue.insert(0, (task, attempt + 1))
@@ -334,9 +339,39 @@ def run_phase(executor, fn: Callable[[dict], dict], store: ShardStore, shards: I
         task.update({"key": key, "store_root": str(store.root), "phase": store.phase, "suffix": store.suffix,
                      "shard": [shard.index, shard.start, shard.stop]})
         todo.append(task)
+    maps = storage.active_maps()
+    if maps and todo:
+        # a run on shared storage: what the driver wrote goes up first, the tasks carry the mapping, and
+        # their outputs come back through the storage (workers on other nodes share no disk with this one)
+        storage.sync_active()
+        todo = [{"fn": f"{fn.__module__}:{fn.__name__}", "task": task, "maps": maps} for task in todo]
+        fn = task_on_storage
     for _ in executor.run(fn, todo, desc, progress=progress, use_gpu=use_gpu):
         pass
+    mirror = storage.mirror_for(store.root) if maps else None
+    if mirror is not None and todo:
+        mirror.pull(mirror.rel(store.root))
     return {"ran": len(todo), "skipped": skipped, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def task_on_storage(wrapped: dict) -> dict:
+    """A shard task of a run on shared storage, on any node: its inputs are copied from the storage into this
+    node's mirror (those already there are kept), the task runs on the mirror as it would on a local run
+    folder, and its output and manifest are pushed back (the manifest last: it marks the shard done)."""
+    task, paths = storage.translate_task(wrapped["task"], wrapped["maps"])
+    root = Path(task["store_root"])
+    for mirror, rel in paths:
+        local = mirror.local / rel if rel else mirror.local
+        if local == root or root in local.parents or local in root.parents:
+            continue   # the phase's outputs (and the folders above them) are written, not read
+        mirror.pull(rel)
+    module, name = wrapped["fn"].rsplit(":", 1)
+    result = getattr(importlib.import_module(module), name)(task)
+    store, shard = task_store(task)
+    mirror = storage.mirror_for(store.root, wrapped["maps"])
+    mirror.push(mirror.rel(store.output(shard)))
+    mirror.push(mirror.rel(store.manifest(shard)))
+    return result
 
 
 def peak_rss_mb() -> float:

@@ -20,6 +20,7 @@ re-reads the file, sets the caller's keys and writes the whole object atomically
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, TypedDict
 
@@ -106,8 +107,6 @@ class RunManifest:
     @classmethod
     def read(cls, folder: str | Path) -> "RunManifest":
         """The one reader: ``folder/manifest.json``, or an empty manifest where there is none."""
-        import json
-
         path = Path(folder) / MANIFEST_FILE
         if not path.exists():
             return cls(folder)

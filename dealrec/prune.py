@@ -17,6 +17,7 @@ crash or a kill picks up where it stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 import click
 import torch
 
+from dealrec_core import storage
 from dealrec_core.data import PreparedData, sha256_file
 from dealrec_core.devices import pick_device
 from dealrec_core.errors import DealrecError, InputError
@@ -33,7 +35,8 @@ from dealrec.export import RUN_WRITES as EXPORT_WRITES, run_export
 from dealrec.manifest import RunManifest, update_manifest
 from dealrec.prepare import prepare
 from dealrec.runconfig import with_config
-from dealrec.score import RUN_WRITES, ScoreConfig, _score_options, config_from_options, run_score
+from dealrec.score import RUN_WRITES, ScoreConfig, _score_options, config_from_options, model_locations, \
+    run_score
 from dealrec.select import CORESET_FILE, DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PLOT_FILE, run_select
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
@@ -170,6 +173,18 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
               threads: int | None = SurrogateTrainConfig.threads, surrogate_model: str | None = None) -> dict:
     config = config or ScoreConfig()
     config.check()
+    # DATA, --surrogate and --out may be URIs (s3://...): the work is done on this node's mirror of them
+    given = str(data)
+    with storage.open_location(data) as data, storage.open_location(out, writes=True) as out, \
+            (storage.open_location(surrogate) if surrogate else contextlib.nullcontext(None)) as surrogate, \
+            model_locations(config) as config:
+        return _run_prune(data, out, n, None if surrogate is None else str(surrogate), config, lam, k, hard_prune,
+                          surrogate_minutes, surrogate_epochs, progress, threads, surrogate_model,
+                          storage.display(given))
+
+
+def _run_prune(data: Path, out: Path, n: int, surrogate: str | None, config: ScoreConfig, lam, k, hard_prune,
+               surrogate_minutes, surrogate_epochs, progress: bool, threads, surrogate_model, given: str) -> dict:
     if threads:
         torch.set_num_threads(threads)  # the driver's phases; Ray actors size their own
     data, out = Path(data), Path(out)
@@ -216,7 +231,7 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
     phases["export"] = {"seconds": round(time.perf_counter() - t0, 3)}
 
     return update_manifest(out, {"prune": {
-        "command": "dealrec prune", "data": str(data), "n": n, "seed": config.seed,
+        "command": "dealrec prune", "data": given, "n": n, "seed": config.seed,
         "surrogate_minutes": surrogate_minutes, "surrogate_epochs": surrogate_epochs, "threads": threads,
         "surrogate_model": surrogate_model, "phases": phases, "seconds": round(time.perf_counter() - t_all, 3),
         "n_selected": selection.get("n_selected")}}).data
@@ -254,7 +269,7 @@ def _make_command():
                              surrogate_model=surrogate_model)
         p = manifest["prune"]
         times = ", ".join(f"{name} {v['seconds']:.0f}s" for name, v in p["phases"].items())
-        click.echo(f"coreset of {p['n_selected']} samples -> {Path(out) / 'coreset.parquet'} "
+        click.echo(f"coreset of {p['n_selected']} samples -> {storage.join(out, CORESET_FILE)} "
                    f"({times}; total {p['seconds']:.0f}s)")
     return prune_command
 

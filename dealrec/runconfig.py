@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import keyword
 import os
 import sys
@@ -26,6 +27,7 @@ from typing import Any, Mapping
 import click
 
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
+from dealrec_core import storage
 from dealrec_core.errors import DealrecError, InputError
 
 if sys.version_info >= (3, 11):
@@ -181,10 +183,12 @@ def _load_config(ctx: click.Context, param: click.Parameter, value) -> None:
     ctx.default_map = {**(ctx.default_map or {}), **read_config(value, ctx.command)}
 
 
-def run_folder(params: Mapping[str, Any]) -> Path | None:
-    """Where a command records its options: ``--out``, else its RUN argument."""
+def run_folder(params: Mapping[str, Any]) -> Path | str | None:
+    """Where a command records its options: ``--out``, else its RUN argument (a URI stays text)."""
     folder = params.get("out") or params.get("run")
-    return Path(folder) if folder is not None else None
+    if folder is None:
+        return None
+    return str(folder) if storage.is_uri(folder) else Path(folder)
 
 
 def recorded_value(value):
@@ -204,10 +208,12 @@ def recording(folder: str | Path | None, command: str, options: Mapping[str, Any
     if folder is None:
         yield
         return
-    RunManifest.read(folder)
+    with storage.open_location(folder, writes=True, only=MANIFEST_FILE) as local:   # a URI: its manifest only
+        RunManifest.read(local)
     yield
     recorded = {flag: recorded_value(v) for flag, v in options.items() if flag not in NOT_RECORDED}
-    update_manifest(folder, {OPTIONS_KEY: {command: recorded}}, merge=(OPTIONS_KEY,))
+    with storage.open_location(folder, writes=True, only=MANIFEST_FILE) as local:
+        update_manifest(local, {OPTIONS_KEY: {command: recorded}}, merge=(OPTIONS_KEY,))
 
 
 def with_config(command: click.Command) -> click.Command:
@@ -242,8 +248,6 @@ def toml_value(value) -> str:
     if isinstance(value, float):
         return repr(value)   # Python's repr of a float is a TOML float, inf and nan included
     if isinstance(value, str):
-        import json
-
         # JSON's escapes are TOML's (\" \\ \n \t \uXXXX ...); DEL is a control character to TOML, not to JSON
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, list):

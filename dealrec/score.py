@@ -21,11 +21,12 @@ Everything under ``RUN/work/`` is a resumable shard output; ``RUN/scores.parquet
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import click
@@ -33,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from dealrec_core import storage
 from dealrec_core.data import PreparedData, SampleRows, Samples, sha256_file, write_parquet_atomic
 from dealrec.effort import EFFORT_TARGETS
 from dealrec.engine import (ShardStore, batch_ranges, make_executor, peak_rss_mb, plan_shards, run_phase,
@@ -331,8 +333,27 @@ class InfluenceResult:
 
 def run_score(data: str | Path, surrogate: str | Path, out: str | Path, config: ScoreConfig,
               progress: bool = True, executor=None) -> dict:
-    """Score every sample of the prepared ``data``; returns the manifest written to ``out``."""
+    """Score every sample of the prepared ``data``; returns the manifest written to ``out``.
+
+    ``data``, ``surrogate`` and ``out`` may be URIs (``s3://...``: ``dealrec_core.storage``): the work is done
+    on this node's mirror of them, and every worker reads and writes through the storage."""
     config.check()
+    with storage.open_location(data) as data, storage.open_location(surrogate) as surrogate, \
+            storage.open_location(out, writes=True) as out, model_locations(config) as config:
+        return _run_score(data, surrogate, out, config, progress, executor)
+
+
+@contextlib.contextmanager
+def model_locations(config: ScoreConfig):
+    """``config`` with its model folders (``--llm``, ``--adapter``, ``--target-init``) that are URIs replaced by
+    this node's mirrors of them (registered: workers on other nodes read them through the storage)."""
+    with contextlib.ExitStack() as stack:
+        local = {name: str(stack.enter_context(storage.open_location(getattr(config, name))))
+                 for name in ("llm", "adapter", "target_init") if storage.is_uri(getattr(config, name) or "")}
+        yield replace(config, **local) if local else config
+
+
+def _run_score(data: Path, surrogate: Path, out: Path, config: ScoreConfig, progress: bool, executor) -> dict:
     t_start = time.perf_counter()
     job = prepare_score_inputs(data, surrogate, out, config)
     phases: dict = {}
@@ -642,7 +663,7 @@ def _make_command():
         """Influence and effort of every sample of DATA (a prepared folder) -> OUT/scores.parquet."""
         manifest = run_score(data, surrogate, out, config_from_options(**options), progress=not quiet)
         phases = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in manifest["phases"].items() if "seconds" in v)
-        click.echo(f"scored {manifest['counts']['samples']} samples -> {Path(out) / SCORES_FILE} ({phases})")
+        click.echo(f"scored {manifest['counts']['samples']} samples -> {storage.join(out, SCORES_FILE)} ({phases})")
     return score_command
 
 
