@@ -15,7 +15,11 @@ samples, as the table says):
 
 The engine: hooks, one batched forward/backward per batch, ``sum_t g_t^T U a_t`` from the rows.
 
-    python benchmarks/bench_influence.py --data /work/data/games-prepared --surrogate SURR [--run RUN]
+    python benchmarks/bench_influence.py --data /work/data/games-prepared --surrogate SURR [--run RUN] [--authors DIR]
+
+``--authors DIR`` (a checkout of github.com/Linxyhaha/DEALRec) adds the authors' own code, run in the same
+process right after: per sample, and ``v`` plus every sample (the engine's column covers the same two
+steps: capture and the dot products). Their model is theirs, not the same checkpoint (authors_influence.py).
 """
 from __future__ import annotations
 
@@ -45,6 +49,10 @@ def main():
                     help="the engine runs each batch as length-sorted chunks of this many positions (as dealrec score)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--authors", help="a checkout of github.com/Linxyhaha/DEALRec: adds the rows of the authors' own "
+                                      "influence code on their Games data (benchmarks/authors_influence.py)")
+    ap.add_argument("--authors-recursion-depth", type=int, default=5000,
+                    help="LiSSA steps run of the authors' code (their 5,000 by default; fewer are extrapolated)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -141,9 +149,27 @@ def main():
         print(f"| {label} | {t * 1e3:.3f} ms | {t * n_all:.1f} | {t / per_sample_engine:.1f}x | {r:.6f} |")
     print(f"| (one SASRec training epoch, batch 128, Adam) | {t_train * 1e3:.3f} ms | {t_train * n_all:.1f} | "
           f"- | - |")
+    if args.authors:
+        authors_rows(args, per_sample_engine, t_engine, n_engine)
     print()
     print(f"max relative difference engine vs reference loop on the subset: {rel:.2e}; "
           f"exactly-zero engine scores: {int(np.sum(engine == 0))} of {n_engine}")
+
+
+def authors_rows(args, per_sample_engine: float, t_engine: float, n_engine: int) -> None:
+    """The authors' own code, timed in this run (their model and data: see authors_influence.py)."""
+    import authors_influence
+
+    got = authors_influence.run(args.authors, args.loop_samples, args.authors_recursion_depth, args.seed)
+    n = got["samples"]
+    per = got["per_sample_seconds"]
+    whole = got["v_seconds"] + per * n
+    print(f"| authors' code: cal_grad_z per sample (their FineTrainer, their SASRecModel; {got['loop_samples']} "
+          f"samples) | {per * 1e3:.3f} ms | {per * n:.1f} | {per / per_sample_engine:.1f}x | - |")
+    print(f"| authors' code: v (cal_grad_batch_z over their {n:,} samples) + every sample's cal_grad_z | "
+          f"{whole / n * 1e3:.3f} ms | {whole:.1f} | {whole / n / (t_engine / n_engine):.1f}x | - |")
+    print(f"| (authors' code: LiSSA, estimate_hv, 5,000 steps; {got['recursion_depth']:,} run) | - | "
+          f"{got['solve_seconds_5000']:.1f} | - | - |")
 
 
 if __name__ == "__main__":
