@@ -41,6 +41,7 @@ from dealrec.runconfig import check_options, option_flags, python_name, recordin
 from dealrec.score import SCORES_FILE, ScoreConfig, config_from_options, run_score, score_command
 from dealrec.select import CORESET_FILE, SelectionConfig, run_select, select_command
 from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N
+from dealrec_core import storage
 from dealrec_core.errors import DealrecError
 from surrogates import train as surrogate_training
 from surrogates.cli import train_surrogate_command, training_request
@@ -213,7 +214,7 @@ def score(data, surrogate, out, *, hvp=HvpConfig.solver, damping=HvpConfig.dampi
     config = config_from_options(**{name: a[name] for name in inspect.signature(config_from_options).parameters})
     with recording(a["out"], "score", recorded):
         run_score(a["data"], a["surrogate"], a["out"], config, progress=not a["quiet"])
-    out = Path(out)
+    out = storage.local_copy(out)
     return ScoreResult(out, out / SCORES_FILE, RunManifest.read(out))
 
 
@@ -258,7 +259,7 @@ def prune(data, out, *, n=DEFAULT_N, surrogate=None, surrogate_model=None,
         run_prune(a["data"], a["out"], a["n"], a["surrogate"], config, a["lambda_"], a["k"], a["hard_prune"],
                   a["surrogate_minutes"], a["surrogate_epochs"], progress=not a["quiet"], threads=a["threads"],
                   surrogate_model=a["surrogate_model"])
-    out = Path(out)
+    out = storage.local_copy(out)
     return PruneResult(out, out / CORESET_FILE, out / SCORES_FILE, out / BIGREC_FILE, out / TIGER_DIR,
                        RunManifest.read(out))
 

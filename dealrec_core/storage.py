@@ -294,6 +294,12 @@ def open_location(path, *, writes: bool = False, only: str = "") -> Iterator[Pat
         mirror.sync_up()
 
 
+def local_copy(path) -> Path:
+    """Where this node holds ``path``: itself when local; its mirror (as the last command left it) for a URI.
+    What the Python API returns for a run on shared storage, so its paths can be opened."""
+    return Mirror(str(path)).local if is_uri(path) else Path(path)
+
+
 def join(location, name: str) -> str:
     """``location``/``name`` for messages, a URI shown without its query."""
     return f"{display(str(location)).rstrip('/')}/{name}" if is_uri(location) else str(Path(location) / name)

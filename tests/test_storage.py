@@ -170,6 +170,15 @@ def test_prune_with_data_and_run_on_s3_gives_the_local_bytes_and_resumes_from_th
     assert again["score"]["effort"]["ran"] == 0
     assert read_object(s3, "runs/e2e/coreset.parquet") == (local / "coreset.parquet").read_bytes()
 
+    # the Python API on the same URIs: resumes too, and its paths are this machine's copy of the run
+    from dealrec import prune
+
+    result = prune(raw_uri, out_uri, n=12, target_init=tiger_uri, surrogate_epochs=2, hvp="cg", damping=0.05,
+                   lissa_scale=10, hessian_samples=32, hvp_batch=16, batch_size=16, effort_batch_size=16,
+                   shard_size=32, k=4, workers=0, quiet=True)
+    assert result.coreset.read_bytes() == (local / "coreset.parquet").read_bytes()
+    assert result.manifest.prune["phases"]["score"]["capture"]["ran"] == 0
+
 
 def test_three_node_cluster_without_a_shared_disk_loses_a_node_and_gives_the_same_coreset(s3, tmp_path, monkeypatch):
     """Three Ray nodes on this machine, each with its own mirror folder (DEALREC_NODE), so nothing passes
