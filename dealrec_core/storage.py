@@ -129,12 +129,12 @@ class Mirror:
             return None
 
     def _write_record(self, rel: str, remote: _Stat, local: Path) -> None:
+        from dealrec_core.data import write_json_atomic   # pyarrow: not on a command's --help path
+
         st = local.stat()
         path = self._record(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"remote": remote.as_list(), "local": [st.st_size, st.st_mtime_ns]}))
-        os.replace(tmp, path)
+        write_json_atomic(path, {"remote": remote.as_list(), "local": [st.st_size, st.st_mtime_ns]})
 
     def _remote_stat(self, info) -> _Stat:
         mtime = info.mtime_ns if info.mtime_ns is not None else -1
@@ -173,7 +173,13 @@ class Mirror:
 
     # ------------------------------------------------------------------ copies
     def pull(self, rel: str = "") -> int:
-        """Copy the files at ``rel`` from the storage into the mirror; returns how many were copied."""
+        """Copy the files at ``rel`` from the storage into the mirror; returns how many were copied.
+
+        A file is taken as unchanged when the storage reports the size and modification time it had when this
+        node last copied it: a rewrite of a big file within the same second (the storage's time resolution)
+        and to the same size is not seen. Shard outputs are rewritten only by a later run."""
+        from dealrec_core.data import atomic_file   # pyarrow: not on a command's --help path
+
         copied = 0
         files = self._remote_files(rel)
         self._drop_deleted(rel, files)
@@ -184,18 +190,15 @@ class Mirror:
                     and local.exists() and [local.stat().st_size, local.stat().st_mtime_ns] == record["local"]):
                 continue
             local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}-pull")
             try:
-                with self.fs.open_input_stream(self._remote(sub)) as src, open(tmp, "wb") as dst:
+                with atomic_file(local) as tmp, self.fs.open_input_stream(self._remote(sub)) as src, \
+                        open(tmp, "wb") as dst:
                     while True:
                         block = src.read(1 << 22)
                         if not block:
                             break
                         dst.write(block)
-                os.replace(tmp, local)
             except OSError as e:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
                 raise DealrecError(f"{self.where(sub)}: cannot copy it to {local} ({str(e).splitlines()[0]})") from None
             self._write_record(sub, remote, local)
             copied += 1
