@@ -360,17 +360,20 @@ def task_on_storage(wrapped: dict) -> dict:
     folder, and its output and manifest are pushed back (the manifest last: it marks the shard done)."""
     task, paths = storage.translate_task(wrapped["task"], wrapped["maps"])
     root = Path(task["store_root"])
+    out = None   # the mirror that holds the phase's outputs (store_root is one of the translated paths)
     for mirror, rel in paths:
         local = mirror.local / rel if rel else mirror.local
+        if local == root:
+            out = mirror
         if local == root or root in local.parents or local in root.parents:
             continue   # the phase's outputs (and the folders above them) are written, not read
         mirror.pull(rel)
     module, name = wrapped["fn"].rsplit(":", 1)
     result = getattr(importlib.import_module(module), name)(task)
-    store, shard = task_store(task)
-    mirror = storage.mirror_for(store.root, wrapped["maps"])
-    mirror.push(mirror.rel(store.output(shard)))
-    mirror.push(mirror.rel(store.manifest(shard)))
+    if out is not None:   # else the run folder is local (only an input is on the storage): nothing to push
+        store, shard = task_store(task)
+        out.push(out.rel(store.output(shard)))
+        out.push(out.rel(store.manifest(shard)))
     return result
 
 

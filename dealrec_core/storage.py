@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ _URI_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 SYNC_DIR = ".dealrec-sync"        # per-file records of what was pulled or pushed (kept inside the mirror)
 ALWAYS_COPY_BELOW = 1 << 20       # bytes: files smaller than this are copied on every pull
 MIRROR_ENV = "DEALREC_MIRROR"
+COPY_BLOCK = 1 << 22            # bytes read and written at a time when copying a file
 NODE_ENV = "DEALREC_NODE"
 
 
@@ -52,9 +54,10 @@ def is_uri(path) -> bool:
     return bool(m) and m.group("scheme").lower() != "file"
 
 
-def display(uri: str) -> str:
-    """A URI as messages show it: without its query (endpoints, credentials)."""
-    return str(uri).split("?", 1)[0]
+def display(location) -> str:
+    """A location as messages show it: a URI without its query (endpoints, credentials); a local path as it is
+    (a '?' in a file name is part of the name)."""
+    return str(location).split("?", 1)[0] if is_uri(location) else str(location)
 
 
 def node_name() -> str:
@@ -70,6 +73,22 @@ def mirror_root() -> Path:
 
 def _is_temporary(name: str) -> bool:
     return name.startswith(".") and (".tmp-" in name or ".old-" in name)
+
+
+def _in_temporary(rel: str) -> bool:
+    """Whether the relative path ``rel`` is, or lies inside, a temporary (never copied either way)."""
+    return any(_is_temporary(part) for part in rel.split("/"))
+
+
+def _local_stat(path: Path) -> list[int]:
+    """What a sync record keeps of a local file: its size and modification time (ns)."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _files(top: Path) -> list[Path]:
+    """``top`` itself when it is a file, else every file under it."""
+    return [top] if top.is_file() else [Path(d) / f for d, _, names in os.walk(top) for f in names]
 
 
 @dataclass
@@ -131,10 +150,9 @@ class Mirror:
     def _write_record(self, rel: str, remote: _Stat, local: Path) -> None:
         from dealrec_core.data import write_json_atomic   # pyarrow: not on a command's --help path
 
-        st = local.stat()
         path = self._record(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, {"remote": remote.as_list(), "local": [st.st_size, st.st_mtime_ns]})
+        write_json_atomic(path, {"remote": remote.as_list(), "local": _local_stat(local)})
 
     def _remote_stat(self, info) -> _Stat:
         mtime = info.mtime_ns if info.mtime_ns is not None else -1
@@ -159,7 +177,7 @@ class Mirror:
             if f.type != pafs.FileType.File:
                 continue
             sub = f.path[len(self.base):].lstrip("/")
-            if not any(_is_temporary(part) for part in sub.split("/")):
+            if not _in_temporary(sub):
                 out[sub] = self._remote_stat(f)
         return out
 
@@ -187,17 +205,13 @@ class Mirror:
             local = self._local(sub)
             record = self._read_record(sub)
             if (remote.size >= ALWAYS_COPY_BELOW and record is not None and record["remote"] == remote.as_list()
-                    and local.exists() and [local.stat().st_size, local.stat().st_mtime_ns] == record["local"]):
+                    and local.exists() and _local_stat(local) == record["local"]):
                 continue
             local.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with atomic_file(local) as tmp, self.fs.open_input_stream(self._remote(sub)) as src, \
                         open(tmp, "wb") as dst:
-                    while True:
-                        block = src.read(1 << 22)
-                        if not block:
-                            break
-                        dst.write(block)
+                    shutil.copyfileobj(src, dst, COPY_BLOCK)
             except OSError as e:
                 raise DealrecError(f"{self.where(sub)}: cannot copy it to {local} ({str(e).splitlines()[0]})") from None
             self._write_record(sub, remote, local)
@@ -211,10 +225,9 @@ class Mirror:
         top = self._local(rel)
         if not top.exists():
             return
-        paths = [top] if top.is_file() else [Path(d) / f for d, _, names in os.walk(top) for f in names]
-        for p in paths:
+        for p in _files(top):
             sub = self.rel(p)
-            if sub is None or sub in remote_files or any(_is_temporary(x) for x in sub.split("/")):
+            if sub is None or sub in remote_files or _in_temporary(sub):
                 continue
             if self._read_record(sub) is not None:
                 with contextlib.suppress(FileNotFoundError):
@@ -229,11 +242,7 @@ class Mirror:
         try:
             self.fs.create_dir(remote.rsplit("/", 1)[0], recursive=True)
             with open(local, "rb") as src, self.fs.open_output_stream(remote) as dst:
-                while True:
-                    block = src.read(1 << 22)
-                    if not block:
-                        break
-                    dst.write(block)
+                shutil.copyfileobj(src, dst, COPY_BLOCK)
             info = self.fs.get_file_info(remote)
         except OSError as e:
             raise DealrecError(f"{self.where(rel)}: cannot write it ({str(e).splitlines()[0]})") from None
@@ -244,15 +253,12 @@ class Mirror:
         out = []
         if not self.local.exists():
             return out
-        paths = [self.local] if self.local.is_file() else \
-            [Path(d) / f for d, dirs, files in os.walk(self.local) for f in files]
-        for p in paths:
+        for p in _files(self.local):
             sub = self.rel(p)
-            if sub is None or any(_is_temporary(part) for part in sub.split("/")):
+            if sub is None or _in_temporary(sub):
                 continue
             record = self._read_record(sub)
-            st = p.stat()
-            if record is None or record["local"] != [st.st_size, st.st_mtime_ns]:
+            if record is None or record["local"] != _local_stat(p):
                 out.append(sub)
         return sorted(out)
 
@@ -319,10 +325,9 @@ def sync_active() -> None:
         mirror.sync_up()
 
 
-def mirror_for(local_path, maps: list[list[str]] | None = None) -> Mirror | None:
-    """The registered mirror (or, with ``maps``, the mirror named there) that holds ``local_path``."""
-    mirrors = _ACTIVE if maps is None else [Mirror(uri) for _, uri in maps]
-    for m in mirrors:
+def mirror_for(local_path) -> Mirror | None:
+    """The registered mirror that holds ``local_path`` (None when it is outside them all)."""
+    for m in _ACTIVE:
         if m.rel(local_path) is not None:
             return m
     return None

@@ -163,6 +163,10 @@ def test_prune_with_data_and_run_on_s3_gives_the_local_bytes_and_resumes_from_th
     manifest = json.loads(read_object(s3, "runs/e2e/manifest.json"))
     assert manifest["prune"]["data"] == "s3://dealrec/inputs/raw"
 
+    # inputs on the storage, the run folder local: the same bytes (the tasks carry the inputs' mapping only)
+    _invoke(_prune_args(raw_uri, tmp_path / "local-out", tiger_uri, "--workers", "0"))
+    assert (tmp_path / "local-out" / "coreset.parquet").read_bytes() == (local / "coreset.parquet").read_bytes()
+
     # another machine (a fresh mirror) resumes the run from what the storage holds: nothing is redone
     monkeypatch.setenv(storage.MIRROR_ENV, str(tmp_path / "machine-2"))
     _invoke(_prune_args(raw_uri, out_uri, tiger_uri, "--workers", "0"))
