@@ -913,7 +913,7 @@ def _make_command():
                   help="Selection and training seeds, comma-separated: one run per method and seed.")
     @click.option("--out", required=True, type=click.Path(), help="Report folder (a rerun resumes it).")
     @click.option("--workers", type=int, default=None,
-                  help="Ray workers for scoring and for the runs side by side (default: CPUs - 1, at least 1); "
+                  help="Ray workers for scoring and for the runs side by side (default: one a CPU); "
                        "0 runs everything one after another in this process.")
     @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting one.")
     @click.option("--surrogate", type=click.Path(), default=None,

@@ -218,7 +218,10 @@ class RayExecutor:
         # Leave Ray's own tasks some room: on 2 cores the pool takes at most 1.8 CPUs.
         budget = max(0.5, self.cpus - max(0.2, 0.1 * self.cpus))
         if workers is None:
-            workers = max(1, int(self.cpus) - 1)
+            # one actor a CPU: the driver only waits while the actors work (its own phases, the solve and
+            # training, run while they are idle), so keeping a CPU back for it left one of two cores idle
+            # through capture and effort on a 2-core machine
+            workers = max(1, int(self.cpus))
         if workers < 1:
             raise DealrecError("a Ray pool needs --workers >= 1 (--workers 0 runs in this process)")
         self.workers = workers

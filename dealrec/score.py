@@ -602,7 +602,7 @@ def _score_options(f):
                           "this many padded positions (0: one block); the scores do not depend on it beyond "
                           "float rounding."),
         click.option("--workers", type=int, default=ScoreConfig.workers,
-                     help="Ray workers (default: CPUs - 1); 0 runs in this process without Ray."),
+                     help="Ray workers (default: one a CPU); 0 runs in this process without Ray."),
         click.option("--shard-size", type=int, default=ScoreConfig.shard_size, show_default=True,
                      help="Rows per shard."),
         click.option("--ray-address", default=ScoreConfig.ray_address,
