@@ -180,7 +180,7 @@ def train_surrogate(data, out, *, model=DEFAULT_MODEL, overwrite: bool = False, 
                     batch_size=SurrogateTrainConfig.batch_size, max_epochs=SurrogateTrainConfig.max_epochs,
                     patience=SurrogateTrainConfig.patience, max_minutes=SurrogateTrainConfig.max_minutes,
                     weighting=SurrogateTrainConfig.weighting, batching=SurrogateTrainConfig.batching,
-                    seed=SurrogateTrainConfig.seed, threads=SurrogateTrainConfig.threads,
+                    ce_chunk=SurrogateTrainConfig.ce_chunk, seed=SurrogateTrainConfig.seed, threads=SurrogateTrainConfig.threads,
                     device=SurrogateTrainConfig.device, quiet: bool = False) -> SurrogateResult:
     """``dealrec train-surrogate DATA --out OUT``: a surrogate (SASRec by default) trained on every sample of the
     prepared ``data``, early stopping on validation NDCG@10. The model options (``hidden`` ... ``positions``)
@@ -191,7 +191,8 @@ def train_surrogate(data, out, *, model=DEFAULT_MODEL, overwrite: bool = False, 
                                                 "cl_weight", "cl_temperature", "conformity_mean")}
     model_fields, cfg = training_request(a["model"], a["lr"], a["weight_decay"], a["batch_size"], a["max_epochs"],
                                          a["patience"], a["max_minutes"], a["weighting"], a["seed"], a["threads"],
-                                         a["quiet"], device=a["device"], batching=a["batching"], **model_options)
+                                         a["quiet"], device=a["device"], batching=a["batching"], ce_chunk=a["ce_chunk"],
+                                         **model_options)
     metrics = surrogate_training.train_surrogate(data, a["model"], out, model_fields, cfg, overwrite=a["overwrite"])
     out = Path(out)
     return SurrogateResult(out, out / "model.safetensors", out / "config.json", metrics)

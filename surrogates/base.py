@@ -103,6 +103,13 @@ class Surrogate(nn.Module, ScoringTask):
     def __init__(self, config: SurrogateConfig):
         super().__init__()
         self.config = config
+        # training only, set by the trainer (--ce-chunk): the full-softmax loss a block of this many items at a
+        # time (surrogates/softmax.py); 0: one product. Not part of the model: never saved.
+        self.ce_chunk = 0
+
+    def supports_ce_chunk(self) -> bool:
+        """Whether the training loss is a full softmax over the items that ``ce_chunk`` can compute by blocks."""
+        return False
 
     # ---- the contract -------------------------------------------------------------------
 

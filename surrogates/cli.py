@@ -90,6 +90,9 @@ class ModelOptionsCommand(click.Command):
 @click.option("--batching", type=click.Choice(BATCHINGS), default=TrainConfig.batching, show_default=True,
               help="Cut each epoch into random batches, or into batches of samples of similar length (bucketed: "
                    "less padding, the same risk).")
+@click.option("--ce-chunk", type=int, default=TrainConfig.ce_chunk, show_default=True,
+              help="Compute the full-softmax loss this many items at a time (the same loss, less memory traffic; "
+                   "0: one product over all items). Models with a full-softmax loss only.")
 @click.option("--seed", type=SEED, default=TrainConfig.seed, show_default=True)
 @click.option("--threads", type=int, default=TrainConfig.threads,
               help=f"Torch threads [{DEFAULT_THREADS}, whatever the machine: the weights depend on the thread count].")
@@ -97,7 +100,7 @@ class ModelOptionsCommand(click.Command):
               help=f"{DEVICE_HELP}. A GPU gives other weights than the CPU (and not always the same bits twice).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_decay, batch_size, max_epochs,
-                            patience, max_minutes, weighting, batching, seed, threads, device, quiet,
+                            patience, max_minutes, weighting, batching, ce_chunk, seed, threads, device, quiet,
                             **model_options):
     """Train a surrogate recommender on all samples of a prepared DATA folder.
 
@@ -106,7 +109,7 @@ def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_dec
     """
     model_fields, cfg = training_request(model_name, lr, weight_decay, batch_size, max_epochs, patience, max_minutes,
                                          weighting, seed, threads, quiet, device=device, batching=batching,
-                                         **model_options)
+                                         ce_chunk=ce_chunk, **model_options)
     metrics = training.train_surrogate(data, model_name, out_dir, model_fields, cfg, overwrite=overwrite)
     for split in ("valid", "test"):
         m = metrics[split]
@@ -118,7 +121,7 @@ def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_dec
 
 def training_request(model_name, lr, weight_decay, batch_size, max_epochs, patience, max_minutes, weighting, seed,
                      threads, quiet, device=TrainConfig.device, batching=TrainConfig.batching,
-                     **model_options) -> tuple[dict, TrainConfig]:
+                     ce_chunk=TrainConfig.ce_chunk, **model_options) -> tuple[dict, TrainConfig]:
     """The command's options as ``train_surrogate``'s arguments: the model options given (None: left out; one
     that the model does not take is refused) and the ``TrainConfig``. The Python API builds them here too."""
     fields = {f.name for f in surrogate_class(model_name).config_class.option_fields()}
@@ -128,7 +131,7 @@ def training_request(model_name, lr, weight_decay, batch_size, max_epochs, patie
         raise DealrecError(f"--{unknown[0].replace('_', '-')} does not apply to model {model_name}")
     cfg = TrainConfig(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
                       patience=patience, seed=seed, weighting=weighting, max_minutes=max_minutes,
-                      threads=threads, progress=not quiet, device=device, batching=batching)
+                      threads=threads, progress=not quiet, device=device, batching=batching, ce_chunk=ce_chunk)
     return model_fields, cfg
 
 

@@ -27,6 +27,7 @@ class TrainConfig:
     seed: int = 0
     weighting: str = "position"       # "position": every predicted item weighs the same; "sample": every sample
     batching: str = "random"          # "random" or "bucketed" (BATCHINGS); the same risk either way
+    ce_chunk: int = 0                 # a full-softmax loss by blocks of this many items (surrogates/softmax.py); 0: one
     max_minutes: float | None = None  # wall-clock budget; checked after each epoch
     threads: int | None = None        # torch intra-op threads; default DEFAULT_THREADS, whatever the machine
     eval_batch_size: int = 1024
@@ -38,6 +39,8 @@ class TrainConfig:
             raise DealrecError(f"unknown weighting {self.weighting!r} (choose from {', '.join(WEIGHTINGS)})")
         if self.batching not in BATCHINGS:
             raise DealrecError(f"unknown batching {self.batching!r} (choose from {', '.join(BATCHINGS)})")
+        if self.ce_chunk < 0:
+            raise DealrecError(f"ce_chunk must be 0 (one product) or a number of items, got {self.ce_chunk}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise DealrecError("batch_size, max_epochs and patience must be at least 1")
         if not self.lr > 0:

@@ -40,6 +40,7 @@ from dealrec_core.data import Samples
 from dealrec_core.errors import DealrecError
 from dealrec_core.hashing import GOLDEN, mix64
 from surrogates.base import Surrogate, SurrogateConfig, option
+from surrogates.softmax import chunked_cross_entropy
 
 LOSSES = ("ce", "bce")
 POSITIONS = ("from_start", "from_end")
@@ -267,7 +268,9 @@ class SASRec(Surrogate, name="sasrec"):
         h = states[real]            # [N, hidden]: only real positions ever reach the loss
         y = labels[real]
         table = self._item_table()
-        if self.config.loss == "ce":
+        if self.config.loss == "ce" and self.ce_chunk and self.training and torch.is_grad_enabled():
+            losses = chunked_cross_entropy(h, table, y, self.ce_chunk)   # the same loss, by blocks of items
+        elif self.config.loss == "ce":
             logits = h @ table.T
             logits[:, 0] = float("-inf")  # padding is never a candidate
             losses = F.cross_entropy(logits, y, reduction="none")
@@ -277,6 +280,9 @@ class SASRec(Surrogate, name="sasrec"):
             neg_logit = (h * table[neg]).sum(-1)
             losses = F.softplus(-pos_logit) + F.softplus(neg_logit)
         return losses, rows
+
+    def supports_ce_chunk(self) -> bool:
+        return self.config.loss == "ce"
 
     def sample_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return sample_means(*self.position_losses(batch), batch["labels"])

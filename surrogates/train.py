@@ -113,6 +113,16 @@ def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConf
 
 
 def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
+    if cfg.ce_chunk and not model.supports_ce_chunk():
+        raise DealrecError(f"--ce-chunk: {type(model).__name__}'s training loss is not a full softmax over the items")
+    model.ce_chunk = cfg.ce_chunk
+    try:
+        return _train_loop(model, samples, data, cfg)
+    finally:
+        model.ce_chunk = 0   # training only: a trained model scores (and its HVPs differentiate) the one-product form
+
+
+def _train_loop(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
     model.prepare_training(samples)   # what the model derives from the data (DCRec's graphs), before any step
     torch.manual_seed(cfg.seed)  # dropout masks
     shuffle_rng = np.random.default_rng(cfg.seed)

@@ -151,7 +151,7 @@ COUNTERPARTS = {
         "patience": Default(SurrogateTrainConfig, "patience"),
         "max_minutes": Default(SurrogateTrainConfig, "max_minutes"),
         "weighting": Default(SurrogateTrainConfig, "weighting"), "batching": Default(SurrogateTrainConfig, "batching"),
-        "seed": Default(SurrogateTrainConfig, "seed"),
+        "ce_chunk": Default(SurrogateTrainConfig, "ce_chunk"), "seed": Default(SurrogateTrainConfig, "seed"),
         "threads": SURROGATE_THREADS, "device": Default(SurrogateTrainConfig, "device"), "quiet": CLI_ONLY,
     },
     "score": {"data": CLI_ONLY, "surrogate": CLI_ONLY, "out": CLI_ONLY, **SCORE_OPTIONS},

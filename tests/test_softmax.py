@@ -1,0 +1,87 @@
+"""The full-softmax cross-entropy by blocks of items (surrogates/softmax.py) against autograd, and the trainer's
+``--ce-chunk``."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dealrec_core.errors import DealrecError
+from surrogates.registry import surrogate_class
+from surrogates.softmax import chunked_cross_entropy
+from surrogates.train import TrainConfig, train_surrogate
+from test_surrogate_train import TINY_MODEL, make_prepared
+
+
+def _reference(h, table, y):
+    logits = h @ table.T
+    logits[:, 0] = float("-inf")   # the padding row is never a candidate
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 33, 1000])
+def test_loss_and_both_gradients_are_autograds_one_product_form(chunk):
+    gen = torch.Generator().manual_seed(chunk)
+    n, items, dim = 23, 33, 5
+    table = torch.randn(items, dim, generator=gen, dtype=torch.float64) * 2
+    h = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    y = torch.randint(1, items, (n,), generator=gen)
+    y[:4] = 3   # repeated targets: their table rows gather several positions' gradients
+    weights = torch.rand(n, generator=gen, dtype=torch.float64)   # a non-uniform upstream gradient
+
+    got = []
+    for fn in (_reference, lambda a, b, c: chunked_cross_entropy(a, b, c, chunk)):
+        hh, tt = h.clone().requires_grad_(), table.clone().requires_grad_()
+        loss = fn(hh, tt, y)
+        (loss * weights).sum().backward()
+        got.append((loss.detach(), hh.grad, tt.grad))
+    for ref, ours in zip(got[0], got[1]):
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    assert torch.all(got[1][2][0] == 0)   # padding gets no gradient
+    torch.autograd.gradcheck(lambda a, b: chunked_cross_entropy(a, b, y[:6], chunk),
+                             (h[:6].clone().requires_grad_(), table.clone().requires_grad_()))
+
+
+def test_large_logits_do_not_overflow():
+    h = torch.tensor([[100.0, -50.0], [0.0, 0.0]], dtype=torch.float64)
+    table = torch.tensor([[0.0, 0.0], [10.0, 0.0], [9.0, 1.0], [-10.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([2, 3])
+    ours = chunked_cross_entropy(h, table, y, 2)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, _reference(h, table, y))
+
+
+def test_sasrec_training_loss_by_blocks_matches_the_one_product_form():
+    cls = surrogate_class("sasrec")
+    model = cls(cls.config_class(seed=0, n_items=40, **{**TINY_MODEL, "dropout": 0.0})).double()
+    model.train()
+    batch = {"input_ids": torch.tensor([[41, 5, 6, 7], [41, 9, 0, 0]]), "labels": torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])}
+    grads = []
+    for chunk in (0, 6):
+        model.ce_chunk = chunk
+        model.zero_grad()
+        loss = model.training_loss(batch)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads[1][1], grads[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    model.eval()   # scoring and HVPs keep the autograd form whatever ce_chunk says
+    with torch.no_grad():
+        assert model.training_loss(batch).item() == pytest.approx(grads[0][0].item())
+
+
+def test_trainer_takes_ce_chunk_for_sasrec_and_refuses_it_where_there_is_no_full_softmax(tmp_path):
+    prepared = make_prepared(tmp_path / "prepared")
+    cfg = dict(lr=1e-2, batch_size=16, max_epochs=2, patience=2, seed=1, threads=1, progress=False)
+    plain = train_surrogate(prepared, "sasrec", tmp_path / "plain", TINY_MODEL, TrainConfig(**cfg))
+    chunked = train_surrogate(prepared, "sasrec", tmp_path / "chunked", TINY_MODEL, TrainConfig(**cfg, ce_chunk=8))
+    assert chunked["train_config"]["ce_chunk"] == 8
+    # the same loss: float rounding apart, the same training (a few float32 steps cannot drift far)
+    for a, b in zip(plain["history"], chunked["history"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    with pytest.raises(DealrecError, match="ce-chunk"):
+        train_surrogate(prepared, "sasrec", tmp_path / "bce", {**TINY_MODEL, "loss": "bce"},
+                        TrainConfig(**cfg, ce_chunk=8))
+    with pytest.raises(DealrecError, match="ce_chunk"):
+        TrainConfig(ce_chunk=-1)
