@@ -18,7 +18,6 @@ ratio new / old; the last column is the coreset's (or scores') sha256, which mus
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -28,6 +27,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from dealrec_core.data import sha256_file
 
 
 def imported_from(checkout: Path) -> str:
@@ -41,7 +42,7 @@ def imported_from(checkout: Path) -> str:
 def digest(run: Path) -> str:
     for name in ("coreset.parquet", "scores.parquet"):
         if (run / name).exists():
-            return f"{name.split('.')[0]} {hashlib.sha256((run / name).read_bytes()).hexdigest()[:12]}"
+            return f"{name.split('.')[0]} {sha256_file(run / name)[:12]}"
     return "-"
 
 

@@ -180,8 +180,8 @@ def train_surrogate(data, out, *, model=DEFAULT_MODEL, overwrite: bool = False, 
                     batch_size=SurrogateTrainConfig.batch_size, max_epochs=SurrogateTrainConfig.max_epochs,
                     patience=SurrogateTrainConfig.patience, max_minutes=SurrogateTrainConfig.max_minutes,
                     weighting=SurrogateTrainConfig.weighting, batching=SurrogateTrainConfig.batching,
-                    ce_chunk=SurrogateTrainConfig.ce_chunk, seed=SurrogateTrainConfig.seed, threads=SurrogateTrainConfig.threads,
-                    device=SurrogateTrainConfig.device, quiet: bool = False) -> SurrogateResult:
+                    ce_chunk=SurrogateTrainConfig.ce_chunk, seed=SurrogateTrainConfig.seed,
+                    threads=SurrogateTrainConfig.threads, device=SurrogateTrainConfig.device, quiet: bool = False) -> SurrogateResult:
     """``dealrec train-surrogate DATA --out OUT``: a surrogate (SASRec by default) trained on every sample of the
     prepared ``data``, early stopping on validation NDCG@10. The model options (``hidden`` ... ``positions``)
     left at None keep the model's own defaults."""
