@@ -92,12 +92,12 @@ class ModelOptionsCommand(click.Command):
                    "less padding, the same risk).")
 @click.option("--ce-chunk", type=int, default=TrainConfig.ce_chunk, show_default=True,
               help="Compute the full-softmax loss this many items at a time (the same loss, less memory traffic; "
-                   "0: one product over all items). Models with a full-softmax loss only.")
+                   "0: one product over all items; faster on a CPU, slower on a GPU). Models with a full-softmax loss only.")
 @click.option("--seed", type=SEED, default=TrainConfig.seed, show_default=True)
 @click.option("--threads", type=int, default=TrainConfig.threads,
               help=f"Torch threads [{DEFAULT_THREADS}, whatever the machine: the weights depend on the thread count].")
 @click.option("--device", default=TrainConfig.device, show_default=True,
-              help=f"{DEVICE_HELP}. A GPU gives other weights than the CPU (and not always the same bits twice).")
+              help=f"{DEVICE_HELP}. A GPU gives other weights than the CPU (the same bits twice: deterministic kernels).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_decay, batch_size, max_epochs,
                             patience, max_minutes, weighting, batching, ce_chunk, seed, threads, device, quiet,

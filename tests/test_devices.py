@@ -196,11 +196,19 @@ def test_reproducible_on_switches_cuda_to_deterministic_kernels_for_the_block_on
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
     cudnn = torch.backends.cudnn
     benchmark_before = cudnn.benchmark
+    fused = (torch.backends.cuda.flash_sdp_enabled, torch.backends.cuda.mem_efficient_sdp_enabled,
+             torch.backends.cuda.cudnn_sdp_enabled)
+    fused_before = [f() for f in fused]
+    with reproducible_on("cpu"):
+        assert [f() for f in fused] == fused_before
     with reproducible_on("cuda:0"):
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
         assert cudnn.deterministic and not cudnn.benchmark
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        # attention on its math kernels: the fused backward passes sum with atomics in warn-only mode
+        assert not any(f() for f in fused) and torch.backends.cuda.math_sdp_enabled()
+    assert [f() for f in fused] == fused_before
     assert not torch.are_deterministic_algorithms_enabled() and not cudnn.deterministic
     assert cudnn.benchmark == benchmark_before
     torch.use_deterministic_algorithms(True)        # a caller that asked for strict determinism keeps it
@@ -229,6 +237,28 @@ def test_surrogate_training_on_the_gpu_repeats_bit_for_bit(tmp_path):
                         TrainConfig(max_epochs=3, progress=False, device="cuda"))
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+def test_tiger_effort_on_the_gpu_repeats_bit_for_bit(tmp_path):
+    """Two GPU prunes with the same surrogate bytes scored different TIGER efforts: T5's attention backward
+    ran on the memory-efficient kernel, which sums with atomics unless torch's switch is strict."""
+    from dealrec.effort import tiger_target
+    from finetune.rqvae import semantic_ids_from_codes
+    from finetune.tiger import TigerConfig, TigerModel, save_tiger
+
+    n_items = 300
+    sem, _ = semantic_ids_from_codes(np.random.default_rng(0).integers(0, 32, size=(n_items, 3)), 32)
+    cfg = TigerConfig(d_model=128, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=32,
+                      dropout=0.1, max_history_items=20)
+    save_tiger(TigerModel(cfg, sem, seed=0), tmp_path / "tiger")
+    samples = tiny_samples(256, n_items, seed=4, max_hist=20)
+    runs = []
+    for _ in range(2):
+        target = tiger_target(str(tmp_path / "tiger"), device="cuda")
+        with reproducible_on("cuda"):
+            runs.append(target.norms(samples))
+    assert np.all(runs[0] > 0) and runs[0].tobytes() == runs[1].tobytes()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
