@@ -24,5 +24,6 @@ for RUN in a b; do
     "$OUT/run-$RUN"/coreset.parquet 2>/dev/null | cut -c1-16,65-
 done
 for F in scores.parquet coreset.parquet; do
-  if cmp -s "$OUT/run-a/$F" "$OUT/run-b/$F"; then echo "$F: the same bytes"; else echo "$F: DIFFERENT"; fi
+  if [ ! -f "$OUT/run-a/$F" ] || [ ! -f "$OUT/run-b/$F" ]; then echo "$F: missing (a run failed: see its log)"
+  elif cmp -s "$OUT/run-a/$F" "$OUT/run-b/$F"; then echo "$F: the same bytes"; else echo "$F: DIFFERENT"; fi
 done
