@@ -47,12 +47,9 @@ def validation_gradient(surrogate: str, data: PreparedData, batch: int = 512) ->
     for lo in range(0, len(valid), batch):
         part = valid.subset(np.arange(lo, min(lo + batch, len(valid))))
         targets = torch.as_tensor([int(t[0]) for t in part.targets])
-        # the next-item loss of the validation item after the user's whole training sequence
-        batch_in = model.collate_histories(list(part.history))
-        states = model.hidden_states(batch_in["input_ids"])
-        last = states[torch.arange(len(part)), batch_in["lengths"] - 1]
-        logits = last @ model._item_table().T
-        logits[:, 0] = float("-inf")
+        # the next-item loss of the validation item after the user's whole training sequence (the model's own
+        # full-catalogue scores, padding excluded, with the gradient kept)
+        logits = model.full_sort_scores(model.collate_histories(list(part.history)))
         loss = F.cross_entropy(logits, targets, reduction="sum")
         (grad,) = torch.autograd.grad(loss, block.weight)
         total += grad.double()
@@ -63,15 +60,18 @@ def cos(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / np.linalg.norm(x) / np.linalg.norm(y))
 
 
-def influence_with(run: Path, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ids, influence = [], []
+def influence_with(run: Path, *us: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Every sample's ``<grad L(s), u>`` for each ``u``, from the run's captured rows (each shard read once),
+    in sample_id order."""
+    ids, influence = [], [[] for _ in us]
     for shard in sorted(glob.glob(str(run / "work" / "capture" / "shard-*.safetensors"))):
         c = load_file(shard)
         ids.append(c["sample_id"])
-        influence.append(influence_from_rows(c["row_sample"], c["a"], c["g"], u, len(c["sample_id"])))
+        for out, u in zip(influence, us):
+            out.append(influence_from_rows(c["row_sample"], c["a"], c["g"], u, len(c["sample_id"])))
     ids = np.concatenate(ids)
     order = np.argsort(ids, kind="stable")
-    return ids[order], np.concatenate(influence)[order]
+    return ids[order], [np.concatenate(x)[order] for x in influence]
 
 
 def main() -> None:
@@ -82,6 +82,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = PreparedData(args.data)
+    if args.write:
+        Path(args.write).mkdir(parents=True, exist_ok=True)
     scored, valid_v = {}, {}
     print("| run | norm v | norm U | cos(U, v) | cos(v, validation gradient) |")
     print("| --- | --- | --- | --- | --- |")
@@ -95,12 +97,10 @@ def main() -> None:
         u, v = solve["u"], solve["v"]
         g_valid = validation_gradient(surrogate, data)
         print(f"| {name} | {np.linalg.norm(v):.4f} | {np.linalg.norm(u):.4f} | {cos(u, v):.4f} | {cos(v, g_valid):+.3f} |")
-        scored[name] = influence_with(run, u)
-        valid_v[name] = influence_with(run, g_valid)
+        ids, (as_scored, with_valid) = influence_with(run, u, g_valid)
+        scored[name], valid_v[name] = (ids, as_scored), (ids, with_valid)
         if args.write:
-            Path(args.write).mkdir(parents=True, exist_ok=True)
-            ids, influence = valid_v[name]
-            pq.write_table(pa.table({"sample_id": ids.astype(np.int64), "influence": influence}),
+            pq.write_table(pa.table({"sample_id": ids.astype(np.int64), "influence": with_valid}),
                            Path(args.write) / f"valid-v-{name}.parquet")
     if args.write:
         ids = next(iter(scored.values()))[0]
