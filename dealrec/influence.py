@@ -210,6 +210,38 @@ def influence_from_rows(sample_index: np.ndarray, a: np.ndarray, g: np.ndarray, 
     return np.bincount(sample_index, weights=per_row, minlength=n_samples).astype(np.float64)
 
 
+def sample_gradients_from_rows(sample_index: np.ndarray, a: np.ndarray, g: np.ndarray,
+                               chunk_rows: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each sample's ``G_s = sum_t g_t a_t^T`` flattened like the block's weight (``[d_out * d_in]``,
+    float64), as ``(samples, G)`` pairs over groups of whole samples of about ``chunk_rows`` rows. Rows are
+    added in their captured order within a sample, so the same rows give the same bits."""
+    order = np.argsort(sample_index, kind="stable")
+    index = sample_index[order]
+    if len(index) == 0:
+        return
+    firsts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+    ends = np.r_[firsts[1:], len(index)]
+    lo = 0
+    while lo < len(firsts):
+        hi = int(np.searchsorted(ends, firsts[lo] + chunk_rows, side="right"))
+        hi = max(hi, lo + 1)
+        rows = order[firsts[lo]:ends[hi - 1]]
+        outer = (np.asarray(g[rows], dtype=np.float64)[:, :, None]
+                 * np.asarray(a[rows], dtype=np.float64)[:, None, :]).reshape(len(rows), -1)
+        yield index[firsts[lo:hi]], np.add.reduceat(outer, firsts[lo:hi] - firsts[lo], axis=0)
+        lo = hi
+
+
+def self_influence_from_rows(sample_index: np.ndarray, a: np.ndarray, g: np.ndarray, quadratic,
+                             n_samples: int) -> np.ndarray:
+    """``quadratic(G_s)`` (e.g. ``G_s (H + t I)^-1 G_s``) for every sample, float64 (samples without rows
+    score 0)."""
+    out = np.zeros(n_samples, dtype=np.float64)
+    for samples, grads in sample_gradients_from_rows(sample_index, a, g):
+        out[samples] = quadratic(grads)
+    return out
+
+
 def per_sample_gradient_loop(model, block: nn.Linear, collate, samples) -> np.ndarray:
     """The paper's way, kept as the reference: one autograd call per sample, ``[N, d_out, d_in]``.
 

@@ -42,7 +42,7 @@ from dealrec.engine import (ShardStore, batch_ranges, make_executor, peak_rss_mb
 from dealrec_core.data import stable_hash
 from dealrec_core.devices import DEVICE_AUTO, DEVICE_HELP, DTYPE_CHOICES, pick_device, reproducible_on
 from dealrec_core.errors import DealrecError
-from dealrec.hvp import HessianPool, HvpConfig, SOLVERS, solve
+from dealrec.hvp import HessianPool, HvpConfig, LowRankInverse, SOLVERS, lanczos_inverse, solve
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec_core.options import SEED
 from dealrec_core.paths import check_output
@@ -54,6 +54,7 @@ SCORES_FILE = "scores.parquet"
 NO_TARGET = "none"                          # --target none: influence only
 TARGETS = (*EFFORT_TARGETS.names(), NO_TARGET)   # the registered effort targets (tiger, bigrec), then none
 V_WEIGHTINGS = ("training", "position", "sample")
+INFLUENCE_VS = ("stationary", "measured")   # which v the influence is taken against (docs/selection.md)
 RUN_WRITES = ("work", SCORES_FILE, MANIFEST_FILE)   # what run_score writes in its run folder
 CAPTURE_FORMAT = 2  # 2: captures also hold the position-weighted gradient sums
 
@@ -62,7 +63,10 @@ CAPTURE_FORMAT = 2  # 2: captures also hold the position-weighted gradient sums
 class ScoreConfig:
     hvp: HvpConfig = field(default_factory=HvpConfig)
     target: str = "tiger"
-    v_weighting: str = "training"  # the risk whose gradient is v: the one the surrogate was trained on
+    influence_v: str = "stationary"  # stationary: the leave-one-out influence at a stationary point, where the
+                                     # other samples' mean gradient is -G_s/N (v measured is run noise); measured:
+                                     # the paper's, against the mean training gradient measured at the weights
+    v_weighting: str = "training"  # measured: the risk whose gradient is v: the one the surrogate was trained on
                                    # ("training"), or explicitly "position" / "sample" (docs/engine.md)
     llm: str | None = None
     adapter: str | None = None
@@ -90,6 +94,8 @@ class ScoreConfig:
         self.hvp.check()
         if self.target not in TARGETS:
             raise DealrecError(f"unknown --target {self.target!r} (choose from {', '.join(TARGETS)})")
+        if self.influence_v not in INFLUENCE_VS:
+            raise DealrecError(f"unknown --influence-v {self.influence_v!r} (choose from {', '.join(INFLUENCE_VS)})")
         if self.v_weighting not in V_WEIGHTINGS:
             raise DealrecError(f"unknown --v-weighting {self.v_weighting!r} (choose from {', '.join(V_WEIGHTINGS)})")
         if self.target != NO_TARGET:
@@ -193,11 +199,17 @@ def influence_task(task: dict) -> dict:
     ``U``, written as the shard's ``sample_id`` and ``influence``."""
     from safetensors.numpy import load_file, save_file
 
-    from dealrec.influence import influence_from_rows
+    from dealrec.influence import influence_from_rows, self_influence_from_rows
 
     store, shard = task_store(task)
     c = load_file(task["capture"])
-    influence = influence_from_rows(c["row_sample"], c["a"], c["g"], np.asarray(task["u"]), len(c["sample_id"]))
+    if "basis" in task:   # stationary: -G_s (H + tI)^-1 G_s / N
+        inverse = LowRankInverse(np.asarray(task["basis"]), np.asarray(task["small"]), float(task["tikhonov"]), [])
+        influence = -self_influence_from_rows(c["row_sample"], c["a"], c["g"], inverse.quadratic,
+                                              len(c["sample_id"])) / float(task["n"])
+    else:
+        influence = influence_from_rows(c["row_sample"], c["a"], c["g"], np.asarray(task["u"]),
+                                        len(c["sample_id"]))
     tmp = store.temporary(shard)
     save_file({"sample_id": c["sample_id"], "influence": influence}, str(tmp))
     store.commit(shard, tmp, task["key"], {"rows": int(len(c["row_sample"])), "peak_rss_mb": peak_rss_mb()})
@@ -288,6 +300,19 @@ def hessian_pool_rows(n_rows: int, config: HvpConfig) -> np.ndarray:
 def solve_influence_system(surrogate_dir: Path, samples: Samples, v: np.ndarray, config: HvpConfig,
                            collate_batch: int | None = None):
     """``U = (H + damping * scale * I)^-1 v`` over the Hessian pool (see ``dealrec.hvp``)."""
+    return solve(hessian_pool(surrogate_dir, samples, config, collate_batch), v, config)
+
+
+def stationary_inverse(surrogate_dir: Path, samples: Samples, config: HvpConfig, probe: np.ndarray | None = None,
+                       collate_batch: int | None = None):
+    """``(H + damping * scale * I)^-1`` over the Hessian pool, its ``config.rank`` directions of largest
+    curvature exact and the rest at the damping (``dealrec.hvp.lanczos_inverse``; ``probe``: a vector whose
+    system's residual is recorded)."""
+    return lanczos_inverse(hessian_pool(surrogate_dir, samples, config, collate_batch), config, probe)
+
+
+def hessian_pool(surrogate_dir: Path, samples: Samples, config: HvpConfig, collate_batch: int | None = None):
+    """The surrogate's Hessian pool: its block alone requiring a gradient, the seeded pool's minibatches."""
     from dealrec.influence import freeze_all_but
     from surrogates.registry import load_surrogate
 
@@ -299,8 +324,7 @@ def solve_influence_system(surrogate_dir: Path, samples: Samples, v: np.ndarray,
     step = collate_batch or config.hvp_batch
     batches = [model.collate(pool_samples.subset(np.arange(i, min(i + step, len(rows)))))
                for i in range(0, len(rows), step)]
-    pool = HessianPool(model, block, batches)
-    return solve(pool, v, config)
+    return HessianPool(model, block, batches)
 
 
 @dataclass
@@ -443,34 +467,50 @@ def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
     v = mean_gradient(captures, weighting)
     del captures
     solve_store = ShardStore(work / "solve", "solve", "safetensors")
-    solve_key = stable_hash({"capture": cap_inputs, "hvp": config.hvp.to_dict(), "n": n,
-                             "threads": config.threads, "v_weighting": weighting})
+    stationary = config.influence_v == "stationary"
+    key = {"capture": cap_inputs, "hvp": config.hvp.to_dict(), "n": n, "threads": config.threads,
+           "v_weighting": weighting}
+    if stationary:   # measured runs keep the key they always had, so their solves are reused
+        key["influence_v"] = config.influence_v
+    else:
+        key["hvp"].pop("rank")
+    solve_key = stable_hash(key)
     solve_shard = plan_shards(1, 1, 1)[0]
     if solve_store.is_done(solve_shard, solve_key):
-        u = load_file(str(solve_store.output(solve_shard)))["u"]
+        solved = load_file(str(solve_store.output(solve_shard)))
         solve_summary = json.loads(solve_store.manifest(solve_shard).read_text())["summary"]
         solve_summary["resumed"] = True
     else:
         before = torch.get_num_threads()
         torch.set_num_threads(config.threads)
         try:
-            result = solve_influence_system(surrogate, job.samples, v, config.hvp)
+            result = (stationary_inverse(surrogate, job.samples, config.hvp, v) if stationary
+                      else solve_influence_system(surrogate, job.samples, v, config.hvp))
         finally:
             torch.set_num_threads(before)
-        u = result.x
+        solved = ({"basis": result.basis, "small": result.small} if stationary else {"u": result.x})
+        solved["v"] = v
         solve_summary = result.summary()
         tmp = solve_store.temporary(solve_shard)
-        save_file({"u": np.ascontiguousarray(u), "v": np.ascontiguousarray(v)}, str(tmp))
+        save_file({k: np.ascontiguousarray(x) for k, x in solved.items()}, str(tmp))
         solve_store.commit(solve_shard, tmp, solve_key, {"summary": solve_summary})
-    phases["solve"] = {"seconds": round(time.perf_counter() - t0, 3), "solver": config.hvp.solver,
-                       "v_weighting": weighting}
+    phases["solve"] = {"seconds": round(time.perf_counter() - t0, 3),
+                       "solver": "lanczos" if stationary else config.hvp.solver,
+                       "influence_v": config.influence_v, "v_weighting": weighting}
+    if stationary:
+        solve_summary["v_norm"] = float(np.linalg.norm(v))
+        # the workers get (H + tI)^-1 as its low-rank factors and the sample count of the risk
+        broadcast = {"basis": np.ascontiguousarray(solved["basis"]), "small": np.ascontiguousarray(solved["small"]),
+                     "tikhonov": config.hvp.tikhonov, "n": n}
+    else:
+        broadcast = {"u": np.ascontiguousarray(solved["u"])}
 
     # ---- influence: U is sent to the workers, each scores its own shard's rows; the driver reads the results
     inf_store = ShardStore(work / "influence", "influence", "safetensors")
     inf_inputs = {"capture": cap_inputs, "solve": solve_key, "threads": executor.threads}
     phases["influence"] = run_phase(
         executor, influence_task, inf_store, shards,
-        lambda s: {"capture": str(cap_store.output(s)), "u": np.ascontiguousarray(u)},
+        lambda s: {"capture": str(cap_store.output(s)), **broadcast},
         inf_inputs, "influence: scores", progress)
     parts = [load_file(str(inf_store.output(s))) for s in shards]
     influence = np.concatenate([p["influence"] for p in parts])
@@ -567,7 +607,7 @@ def write_score_outputs(job: ScoreJob, config: ScoreConfig, result: InfluenceRes
 def _score_options(f):
     options = [
         click.option("--hvp", "hvp", type=click.Choice(SOLVERS), default=HvpConfig.solver, show_default=True,
-                     help=f"How H^-1 v is computed: cg, conjugate gradient (fits the time budget); lissa, the "
+                     help=f"How H^-1 v is computed for --influence-v measured: cg, conjugate gradient (fits the time budget); lissa, the "
                           f"paper's LiSSA ({HvpConfig.lissa_steps:,} minibatch HVPs); exact, the exact solve "
                           f"(small blocks/pools)."),
         click.option("--damping", type=float, default=HvpConfig.damping, show_default=True,
@@ -579,6 +619,16 @@ def _score_options(f):
                      help="Samples in the seeded Hessian pool used by every solver."),
         click.option("--hvp-batch", type=int, default=HvpConfig.hvp_batch, show_default=True,
                      help="Pool minibatch size (one LiSSA step = one HVP on one minibatch)."),
+        click.option("--influence-v", "influence_v", type=click.Choice(INFLUENCE_VS),
+                     default=ScoreConfig.influence_v, show_default=True,
+                     help="What the influence is taken against. stationary: the surrogate taken at a stationary "
+                          "point of its training risk, where the other samples' mean gradient is -G_s/N, so "
+                          "influence(s) = -G_s (H + damping*scale*I)^-1 G_s / N (same on every surrogate run); "
+                          "measured: the paper's, against the mean training gradient v measured at the weights "
+                          "(on Games its sign and ranking changed with the surrogate's seed; docs/selection.md)."),
+        click.option("--hessian-rank", type=click.IntRange(min=0), default=HvpConfig.rank, show_default=True,
+                     help="--influence-v stationary: Lanczos steps on the pool Hessian; its directions of largest "
+                          "curvature are kept exactly, the others count at the damping (0: damping only)."),
         click.option("--v-weighting", type=click.Choice(V_WEIGHTINGS), default=ScoreConfig.v_weighting,
                      show_default=True,
                      help="Whose gradient v is: the risk the surrogate was trained on ('training', read from its "
@@ -643,13 +693,14 @@ def config_from_options(hvp, damping, lissa_scale, lissa_steps, hessian_samples,
                         target_init, effort_block, batch_size, effort_batch_size, workers, shard_size,
                         ray_address, seed, threads_per_worker=ScoreConfig.threads,
                         chunk_tokens=ScoreConfig.chunk_tokens, v_weighting=ScoreConfig.v_weighting,
+                        influence_v=ScoreConfig.influence_v, hessian_rank=HvpConfig.rank,
                         worker_nice=ScoreConfig.worker_nice, template=ScoreConfig.template,
                         device=ScoreConfig.device, dtype=ScoreConfig.dtype, load_in_8bit=ScoreConfig.load_in_8bit,
                         load_in_4bit=ScoreConfig.load_in_4bit) -> ScoreConfig:
     return ScoreConfig(
         hvp=HvpConfig(solver=hvp, damping=damping, scale=lissa_scale, lissa_steps=lissa_steps,
-                      hessian_samples=hessian_samples, hvp_batch=hvp_batch, seed=seed),
-        target=target, v_weighting=v_weighting, llm=llm, adapter=adapter, target_init=target_init,
+                      hessian_samples=hessian_samples, hvp_batch=hvp_batch, rank=hessian_rank, seed=seed),
+        target=target, influence_v=influence_v, v_weighting=v_weighting, llm=llm, adapter=adapter, target_init=target_init,
         effort_block=effort_block,
         batch_size=batch_size, effort_batch_size=effort_batch_size, chunk_tokens=chunk_tokens, shard_size=shard_size,
         workers=workers, ray_address=ray_address, threads=threads_per_worker, worker_nice=worker_nice, seed=seed,

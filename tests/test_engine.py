@@ -198,11 +198,12 @@ def test_v_follows_the_surrogates_training_weighting(inputs, tmp_path):
     with pytest.raises(DealrecError, match="metrics.json"):
         resolve_v_weighting("training", recorded)
 
+    measured = dataclasses.replace(_config(32), influence_v="measured")   # v matters to this influence only
     run = tmp_path / "run"
-    run_score(data, sur, run, _config(32))
+    run_score(data, sur, run, measured)
     by_position = _scores(run)
     capture_mtimes = sorted(p.stat().st_mtime_ns for p in (run / "work" / "capture").glob("*.safetensors"))
-    run_score(data, sur, run, dataclasses.replace(_config(32), v_weighting="sample"))
+    run_score(data, sur, run, dataclasses.replace(measured, v_weighting="sample"))
     by_sample = _scores(run)
     assert capture_mtimes == sorted(p.stat().st_mtime_ns for p in (run / "work" / "capture").glob("*.safetensors"))
     assert by_position["sample_id"] == by_sample["sample_id"]
@@ -210,7 +211,47 @@ def test_v_follows_the_surrogates_training_weighting(inputs, tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["phases"]["solve"]["v_weighting"] == "sample"
     with pytest.raises(DealrecError, match="--v-weighting"):
-        run_score(data, sur, tmp_path / "y", dataclasses.replace(_config(32), v_weighting="tokens"))
+        run_score(data, sur, tmp_path / "y", dataclasses.replace(measured, v_weighting="tokens"))
+
+
+def test_stationary_influence_is_minus_the_damped_self_influence_over_n(inputs, tmp_path):
+    """The default influence: ``-G_s (H + tI)^-1 G_s / N`` with the pool Hessian (rank >= the block's size: exact),
+    each ``G_s`` from the per-sample autograd loop; switching to ``measured`` redoes the solve, not the capture."""
+    import dataclasses
+
+    from dealrec.influence import freeze_all_but, per_sample_gradient_loop
+    from dealrec.score import hessian_pool
+    from dealrec_core.data import PreparedData
+    from surrogates.registry import load_surrogate
+
+    _, data, sur, _ = inputs
+    config = _config(32)
+    assert config.influence_v == "stationary"
+    config.hvp.rank = 64                                  # the 8 x 8 block: every direction exact
+    run = tmp_path / "run"
+    run_score(data, sur, run, config)
+    got = _scores(run)
+    samples = PreparedData(data).samples()
+    model = load_surrogate(sur).eval().double()
+    block = model.influence_block()
+    freeze_all_but(model, block)
+    grads = per_sample_gradient_loop(model, block, model.collate, samples).reshape(len(samples), -1)
+    h = hessian_pool(sur, samples, config.hvp).matrix() + config.hvp.tikhonov * np.eye(grads.shape[1])
+    want = -np.einsum("nd,nd->n", grads, np.linalg.solve(h, grads.T).T) / len(samples)
+    order = np.argsort(samples.sample_id)
+    assert got["sample_id"] == samples.sample_id[order].tolist()
+    np.testing.assert_allclose(got["influence"], want[order], rtol=1e-4)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["phases"]["solve"]["influence_v"] == "stationary"
+    assert manifest["hvp"]["solver"] == "lanczos" and len(manifest["hvp"]["trace"]) > 0
+
+    capture_mtimes = sorted(p.stat().st_mtime_ns for p in (run / "work" / "capture").glob("*.safetensors"))
+    run_score(data, sur, run, dataclasses.replace(config, influence_v="measured"))
+    assert capture_mtimes == sorted(p.stat().st_mtime_ns for p in (run / "work" / "capture").glob("*.safetensors"))
+    assert json.loads((run / "manifest.json").read_text())["phases"]["solve"]["influence_v"] == "measured"
+    assert not np.allclose(_scores(run)["influence"], got["influence"])
+    with pytest.raises(DealrecError, match="--influence-v"):
+        run_score(data, sur, tmp_path / "y", dataclasses.replace(config, influence_v="both"))
 
 
 def test_tensors_digest_hashes_content_not_file_bytes(tmp_path):

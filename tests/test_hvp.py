@@ -1,4 +1,5 @@
-"""The three H^-1 v solvers: exact == autograd's Hessian, CG == exact, LiSSA's fixed point, divergence."""
+"""The three H^-1 v solvers: exact == autograd's Hessian, CG == exact, LiSSA's fixed point, divergence; and
+the stationary influence's low-rank damped inverse against the dense one."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from dealrec_core.errors import DealrecError
-from dealrec.hvp import HessianPool, HvpConfig, solve
+from dealrec.hvp import HessianPool, HvpConfig, lanczos_inverse, solve
 from dealrec.influence import freeze_all_but
 from surrogates.registry import build_surrogate
 from tiny_surrogate import tiny_samples
@@ -107,3 +108,62 @@ def test_cg_refuses_an_indefinite_system(setup):
 def test_bad_solver_name():
     with pytest.raises(DealrecError, match="unknown --hvp"):
         HvpConfig(solver="newton").check()
+
+
+def _dense_quadratic(pool, grads, tikhonov):
+    h = pool.matrix() + tikhonov * np.eye(pool.dim)
+    return np.einsum("md,md->m", grads, np.linalg.solve(h, grads.T).T)
+
+
+def test_lanczos_inverse_of_full_rank_is_the_exact_damped_inverse(setup):
+    *_, pool, _ = setup
+    config = HvpConfig(damping=0.1, scale=10.0, rank=pool.dim)
+    probe = np.random.default_rng(5).standard_normal(pool.dim)
+    inverse = lanczos_inverse(pool, config, probe)
+    assert inverse.residual < 1e-9
+    np.testing.assert_allclose(inverse.apply(probe), solve(pool, probe, HvpConfig(solver="exact", damping=0.1,
+                                                                                  scale=10.0)).x.reshape(-1),
+                               rtol=1e-8)
+    grads = np.random.default_rng(3).standard_normal((7, pool.dim))
+    np.testing.assert_allclose(inverse.quadratic(grads), _dense_quadratic(pool, grads, config.tikhonov),
+                               rtol=1e-8)
+    # the Krylov space holds every direction of non-zero curvature (this pool's Hessian has rank < dim, so
+    # Lanczos may stop early there): each such eigenvalue is a Ritz value, and each Ritz value an eigenvalue
+    eig, ritz = np.linalg.eigvalsh(pool.matrix()), np.asarray(inverse.ritz)
+    assert np.abs(ritz[:, None] - eig[None, :]).min(1).max() < 1e-9
+    assert np.abs(eig[np.abs(eig) > 1e-9][:, None] - ritz[None, :]).min(1).max() < 1e-9
+
+
+def test_lanczos_inverse_keeps_the_largest_curvature_and_damps_the_rest(setup):
+    *_, pool, _ = setup
+    t = 1.0
+    grads = np.random.default_rng(4).standard_normal((9, pool.dim))
+    exact = _dense_quadratic(pool, grads, t)
+    eig = np.linalg.eigvalsh(pool.matrix())
+    errors = []
+    for rank in (0, 3, 6, 12):
+        config = HvpConfig(damping=0.1, scale=10.0, rank=rank)
+        inverse = lanczos_inverse(pool, config)
+        got = inverse.quadratic(grads)
+        k = inverse.basis.shape[1]
+        assert k <= rank   # fewer where the Krylov space is invariant (this Hessian has rank 10 of 16)
+        np.testing.assert_allclose(inverse.basis.T @ inverse.basis, np.eye(k), atol=1e-10)
+        # every direction is weighted between 1/(mu_max + t) and 1/(mu_min + t): never outside the exact range
+        norms = np.einsum("md,md->m", grads, grads)
+        assert np.all(got <= norms / (eig[0] + t) * (1 + 1e-9)) and np.all(got >= norms / (eig[-1] + t) * (1 - 1e-9))
+        errors.append(np.abs(got - exact).max())
+        # the same seed gives the same bits
+        np.testing.assert_array_equal(lanczos_inverse(pool, config).quadratic(grads), got)
+    np.testing.assert_allclose(lanczos_inverse(pool, HvpConfig(damping=0.1, scale=10.0, rank=0)).quadratic(grads),
+                               np.einsum("md,md->m", grads, grads) / t, rtol=1e-12)
+    assert errors[-1] < errors[0] / 10
+
+
+def test_lanczos_refuses_an_indefinite_damped_hessian(setup):
+    *_, pool, _ = setup
+    if np.linalg.eigvalsh(pool.matrix())[0] >= 0:
+        pytest.fail("the test model's Hessian should be indefinite at this random point")
+    with pytest.raises(DealrecError, match="not positive definite"):
+        lanczos_inverse(pool, HvpConfig(damping=0.0, scale=1.0, rank=pool.dim))
+    with pytest.raises(DealrecError, match="--hessian-rank"):
+        HvpConfig(rank=-1).check()

@@ -8,7 +8,7 @@ from torch import nn
 
 from dealrec_core.errors import DealrecError
 from dealrec.influence import LinearTaps, capture_batch, capture_samples, freeze_all_but, influence_from_rows, \
-    length_groups, per_sample_gradient_loop
+    length_groups, per_sample_gradient_loop, sample_gradients_from_rows, self_influence_from_rows
 from surrogates.registry import build_surrogate
 from tiny_surrogate import TinySurrogate, tiny_samples
 
@@ -67,6 +67,43 @@ def test_influence_equals_per_sample_autograd_loop(name, chunk_tokens):
     # every sample has a real score, one-item and empty histories included
     assert np.all(got != 0)
     assert np.all(np.abs(loop).reshape(len(samples), -1).max(1) > 0)
+
+
+@pytest.mark.parametrize("chunk_tokens", [0, 20])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_self_influence_equals_per_sample_autograd_loop(name, chunk_tokens):
+    model = MODELS[name]()
+    samples = tiny_samples(37, N_ITEMS, seed=3)
+    block = model.influence_block()
+    parts = _capture(model, samples, batch_size=8, chunk_tokens=chunk_tokens)
+    loop = per_sample_gradient_loop(model, block, model.collate, samples).reshape(len(samples), -1)
+    m = np.random.default_rng(2).standard_normal((loop.shape[1], loop.shape[1]))
+    metric = m @ m.T / loop.shape[1] + np.eye(loop.shape[1])   # any symmetric positive definite form
+    got = np.zeros(len(samples))
+    for idx, rows in parts:
+        got[idx] = self_influence_from_rows(rows.sample_index, rows.a, rows.g,
+                                            lambda grads: np.einsum("md,de,me->m", grads, metric, grads), len(idx))
+    np.testing.assert_allclose(got, np.einsum("nd,de,ne->n", loop, metric, loop), rtol=1e-8)
+    assert np.all(got > 0)
+
+
+def test_sample_gradients_do_not_depend_on_the_row_chunking():
+    model = MODELS["sasrec-ce"]()
+    samples = tiny_samples(30, N_ITEMS, seed=6)
+    (idx, rows), = _capture(model, samples, batch_size=30, chunk_tokens=20)
+    shuffled = np.random.default_rng(0).permutation(len(rows.sample_index))   # rows of a sample interleaved
+    by_chunk = {}
+    for chunk in (1, 5, 10_000):
+        got = np.zeros((len(idx), rows.g.shape[1] * rows.a.shape[1]))
+        for which, grads in sample_gradients_from_rows(rows.sample_index[shuffled], rows.a[shuffled],
+                                                       rows.g[shuffled], chunk_rows=chunk):
+            assert not got[which].any()   # each sample once, whole
+            got[which] = grads
+        by_chunk[chunk] = got
+    np.testing.assert_array_equal(by_chunk[1], by_chunk[10_000])
+    np.testing.assert_array_equal(by_chunk[5], by_chunk[10_000])
+    loop = per_sample_gradient_loop(model, model.influence_block(), model.collate, samples).reshape(len(samples), -1)
+    np.testing.assert_allclose(by_chunk[1], loop, rtol=1e-8, atol=1e-12)
 
 
 def test_scores_do_not_depend_on_batch_boundaries():
