@@ -727,12 +727,18 @@ def _duration(seconds: float) -> str:
     return f"{h}h {m:02d}m {s:02d}s" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
 
 
+def _influence_v(report: dict) -> str:
+    """The score run's ``--influence-v`` (runs scored before the option had the paper's, measured)."""
+    return (report.get("score_options") or {}).get("influence_v", "measured")
+
+
 def report_markdown(report: dict) -> str:
     lines = [f"# dealrec compare: {report['target']} on {report['n']}-sample coresets",
              "",
              f"Data `{report['data']}`; methods {', '.join(report['methods'])}; seeds "
              f"{', '.join(map(str, report['seeds']))}; lambda {report['selection']['lambda']}, k "
-             f"{report['selection']['k']}, hard prune {report['selection']['hard_prune']}. Each cell: mean "
+             f"{report['selection']['k']}, hard prune {report['selection']['hard_prune']}; influence "
+             f"{_influence_v(report)}. Each cell: mean "
              f"(sd over seeds) and every seed's value in seed order. Choose on valid, report on test.",
              ""]
     stop_users = report["finetune_options"].get("valid_users") if report["target"] == "tiger" else None

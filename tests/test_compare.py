@@ -133,7 +133,7 @@ def test_report_has_every_method_seed_and_reference(compared):
 
     md = (out / "report.md").read_text()
     for heading in ("## Test", "## Valid", "Paired against random", "## Composition", "## Runs", "## Machine",
-                    "did not early-stop the runs"):
+                    "did not early-stop the runs", "influence stationary."):
         assert heading in md
     for label in METHODS + ["all data (reference)", "most popular (reference)"]:
         assert f"| {label} |" in md
