@@ -667,9 +667,10 @@ def _score_options(f):
                           "(0: the same priority; raise it to let other work on the machine go first). A joined "
                           "cluster (--ray-address) keeps its own setting."),
         click.option("--seed", type=SEED, default=ScoreConfig.seed, show_default=True,
-                     help="Seed of the Hessian pool and the fresh TIGER target; prune's surrogate training and "
-                          "selection too. On Games the coreset's downstream quality varied widely with the "
-                          "surrogate's seed (docs/selection.md)."),
+                     help="Seed of the Hessian pool, the Lanczos start and the fresh TIGER target; prune's "
+                          "surrogate training and selection too. With --influence-v measured the coreset's "
+                          "downstream quality on Games varied widely with the surrogate's seed; the stationary "
+                          "default ranks alike across seeds (docs/selection.md)."),
         click.option("--template", type=click.Choice(sorted(DOMAIN_TEMPLATES)), default=ScoreConfig.template,
                      show_default=True,
                      help="Prompt wording of --target bigrec's effort; recorded in the manifest, and 'dealrec export' "
