@@ -36,6 +36,9 @@ else:   # Python 3.10: the same parser, from PyPI (pyproject.toml pulls it in th
     import tomli as tomllib
 
 CONFIG_COMMANDS = ("score", "select", "prune", "compare")   # the commands that take --config
+# options added after runs were first recorded, with the value those runs had (their default then): a run
+# replayed from an older record gets that value, not today's default
+LEGACY_VALUES = {"score": {"influence-v": "measured"}, "prune": {"influence-v": "measured"}}
 OPTIONS_KEY = "options"        # the manifest's section: {command: {flag: value}}
 NOT_RECORDED = ("out",)        # where the run went is not an option of the run
 
@@ -275,6 +278,9 @@ def config_from_run(run: str | Path, command: str | None = None) -> str:
         lines += ["", f"[{name}]"]
         for flag, value in options.items():
             lines.append(f"# {flag}: not set" if value is None else f"{flag} = {toml_value(value)}")
+        for flag, value in LEGACY_VALUES.get(name, {}).items():
+            if flag not in options:
+                lines.append(f"{flag} = {toml_value(value)}   # recorded before the option existed: the value then")
     return "\n".join(lines) + "\n"
 
 

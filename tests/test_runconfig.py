@@ -175,12 +175,20 @@ def test_config_from_run_writes_a_table_per_command_and_refuses_a_run_without_re
         "select": {"n": 10, "method": "influence", "data": None}}}))
     text = config_from_run(run)
     doc = tomllib.loads(text)
-    assert doc == {"score": {"hvp": "cg", "seed": 1}, "select": {"n": 10, "method": "influence"}}
+    # a record from before --influence-v replays with the influence it was scored with, not today's default
+    assert doc == {"score": {"hvp": "cg", "seed": 1, "influence-v": "measured"},
+                   "select": {"n": 10, "method": "influence"}}
     assert tomllib.loads(config_from_run(run, "select")) == {"select": {"n": 10, "method": "influence"}}
     config = tmp_path / "run.toml"
     config.write_text(text)   # select reads its table and skips score's
     assert read_config(config, _command("select")) == {"n": 10, "method": "influence"}
-    assert read_config(config, _command("score")) == {"hvp": "cg", "seed": 1}
+    assert read_config(config, _command("score")) == {"hvp": "cg", "seed": 1, "influence_v": "measured"}
+    (run / "manifest.json").write_text(json.dumps({"command": "dealrec score", "options": {
+        "score": {"influence-v": "stationary", "seed": 1}}}))
+    assert tomllib.loads(config_from_run(run)) == {"score": {"influence-v": "stationary", "seed": 1}}
+    (run / "manifest.json").write_text(json.dumps({"command": "dealrec score", "options": {
+        "score": {"hvp": "cg", "workers": None, "seed": 1},
+        "select": {"n": 10, "method": "influence", "data": None}}}))
     with pytest.raises(DealrecError, match="records no options of 'dealrec prune'"):
         config_from_run(run, "prune")
     (run / "manifest.json").write_text(json.dumps({"command": "dealrec score"}))
