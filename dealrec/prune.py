@@ -246,9 +246,9 @@ def _make_command():
                   help="A trained surrogate (default: train the --surrogate-model).")
     @click.option("--surrogate-model", type=click.Choice(SURROGATE_MODELS), default=None,
                   help=f"The surrogate to train when --surrogate is not given [{SURROGATE_MODEL}]; "
-                       f"'dealrec train-surrogate --help' lists each model's options. The selection's "
-                       f"defaults were validated with sasrec only: on Games, bert4rec's and dcrec's coresets "
-                       f"trained a worse TIGER than random ones (docs/surrogates.md).")
+                       f"'dealrec train-surrogate --help' lists each model's options. On Games each one's "
+                       f"coreset trained a better TIGER than random ones with the default (stationary) "
+                       f"influence (docs/surrogates.md).")
     @click.option("--surrogate-minutes", type=float, default=SurrogateTrainConfig.max_minutes,
                   help="Wall-clock budget of surrogate training, checked after each epoch [default: none: "
                        "early stopping alone decides, so the coreset does not depend on the machine's speed].")
