@@ -611,7 +611,8 @@ def _score_options(f):
                           f"paper's LiSSA ({HvpConfig.lissa_steps:,} minibatch HVPs); exact, the exact solve "
                           f"(small blocks/pools)."),
         click.option("--damping", type=float, default=HvpConfig.damping, show_default=True,
-                     help="LiSSA damping; CG/exact solve (H + damping*scale*I) x = v, LiSSA's fixed point."),
+                     help="LiSSA damping; CG/exact solve (H + damping*scale*I) x = v, LiSSA's fixed point; "
+                          "--influence-v stationary inverts the same damped Hessian."),
         click.option("--lissa-scale", type=float, default=HvpConfig.scale, show_default=True, help="LiSSA scale."),
         click.option("--lissa-steps", type=int, default=HvpConfig.lissa_steps, show_default=True,
                      help="LiSSA recursion depth."),
