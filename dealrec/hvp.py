@@ -259,9 +259,7 @@ class LowRankInverse:
         """``G (H_k + t I)^-1 G^T`` for every row ``G`` of ``grads`` [m, d] (float64 [m])."""
         grads = np.asarray(grads, dtype=np.float64)
         total = np.einsum("md,md->m", grads, grads)
-        if self.basis.shape[1] == 0:
-            return total / self.tikhonov
-        proj = grads @ self.basis
+        proj = grads @ self.basis   # [m, 0] for rank 0: the correction terms are exact zeros
         return (total - np.einsum("mk,mk->m", proj, proj)) / self.tikhonov + np.einsum(
             "mk,kj,mj->m", proj, self.small, proj)
 
