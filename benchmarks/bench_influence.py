@@ -33,7 +33,7 @@ import torch
 from scipy.stats import spearmanr
 
 from dealrec_core.data import PreparedData
-from dealrec.influence import LinearTaps, capture_samples, freeze_all_but, influence_from_rows
+from dealrec.influence import LinearTaps, capture_ce_chunk, capture_samples, freeze_all_but, influence_from_rows
 from surrogates.registry import load_surrogate
 
 
@@ -65,23 +65,30 @@ def main():
     # ---- engine over the first n_engine samples
     freeze_all_but(model, block)
     taps = LinearTaps(block)
-    t0 = time.perf_counter()
-    parts = []
-    for lo in range(0, n_engine, args.batch_size):
-        idx = np.arange(lo, min(lo + args.batch_size, n_engine))
-        parts.append((idx, capture_samples(model, taps, samples.subset(idx), args.chunk_tokens)))
-    t_capture = time.perf_counter() - t0
-    v = sum(r.grad_sum for _, r in parts) / n_engine
+    u = None
     if args.run:
         from safetensors.numpy import load_file
         u = load_file(os.path.join(args.run, "work", "solve", "shard-00000.safetensors"))["u"]
-    else:
-        u = v
-    t0 = time.perf_counter()
-    engine = np.zeros(n_engine)
-    for idx, r in parts:
-        engine[idx] = influence_from_rows(r.sample_index, r.a, r.g, u, len(idx))
-    t_engine = t_capture + time.perf_counter() - t0
+
+    def run_engine(ce_chunk):
+        """capture + dot products over the first n_engine samples: (scores, seconds)."""
+        t0 = time.perf_counter()
+        parts = []
+        for lo in range(0, n_engine, args.batch_size):
+            idx = np.arange(lo, min(lo + args.batch_size, n_engine))
+            parts.append((idx, capture_samples(model, taps, samples.subset(idx), args.chunk_tokens, ce_chunk)))
+        t_capture = time.perf_counter() - t0
+        v = sum(r.grad_sum for _, r in parts) / n_engine
+        uu = v if u is None else u
+        t0 = time.perf_counter()
+        scores = np.zeros(n_engine)
+        for idx, r in parts:
+            scores[idx] = influence_from_rows(r.sample_index, r.a, r.g, uu, len(idx))
+        return scores, t_capture + time.perf_counter() - t0, uu
+
+    ce_chunk = capture_ce_chunk("cpu") if model.supports_ce_chunk() else 0
+    engine, t_engine, u = run_engine(ce_chunk)
+    one_product = run_engine(0) if ce_chunk else None   # the engine before the softmax by blocks, side by side
     taps.remove()
 
     # ---- loops on a seeded subset
@@ -138,9 +145,15 @@ def main():
     print()
     print("| method | s / sample | time for all samples (s) | speed-up of the engine | Spearman vs engine |")
     print("| --- | --- | --- | --- | --- |")
-    print(f"| engine (hooks, batch {args.batch_size}, chunks of {args.chunk_tokens} positions) | "
+    print(f"| engine (hooks, batch {args.batch_size}, chunks of {args.chunk_tokens} positions"
+          f"{f', softmax by blocks of {ce_chunk} items' if ce_chunk else ''}) | "
           f"{per_sample_engine * 1e3:.3f} ms | "
           f"{per_sample_engine * n_all:.1f} | 1.0x | 1 |")
+    if one_product is not None:
+        t = one_product[1] / n_engine
+        print(f"| engine as before: the softmax as one product over all items (ce_chunk 0) | {t * 1e3:.3f} ms | "
+              f"{t * n_all:.1f} | {t / per_sample_engine:.1f}x | "
+              f"{spearmanr(engine, one_product[0]).statistic:.6f} |")
     for label, t, r in (("reference loop (cal_grad_z: autograd.grad on the block, every parameter live, batch 1)",
                          t_reference, rho["reference"]),
                         ("block loop (autograd.grad, only the block live, batch 1)", t_block, rho["block"]),

@@ -43,6 +43,7 @@ from dealrec_core.data import stable_hash
 from dealrec_core.devices import DEVICE_AUTO, DEVICE_HELP, DTYPE_CHOICES, pick_device, reproducible_on
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HessianPool, HvpConfig, LowRankInverse, SOLVERS, lanczos_inverse, solve
+from dealrec.influence import capture_ce_chunk
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec_core.options import SEED
 from dealrec_core.paths import check_output
@@ -171,12 +172,13 @@ def capture_task(task: dict) -> dict:
     from dealrec.influence import capture_samples
 
     store, shard = task_store(task)
+    ce_chunk = task.get("ce_chunk", 0)
     model, block, taps = _surrogate(task["surrogate"], task["surrogate_sha256"], task.get("device", "cpu"))
     samples = _shard_samples(task["samples_dir"], task["samples_sha256"], shard.start, shard.stop)
     index, a, g, sums, weighted, weights, losses = [], [], [], [], [], [], []
     with reproducible_on(model.device):
         for lo, hi in batch_ranges(shard, task["batch_size"]):
-            rows = capture_samples(model, taps, samples.subset(np.arange(lo, hi)), task["chunk_tokens"])
+            rows = capture_samples(model, taps, samples.subset(np.arange(lo, hi)), task["chunk_tokens"], ce_chunk)
             index.append(rows.sample_index + lo)
             a.append(rows.a)
             g.append(rows.g)
@@ -450,14 +452,16 @@ def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
     # ---- capture
     shards = plan_shards(n, config.shard_size, config.batch_size)
     cap_store = ShardStore(work / "capture", "capture", "safetensors")
+    ce_chunk = capture_ce_chunk(device)   # a full-softmax loss by blocks of items on the CPU: other float sums
     cap_inputs = {"samples": job.samples_sha, "surrogate": job.surrogate_sha, "batch_size": config.batch_size,
                   "chunk_tokens": config.chunk_tokens, "threads": executor.threads, "format": CAPTURE_FORMAT,
-                  **_device_key(device)}
+                  "ce_chunk": ce_chunk, **_device_key(device)}
     phases["capture"] = run_phase(
         executor, capture_task, cap_store, shards,
         lambda s: {"samples_dir": job.samples_dir, "samples_sha256": job.samples_key,
                    "surrogate": str(surrogate), "surrogate_sha256": job.surrogate_sha,
-                   "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens, "device": device},
+                   "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens, "device": device,
+                   "ce_chunk": ce_chunk},
         cap_inputs, "influence: capture", progress, use_gpu=device.startswith("cuda"))
 
     # ---- mean gradient and solve: only the per-batch sums are read (never the rows)

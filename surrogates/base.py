@@ -103,8 +103,9 @@ class Surrogate(nn.Module, ScoringTask):
     def __init__(self, config: SurrogateConfig):
         super().__init__()
         self.config = config
-        # training only, set by the trainer (--ce-chunk): the full-softmax loss a block of this many items at a
-        # time (surrogates/softmax.py); 0: one product. Not part of the model: never saved.
+        # set by the trainer (--ce-chunk) and the influence capture on the CPU, first-order passes only: the
+        # full-softmax loss a block of this many items at a time (surrogates/softmax.py); 0: one product
+        # (what a second derivative needs). Not part of the model: never saved.
         self.ce_chunk = 0
 
     def supports_ce_chunk(self) -> bool:

@@ -268,7 +268,7 @@ class SASRec(Surrogate, name="sasrec"):
         h = states[real]            # [N, hidden]: only real positions ever reach the loss
         y = labels[real]
         table = self._item_table()
-        if self.config.loss == "ce" and self.ce_chunk and self.training and torch.is_grad_enabled():
+        if self.config.loss == "ce" and self.ce_chunk and torch.is_grad_enabled():
             losses = chunked_cross_entropy(h, table, y, self.ce_chunk)   # the same loss, by blocks of items
         elif self.config.loss == "ce":
             logits = h @ table.T

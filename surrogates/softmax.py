@@ -1,51 +1,65 @@
-"""Full-softmax cross-entropy over a large item table, a block of items at a time.
+"""Full-softmax cross-entropy over a large item table, a block of items at a time, in one pass.
 
 ``logits = h @ table.T`` over every item at every real position is most of a CE surrogate's training
-step on the CPU (Games: 17,333 items; about 85% of a bucketed SASRec step, measured). Done as one
-product, the [positions, items] logits and their gradient pass through memory several times (the
-product, the padding column, log-softmax, its backward, the two products of the backward). Here the
-items are taken ``chunk`` rows at a time: the forward keeps a running maximum and sum per position (the
-log-sum-exp), the backward recomputes each block's logits and turns them straight into that block's
-share of both gradients, so a block never leaves the cache. The same function, exactly: the loss and
-both gradients agree with autograd through the one-product form to float rounding (tested). One more
-product than autograd's backward (the block's logits again), fewer passes over memory.
+step on the CPU (Games: 17,333 items; about 85% of a bucketed SASRec step, measured) and most of the
+influence capture. Done as one product, the [positions, items] logits and their gradient pass through
+memory several times (the product, the padding column, log-softmax, its backward, the products of the
+backward). Here the items are taken ``chunk`` rows at a time and a block never leaves the cache: the
+forward keeps, per position, a running maximum, the sum of the exponentials and their weighted sum of
+the block's rows (the "online softmax"; one product per block gives both, the rows carrying a column of
+ones), which gives the log-sum-exp and the softmax's expectation of the
+item rows, ``E_p[table] = sum_i p_i table_i``. The gradient with respect to ``h`` is then
+``E_p[table] - table[y]`` with no second pass; the table's gradient, when something asks for it (training;
+the influence capture's item table is frozen and skips it), recomputes each block's probabilities.
 
-Training only: the backward is written by hand and has no second derivative, so the influence engine
-(Hessian-vector products) keeps the autograd form.
+The same function, exactly: the loss and both gradients agree with autograd through the one-product form to
+float rounding (tested). First derivatives only: the backward is written by hand, so a second derivative
+(a Hessian-vector product) through it raises an error instead of a wrong number; the HVPs keep the
+autograd form.
 """
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 class _ChunkedSoftmaxCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, table: torch.Tensor, y: torch.Tensor, chunk: int, skip: int):
-        n = h.shape[0]
+        n, d = h.shape
+        # the candidates with a column of ones: one product per block gives both the weighted sum of the
+        # block's rows and the sum of the exponentials (its last column)
+        ones = torch.ones(table.shape[0] - skip, 1, dtype=table.dtype, device=table.device)
+        candidates = torch.cat([table[skip:], ones], dim=1)
         m = torch.full((n,), float("-inf"), dtype=h.dtype, device=h.device)
-        s = torch.zeros(n, dtype=h.dtype, device=h.device)
-        for lo in range(skip, table.shape[0], chunk):
-            logits = h @ table[lo:lo + chunk].T
-            new_m = torch.maximum(m, logits.amax(1))
-            s = s * torch.exp(m - new_m) + torch.exp(logits - new_m[:, None]).sum(1)
+        acc = torch.zeros(n, d + 1, dtype=h.dtype, device=h.device)   # rescaled as the running maximum grows
+        for lo in range(0, candidates.shape[0], chunk):
+            block = candidates[lo:lo + chunk]
+            w = h @ block[:, :d].T
+            new_m = torch.maximum(m, w.amax(1))
+            rescale = torch.exp(m - new_m)
+            w.sub_(new_m[:, None]).exp_()
+            acc.mul_(rescale[:, None]).addmm_(w, block)
             m = new_m
+        s = acc[:, d]
         lse = m + torch.log(s)
-        ctx.save_for_backward(h, table, y, lse)
+        expect = acc[:, :d] / s[:, None]   # the softmax's expectation of the item rows
+        ctx.save_for_backward(h, table, y, lse, expect)
         ctx.chunk, ctx.skip = chunk, skip
         return lse - (h * table[y]).sum(1)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        h, table, y, lse = ctx.saved_tensors
-        grad_h = torch.zeros_like(h)
-        grad_table = torch.zeros_like(table)
-        for lo in range(ctx.skip, table.shape[0], ctx.chunk):
-            block = table[lo:lo + ctx.chunk]
-            p = torch.exp(h @ block.T - lse[:, None]) * grad[:, None]   # softmax times the loss's gradient
-            grad_h.addmm_(p, block)
-            grad_table[lo:lo + ctx.chunk] = p.T @ h
-        grad_h -= grad[:, None] * table[y]
-        grad_table.index_add_(0, y, -grad[:, None] * h)
+        h, table, y, lse, expect = ctx.saved_tensors
+        grad_h = grad[:, None] * (expect - table[y]) if ctx.needs_input_grad[0] else None
+        grad_table = None
+        if ctx.needs_input_grad[1]:
+            grad_table = torch.zeros_like(table)
+            for lo in range(ctx.skip, table.shape[0], ctx.chunk):
+                p = torch.exp(h @ table[lo:lo + ctx.chunk].T - lse[:, None]) * grad[:, None]
+                grad_table[lo:lo + ctx.chunk] = p.T @ h
+            grad_table.index_add_(0, y, -grad[:, None] * h)
         return grad_h, grad_table, None, None, None
 
 

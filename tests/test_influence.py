@@ -199,3 +199,37 @@ def test_models_without_sample_weights_weigh_every_sample_alike():
     parts = _capture(model, samples, batch_size=8)
     assert sum(rows.weight for _, rows in parts) == len(samples)
     np.testing.assert_array_equal(sum(rows.weighted_sum for _, rows in parts), sum(rows.grad_sum for _, rows in parts))
+
+
+@pytest.mark.parametrize("ce_chunk", [1, 7, 1000])
+def test_capture_with_the_softmax_by_blocks_equals_the_one_product_form(ce_chunk):
+    """The engine's CPU capture computes a full-softmax loss a block of items at a time (first order only):
+    the same rows to float rounding, the loop's gradients, and the model's own setting back afterwards."""
+    model = MODELS["sasrec-ce"]()
+    samples = tiny_samples(37, N_ITEMS, seed=3)
+    block = model.influence_block()
+    freeze_all_but(model, block)
+    taps = LinearTaps(block)
+    whole = capture_samples(model, taps, samples, 20)
+    blocks = capture_samples(model, taps, samples, 20, ce_chunk)
+    assert model.ce_chunk == 0
+    np.testing.assert_array_equal(blocks.sample_index, whole.sample_index)
+    np.testing.assert_array_equal(blocks.a, whole.a)   # upstream of the loss: the same forward
+    np.testing.assert_allclose(blocks.g, whole.g, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(blocks.losses, whole.losses, rtol=1e-12)
+    loop = per_sample_gradient_loop(model, block, model.collate, samples)
+    got = np.zeros_like(loop)
+    for s, grads in sample_gradients_from_rows(blocks.sample_index, blocks.a, blocks.g):
+        got[s] = grads.reshape((-1,) + loop.shape[1:])
+    np.testing.assert_allclose(got, loop, rtol=1e-9, atol=1e-12)
+
+
+def test_ce_chunk_leaves_a_model_without_a_full_softmax_alone():
+    model = MODELS["sasrec-bce"]()
+    samples = tiny_samples(20, N_ITEMS, seed=4)
+    block = model.influence_block()
+    freeze_all_but(model, block)
+    taps = LinearTaps(block)
+    whole, blocks = capture_samples(model, taps, samples, 0), capture_samples(model, taps, samples, 0, 5)
+    np.testing.assert_array_equal(blocks.g, whole.g)
+    np.testing.assert_array_equal(blocks.grad_sum, whole.grad_sum)

@@ -85,3 +85,19 @@ def test_trainer_takes_ce_chunk_for_sasrec_and_refuses_it_where_there_is_no_full
                         TrainConfig(**cfg, ce_chunk=8))
     with pytest.raises(DealrecError, match="ce_chunk"):
         TrainConfig(ce_chunk=-1)
+
+
+def test_first_derivatives_only_a_second_one_is_refused():
+    """Hessian-vector products must not go through the hand-written backward (they would be wrong)."""
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(9, 3, generator=gen, dtype=torch.float64)
+    h = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([1, 2, 3, 8])
+    (grad,) = torch.autograd.grad(chunked_cross_entropy(h, table, y, 4).sum(), h, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(grad.sum(), h)
+    # a frozen table (the influence capture): the gradient of h alone, autograd's
+    hh = h.detach().clone().requires_grad_()
+    (ref,) = torch.autograd.grad(_reference(hh, table, y).sum(), hh)
+    (ours,) = torch.autograd.grad(chunked_cross_entropy(hh, table, y, 4).sum(), hh)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)

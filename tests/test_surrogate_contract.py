@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from dealrec.influence import LinearTaps, capture_samples, freeze_all_but, influence_from_rows, \
+from dealrec.influence import CAPTURE_CE_CHUNK, LinearTaps, capture_samples, freeze_all_but, influence_from_rows, \
     per_sample_gradient_loop
 from dealrec_core.data import Samples
 from surrogates.base import save_surrogate
@@ -103,9 +103,11 @@ def test_a_sample_loss_ignores_its_batch_mates(name, samples):
         torch.testing.assert_close(grad, first[0][1], atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("chunk_tokens", [0, 20])
+@pytest.mark.parametrize("chunk_tokens,ce_chunk", [(0, 0), (20, 0), (20, CAPTURE_CE_CHUNK), (20, 3)])
 @pytest.mark.parametrize("name", NAMES)
-def test_influence_equals_the_per_sample_autograd_loop(name, chunk_tokens, samples):
+def test_influence_equals_the_per_sample_autograd_loop(name, chunk_tokens, ce_chunk, samples):
+    """Also as the engine captures on the CPU (``ce_chunk``: a full softmax by blocks of items, where a model
+    has one)."""
     model = make(name, samples).double()
     _, block = model.named_block()
     freeze_all_but(model, block)
@@ -115,7 +117,7 @@ def test_influence_equals_the_per_sample_autograd_loop(name, chunk_tokens, sampl
     grad_sum = 0.0
     for lo in range(0, len(samples), 8):
         idx = np.arange(lo, min(lo + 8, len(samples)))
-        rows = capture_samples(model, taps, samples.subset(idx), chunk_tokens)
+        rows = capture_samples(model, taps, samples.subset(idx), chunk_tokens, ce_chunk)
         got[idx] = influence_from_rows(rows.sample_index, rows.a, rows.g, u, len(idx))
         grad_sum = grad_sum + rows.grad_sum
     taps.remove()
