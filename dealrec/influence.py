@@ -113,22 +113,24 @@ class BatchRows:
     weight: float             # sum over the batch of w_s
 
 
-# Items per block of a full-softmax loss while capturing on the CPU (surrogates/softmax.py): the capture is
-# first order, so the softmax and its gradient take one pass over the item table, block by block, in cache.
-# 256-1,024 ran alike on the 2-core VM (Games, docs/engine.md); 0 keeps autograd's one-product form.
+# Items per block of a full-softmax loss on the CPU, in the capture and in the Hessian pool (surrogates/softmax.py):
+# the softmax, its gradient and its Hessian-vector products pass over the item table block by block, in cache,
+# instead of through [positions x items] tensors. 256-1,024 ran alike on the 2-core VM (docs/engine.md);
+# 0 keeps autograd's one-product form.
 CAPTURE_CE_CHUNK = 256
 
 
 def capture_ce_chunk(device) -> int:
-    """The ``ce_chunk`` a capture on ``device`` uses: blocks on the CPU, the one-product form on a GPU (where
+    """The ``ce_chunk`` work on ``device`` uses: blocks on the CPU, the one-product form on a GPU (where
     one large product is the fast way)."""
     return CAPTURE_CE_CHUNK if torch.device(device).type == "cpu" else 0
 
 
 @contextlib.contextmanager
-def first_order_losses(model, ce_chunk: int) -> Iterator[None]:
+def softmax_by_blocks(model, ce_chunk: int) -> Iterator[None]:
     """Within: the model's full-softmax losses (a model that has them, ``supports_ce_chunk``) by blocks of
-    ``ce_chunk`` items, the same function with first derivatives only; the model's own setting after."""
+    ``ce_chunk`` items, the same function and derivatives (second ones with respect to the hidden states,
+    not the item table); the model's own setting after. 0: leave the model as it is."""
     if not ce_chunk or not getattr(model, "supports_ce_chunk", lambda: False)():
         yield
         return
@@ -142,9 +144,9 @@ def first_order_losses(model, ce_chunk: int) -> Iterator[None]:
 
 def capture_batch(model, taps: LinearTaps, batch: dict, ce_chunk: int = 0) -> BatchRows:
     """One forward and one backward pass of ``sum_s L(s)`` over the batch, recorded by the taps (on the
-    block's device; what it returns is on the host). ``ce_chunk``: see ``first_order_losses``."""
+    block's device; what it returns is on the host). ``ce_chunk``: see ``softmax_by_blocks``."""
     batch = to_device(batch, taps.block.weight.device)
-    with taps.recording(), first_order_losses(model, ce_chunk):
+    with taps.recording(), softmax_by_blocks(model, ce_chunk):
         losses = model.sample_losses(batch)
         if losses.dim() != 1:
             raise DealrecError(f"sample_losses must return one loss per sample, got shape {tuple(losses.shape)}")
@@ -200,7 +202,7 @@ def length_groups(lengths, waste: float = 0.25, max_tokens: int = 16384) -> list
 
 def capture_samples(model, taps: LinearTaps, samples, token_budget: int = 0, ce_chunk: int = 0) -> BatchRows:
     """``capture_batch`` over a batch of samples, run as length-sorted chunks of at most
-    ``token_budget`` padded positions (0: one chunk); ``ce_chunk``: see ``first_order_losses``. Random batches of a long-tailed log are
+    ``token_budget`` padded positions (0: one chunk); ``ce_chunk``: see ``softmax_by_blocks``. Random batches of a long-tailed log are
     mostly padding (on Games 16% of a 256-sample batch's positions are real; about 65% in chunks).
     Rows come chunk by chunk; ``sample_index`` and ``losses`` refer to the batch's order and
     ``grad_sum``/``weighted_sum``/``weight`` add the chunks' float64 sums in chunk order."""

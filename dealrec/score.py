@@ -43,7 +43,7 @@ from dealrec_core.data import stable_hash
 from dealrec_core.devices import DEVICE_AUTO, DEVICE_HELP, DTYPE_CHOICES, pick_device, reproducible_on
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HessianPool, HvpConfig, LowRankInverse, SOLVERS, lanczos_inverse, solve
-from dealrec.influence import capture_ce_chunk
+from dealrec.influence import capture_ce_chunk, softmax_by_blocks
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec_core.options import SEED
 from dealrec_core.paths import check_output
@@ -300,21 +300,23 @@ def hessian_pool_rows(n_rows: int, config: HvpConfig) -> np.ndarray:
 
 
 def solve_influence_system(surrogate_dir: Path, samples: Samples, v: np.ndarray, config: HvpConfig,
-                           collate_batch: int | None = None):
+                           collate_batch: int | None = None, ce_chunk: int = 0):
     """``U = (H + damping * scale * I)^-1 v`` over the Hessian pool (see ``dealrec.hvp``)."""
-    return solve(hessian_pool(surrogate_dir, samples, config, collate_batch), v, config)
+    return solve(hessian_pool(surrogate_dir, samples, config, collate_batch, ce_chunk), v, config)
 
 
 def stationary_inverse(surrogate_dir: Path, samples: Samples, config: HvpConfig, probe: np.ndarray | None = None,
-                       collate_batch: int | None = None):
+                       collate_batch: int | None = None, ce_chunk: int = 0):
     """``(H + damping * scale * I)^-1`` over the Hessian pool, its ``config.rank`` directions of largest
     curvature exact and the rest at the damping (``dealrec.hvp.lanczos_inverse``; ``probe``: a vector whose
     system's residual is recorded)."""
-    return lanczos_inverse(hessian_pool(surrogate_dir, samples, config, collate_batch), config, probe)
+    return lanczos_inverse(hessian_pool(surrogate_dir, samples, config, collate_batch, ce_chunk), config, probe)
 
 
-def hessian_pool(surrogate_dir: Path, samples: Samples, config: HvpConfig, collate_batch: int | None = None):
-    """The surrogate's Hessian pool: its block alone requiring a gradient, the seeded pool's minibatches."""
+def hessian_pool(surrogate_dir: Path, samples: Samples, config: HvpConfig, collate_batch: int | None = None,
+                 ce_chunk: int = 0):
+    """The surrogate's Hessian pool: its block alone requiring a gradient, the seeded pool's minibatches
+    (``ce_chunk``: a full-softmax loss by blocks of items, ``dealrec.influence.softmax_by_blocks``)."""
     from dealrec.influence import freeze_all_but
     from surrogates.registry import load_surrogate
 
@@ -326,7 +328,8 @@ def hessian_pool(surrogate_dir: Path, samples: Samples, config: HvpConfig, colla
     step = collate_batch or config.hvp_batch
     batches = [model.collate(pool_samples.subset(np.arange(i, min(i + step, len(rows)))))
                for i in range(0, len(rows), step)]
-    return HessianPool(model, block, batches)
+    with softmax_by_blocks(model, ce_chunk):   # the graphs of the pool's gradients are built here, once
+        return HessianPool(model, block, batches)
 
 
 @dataclass
@@ -472,9 +475,12 @@ def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
     del captures
     solve_store = ShardStore(work / "solve", "solve", "safetensors")
     stationary = config.influence_v == "stationary"
+    # the pool runs here, on the CPU: its softmax by blocks, except for the exact solver, whose vectorised
+    # columns need autograd's own form
+    pool_chunk = 0 if (not stationary and config.hvp.solver == "exact") else capture_ce_chunk("cpu")
     key = {"capture": cap_inputs, "hvp": config.hvp.to_dict(), "n": n, "threads": config.threads,
-           "v_weighting": weighting}
-    if stationary:   # measured runs keep the key they always had, so their solves are reused
+           "v_weighting": weighting, "pool_ce_chunk": pool_chunk}
+    if stationary:   # measured runs keep the layout of the key they had (no influence_v)
         key["influence_v"] = config.influence_v
     else:
         key["hvp"].pop("rank")
@@ -488,8 +494,8 @@ def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
         before = torch.get_num_threads()
         torch.set_num_threads(config.threads)
         try:
-            result = (stationary_inverse(surrogate, job.samples, config.hvp, v) if stationary
-                      else solve_influence_system(surrogate, job.samples, v, config.hvp))
+            result = (stationary_inverse(surrogate, job.samples, config.hvp, v, ce_chunk=pool_chunk) if stationary
+                      else solve_influence_system(surrogate, job.samples, v, config.hvp, ce_chunk=pool_chunk))
         finally:
             torch.set_num_threads(before)
         solved = ({"basis": result.basis, "small": result.small} if stationary else {"u": result.x})

@@ -43,6 +43,7 @@ from dealrec_core.data import Samples
 from dealrec_core.errors import DealrecError
 from surrogates.base import Surrogate, option
 from surrogates.sasrec import TransformerConfig, add_encoder, check_shape, init_weights, position_keys, sample_means
+from surrogates.softmax import chunked_cross_entropy
 
 
 @dataclass
@@ -126,8 +127,18 @@ class BERT4Rec(Surrogate, name="bert4rec"):
         states = self.hidden_states(batch["input_ids"])
         return states[torch.arange(states.shape[0]), batch["lengths"] - 1]
 
+    def _cross_entropy(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The full-softmax loss of each row of ``h``; by blocks of ``ce_chunk`` items when it is set and a gradient
+        is wanted (surrogates/softmax.py: the same function)."""
+        if self.ce_chunk and torch.is_grad_enabled():
+            return chunked_cross_entropy(h, self.item_emb.weight[: self.config.n_items + 1], labels, self.ce_chunk)
+        return F.cross_entropy(self._logits(h), labels, reduction="none")
+
+    def supports_ce_chunk(self) -> bool:
+        return True
+
     def sample_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.cross_entropy(self._logits(self._at_query(batch)), batch["labels"], reduction="none")
+        return self._cross_entropy(self._at_query(batch), batch["labels"])
 
     def full_sort_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._logits(self._at_query(batch))
@@ -137,7 +148,7 @@ class BERT4Rec(Surrogate, name="bert4rec"):
         labels = batch["labels"]
         masked = labels > 0
         states = self.hidden_states(batch["input_ids"])
-        losses = F.cross_entropy(self._logits(states[masked]), labels[masked], reduction="none")
+        losses = self._cross_entropy(states[masked], labels[masked])
         if weighting == "sample":
             return sample_means(losses, masked.nonzero()[:, 0], labels).mean()
         return losses.mean()

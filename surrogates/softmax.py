@@ -13,9 +13,10 @@ item rows, ``E_p[table] = sum_i p_i table_i``. The gradient with respect to ``h`
 the influence capture's item table is frozen and skips it), recomputes each block's probabilities.
 
 The same function, exactly: the loss and both gradients agree with autograd through the one-product form to
-float rounding (tested). First derivatives only: the backward is written by hand, so a second derivative
-(a Hessian-vector product) through it raises an error instead of a wrong number; the HVPs keep the
-autograd form.
+float rounding (tested). Second derivatives with respect to ``h`` too (the influence engine's Hessian-vector
+products over a block upstream of the loss, the item table frozen): the backward's ``E_p[table]`` is then a
+function of ``h`` whose derivative, the softmax's covariance of the item rows, is applied by blocks as well.
+A second derivative with respect to the table raises an error instead of giving a wrong number.
 """
 from __future__ import annotations
 
@@ -49,11 +50,17 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         return lse - (h * table[y]).sum(1)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         h, table, y, lse, expect = ctx.saved_tensors
-        grad_h = grad[:, None] * (expect - table[y]) if ctx.needs_input_grad[0] else None
-        grad_table = None
+        twice = torch.is_grad_enabled()   # create_graph: this backward is itself differentiated (an HVP)
+        if twice and ctx.needs_input_grad[1]:
+            raise RuntimeError("the full softmax by blocks has no second derivative with respect to the item table "
+                               "(freeze the table, or use the one-product form)")
+        grad_h = grad_table = None
+        if ctx.needs_input_grad[0]:
+            if twice:   # E_p[table] as a function of h, so that the product's derivative is Cov_p[table]
+                expect = _SoftmaxExpectation.apply(h, table, lse, expect, ctx.chunk, ctx.skip)
+            grad_h = grad[:, None] * (expect - table[y])
         if ctx.needs_input_grad[1]:
             grad_table = torch.zeros_like(table)
             for lo in range(ctx.skip, table.shape[0], ctx.chunk):
@@ -61,6 +68,29 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
                 grad_table[lo:lo + ctx.chunk] = p.T @ h
             grad_table.index_add_(0, y, -grad[:, None] * h)
         return grad_h, grad_table, None, None, None
+
+
+class _SoftmaxExpectation(torch.autograd.Function):
+    """``E_p[table] = sum_i p_i table_i`` with ``p = softmax(h @ table[skip:].T)``, given (the forward computed
+    it); its backward is the derivative, ``u -> Cov_p[table] u = E_p[table (table . u)] - E_p[table] (E_p[table]
+    . u)``, by blocks of items. With respect to ``h`` only; no third derivative."""
+
+    @staticmethod
+    def forward(ctx, h, table, lse, expect, chunk: int, skip: int):
+        ctx.save_for_backward(h, table, lse, expect)
+        ctx.chunk, ctx.skip = chunk, skip
+        return expect.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, u: torch.Tensor):
+        h, table, lse, expect = ctx.saved_tensors
+        acc = torch.zeros_like(h)
+        for lo in range(ctx.skip, table.shape[0], ctx.chunk):
+            block = table[lo:lo + ctx.chunk]
+            p = torch.exp(h @ block.T - lse[:, None])
+            acc.addmm_(p * (u @ block.T), block)
+        return acc - expect * (expect * u).sum(1, keepdim=True), None, None, None, None, None
 
 
 def chunked_cross_entropy(h: torch.Tensor, table: torch.Tensor, y: torch.Tensor, chunk: int,

@@ -8,7 +8,7 @@ import torch
 
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HessianPool, HvpConfig, lanczos_inverse, solve
-from dealrec.influence import freeze_all_but
+from dealrec.influence import freeze_all_but, softmax_by_blocks
 from surrogates.registry import build_surrogate
 from tiny_surrogate import tiny_samples
 
@@ -167,3 +167,19 @@ def test_lanczos_refuses_an_indefinite_damped_hessian(setup):
         lanczos_inverse(pool, HvpConfig(damping=0.0, scale=1.0, rank=pool.dim))
     with pytest.raises(DealrecError, match="--hessian-rank"):
         HvpConfig(rank=-1).check()
+
+
+@pytest.mark.parametrize("ce_chunk", [1, 7, 100])
+def test_pool_with_the_softmax_by_blocks_gives_the_same_hessian(setup, ce_chunk):
+    """The engine builds its pool with the full softmax by blocks of items on the CPU: the same Hessian-vector
+    products (and so the same Lanczos inverse) as autograd's one-product form, to float rounding."""
+    model, block, samples, batches, pool, v = setup
+    with softmax_by_blocks(model, ce_chunk):
+        blocked = HessianPool(model, block, batches)
+    assert model.ce_chunk == 0
+    want = pool.matrix()
+    got = np.stack([blocked.hvp(e) for e in np.eye(pool.dim)], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
+    config = HvpConfig(rank=5)
+    a, b = lanczos_inverse(pool, config, v), lanczos_inverse(blocked, config, v)
+    np.testing.assert_allclose(b.apply(v), a.apply(v), rtol=1e-9)

@@ -87,17 +87,49 @@ def test_trainer_takes_ce_chunk_for_sasrec_and_refuses_it_where_there_is_no_full
         TrainConfig(ce_chunk=-1)
 
 
-def test_first_derivatives_only_a_second_one_is_refused():
-    """Hessian-vector products must not go through the hand-written backward (they would be wrong)."""
-    gen = torch.Generator().manual_seed(0)
-    table = torch.randn(9, 3, generator=gen, dtype=torch.float64)
-    h = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    y = torch.tensor([1, 2, 3, 8])
-    (grad,) = torch.autograd.grad(chunked_cross_entropy(h, table, y, 4).sum(), h, create_graph=True)
-    with pytest.raises(RuntimeError):
-        torch.autograd.grad(grad.sum(), h)
-    # a frozen table (the influence capture): the gradient of h alone, autograd's
-    hh = h.detach().clone().requires_grad_()
-    (ref,) = torch.autograd.grad(_reference(hh, table, y).sum(), hh)
-    (ours,) = torch.autograd.grad(chunked_cross_entropy(hh, table, y, 4).sum(), hh)
-    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize("chunk", [1, 4, 100])
+def test_second_derivatives_with_respect_to_h_are_autograds_and_the_tables_are_refused(chunk):
+    """Hessian-vector products (the engine's pool, the item table frozen) go through the blocks: the same
+    second derivatives as the one-product form; one with respect to the table raises instead of being wrong."""
+    gen = torch.Generator().manual_seed(chunk)
+    table = torch.randn(9, 3, generator=gen, dtype=torch.float64) * 2
+    h = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    y = torch.tensor([1, 2, 3, 8, 2])
+    weights = torch.rand(5, generator=gen, dtype=torch.float64)
+    direction = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    hvps = []
+    for fn in (_reference, lambda a, b, c: chunked_cross_entropy(a, b, c, chunk)):
+        hh = h.clone().requires_grad_()
+        (grad,) = torch.autograd.grad((fn(hh, table, y) * weights).sum(), hh, create_graph=True)
+        (hvp,) = torch.autograd.grad((grad * direction).sum(), hh)
+        hvps.append(hvp)
+    torch.testing.assert_close(hvps[1], hvps[0], rtol=1e-12, atol=1e-12)
+    torch.autograd.gradgradcheck(lambda a: chunked_cross_entropy(a, table, y, chunk), (h.clone().requires_grad_(),))
+
+    hh, tt = h.clone().requires_grad_(), table.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="item table"):   # a graph of the backward that the table is in
+        torch.autograd.grad(chunked_cross_entropy(hh, tt, y, chunk).sum(), hh, create_graph=True)
+
+
+def test_bert4rec_cloze_loss_and_sample_losses_by_blocks_match_the_one_product_form():
+    cls = surrogate_class("bert4rec")
+    model = cls(cls.config_class(seed=0, n_items=40, **{**TINY_MODEL, "dropout": 0.0})).double()
+    assert model.supports_ce_chunk()
+    model.train()
+    # [MASK] is id 41; labels hold the item at masked positions only
+    cloze = {"input_ids": torch.tensor([[5, 41, 7, 41], [41, 9, 0, 0]]), "labels": torch.tensor([[0, 6, 0, 8], [3, 0, 0, 0]]),
+             "lengths": torch.tensor([4, 2])}
+    # scoring: history + [MASK], the target at the mask
+    scoring = {"input_ids": torch.tensor([[5, 7, 41], [9, 41, 0]]), "lengths": torch.tensor([3, 2]),
+               "labels": torch.tensor([8, 2])}
+    got = []
+    for chunk in (0, 6):
+        model.ce_chunk = chunk
+        model.zero_grad()
+        loss = model.training_loss(cloze) + model.sample_losses(scoring).sum()
+        loss.backward()
+        got.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(got[1][0], got[0][0], rtol=1e-12, atol=1e-12)
+    assert len(got[1][1]) == len(got[0][1])
+    for a, b in zip(got[1][1], got[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
