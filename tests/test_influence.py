@@ -40,6 +40,14 @@ def _capture(model, samples, batch_size, chunk_tokens=0):
     return parts
 
 
+def _tapped(name: str, n: int, seed: int):
+    """A model of MODELS with its block alone live and tapped, and ``n`` tiny samples."""
+    model = MODELS[name]()
+    block = model.influence_block()
+    freeze_all_but(model, block)
+    return model, block, LinearTaps(block), tiny_samples(n, N_ITEMS, seed=seed)
+
+
 def _influence(parts, u, n):
     out = np.zeros(n)
     for idx, rows in parts:
@@ -129,11 +137,7 @@ def test_capture_chunks_cover_the_batch_within_the_budget():
 
 
 def test_chunked_capture_matches_one_block():
-    model = MODELS["sasrec-bce"]()
-    samples = tiny_samples(40, N_ITEMS, seed=6)
-    block = model.influence_block()
-    freeze_all_but(model, block)
-    taps = LinearTaps(block)
+    model, _, taps, samples = _tapped("sasrec-bce", 40, 6)
     whole = capture_samples(model, taps, samples, 0)
     for budget in (1, 16, 40):
         part = capture_samples(model, taps, samples, budget)
@@ -205,11 +209,7 @@ def test_models_without_sample_weights_weigh_every_sample_alike():
 def test_capture_with_the_softmax_by_blocks_equals_the_one_product_form(ce_chunk):
     """The engine's CPU capture computes a full-softmax loss a block of items at a time (first order only):
     the same rows to float rounding, the loop's gradients, and the model's own setting back afterwards."""
-    model = MODELS["sasrec-ce"]()
-    samples = tiny_samples(37, N_ITEMS, seed=3)
-    block = model.influence_block()
-    freeze_all_but(model, block)
-    taps = LinearTaps(block)
+    model, block, taps, samples = _tapped("sasrec-ce", 37, 3)
     whole = capture_samples(model, taps, samples, 20)
     blocks = capture_samples(model, taps, samples, 20, ce_chunk)
     assert model.ce_chunk == 0
@@ -225,11 +225,7 @@ def test_capture_with_the_softmax_by_blocks_equals_the_one_product_form(ce_chunk
 
 
 def test_ce_chunk_leaves_a_model_without_a_full_softmax_alone():
-    model = MODELS["sasrec-bce"]()
-    samples = tiny_samples(20, N_ITEMS, seed=4)
-    block = model.influence_block()
-    freeze_all_but(model, block)
-    taps = LinearTaps(block)
+    model, _, taps, samples = _tapped("sasrec-bce", 20, 4)
     whole, blocks = capture_samples(model, taps, samples, 0), capture_samples(model, taps, samples, 0, 5)
     np.testing.assert_array_equal(blocks.g, whole.g)
     np.testing.assert_array_equal(blocks.grad_sum, whole.grad_sum)
