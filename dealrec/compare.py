@@ -43,6 +43,7 @@ import pyarrow as pa
 
 from dealrec_core.data import (PreparedData, atomic_file, read_table, write_json_atomic,
                           write_parquet_atomic, write_text_atomic)
+from dealrec_core.devices import float_platform
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED_MAX
 from dealrec_core.paths import check_output
@@ -299,7 +300,8 @@ def _run_one(task: dict) -> dict:
         "select_seconds": round(t_train - t0, 3),
         "train_seconds": round(time.time() - t_train, 3),
         "machine": {"host": platform.node(), "cpu_count": os.cpu_count(), "torch_threads": threads,
-                    "torch_threads_outside_training": torch.get_num_threads()},
+                    "torch_threads_outside_training": torch.get_num_threads(),
+                    "torch_cpu_capability": float_platform()["torch_cpu_capability"]},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json_atomic(folder / RESULT_FILE, result)

@@ -4,7 +4,7 @@ The manifest is one JSON object. Each command that works in a run folder owns so
 top-level keys and leaves every other key as it found it:
 
 - ``dealrec score``: ``command``, ``inputs``, ``parameters``, ``seed``, ``hvp``, ``target``,
-  ``executor``, ``counts``, ``package_versions``, ``phases`` (merged into the phases already
+  ``executor``, ``counts``, ``package_versions``, ``float_platform``, ``phases`` (merged into the phases already
   recorded), ``score_seconds``, ``outputs``;
 - ``dealrec select``: ``selection``;
 - ``dealrec export``: ``exports`` (merged into the exports already recorded);

@@ -40,7 +40,7 @@ from dealrec.effort import EFFORT_TARGETS
 from dealrec.engine import (ShardStore, batch_ranges, make_executor, peak_rss_mb, plan_shards, run_phase,
                             task_store)
 from dealrec_core.data import stable_hash
-from dealrec_core.devices import DEVICE_AUTO, DEVICE_HELP, DTYPE_CHOICES, pick_device, reproducible_on
+from dealrec_core.devices import DEVICE_AUTO, DEVICE_HELP, DTYPE_CHOICES, float_platform, pick_device, reproducible_on
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HessianPool, HvpConfig, LowRankInverse, SOLVERS, lanczos_inverse, solve
 from dealrec.influence import capture_ce_chunk, softmax_by_blocks
@@ -606,6 +606,7 @@ def write_score_outputs(job: ScoreJob, config: ScoreConfig, result: InfluenceRes
                    "influence_exactly_zero_short_histories": int(np.sum((influence == 0) & (lengths <= 1))),
                    "effort_exactly_zero": int(np.sum(effort == 0)) if effort is not None else None},
         "package_versions": _package_versions(),
+        "float_platform": float_platform(),
         "phases": phases,
         "score_seconds": round(time.perf_counter() - t_start, 3),
         "outputs": {"scores": SCORES_FILE},

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from typing import Iterator
 
 import torch
@@ -80,6 +81,15 @@ def to_device(batch: dict, device) -> dict:
 # cuBLAS needs a fixed workspace to give the same bits on every call (CUDA >= 10.2); torch refuses
 # deterministic matrix products without it. Read when cuBLAS starts, so it is set before any CUDA work.
 CUBLAS_WORKSPACE_ENV, CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG", ":4096:8"
+
+
+def float_platform() -> dict:
+    """What decides the float sums of CPU work besides the code and the thread count: the CPU's vector
+    instruction set that torch's kernels were picked for (e.g. ``AVX2``, ``AVX512``), the architecture and the
+    core count. Two machines that differ here give other surrogate weights for the same command
+    (docs/reliability.md, "Not across CPU types")."""
+    return {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "architecture": platform.machine(),
+            "cpu_count": os.cpu_count()}
 
 
 @contextlib.contextmanager

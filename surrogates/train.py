@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dealrec_core.devices import pick_device, reproducible_on, to_device
+from dealrec_core.devices import float_platform, pick_device, reproducible_on, to_device
 from dealrec_core.threads import fixed_threads
 from dealrec_core.data import PreparedData, Samples, atomic_output_dir, check_item_range, write_json_atomic
 from dealrec_core.errors import DealrecError
@@ -214,6 +214,7 @@ def _train_loop(model: Surrogate, samples: Samples, data: PreparedData, cfg: Tra
         "seconds_per_epoch": train_seconds / max(epoch, 1),
         "cpu_seconds_per_epoch": train_cpu_seconds / max(epoch, 1),
         "threads": torch.get_num_threads(),
+        "float_platform": float_platform(),   # the CPU's vector instructions change the float sums, so the weights
         "load_average": os.getloadavg()[0],
         "n_samples": len(samples),
         "train_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"},

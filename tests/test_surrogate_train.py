@@ -167,6 +167,9 @@ def test_default_thread_count_is_fixed_not_the_machines(prepared, tmp_path, monk
         out = tmp_path / f"s{machine}"
         metrics = train_surrogate(data, "sasrec", out, train_cfg=TrainConfig(max_epochs=1, progress=False))
         assert torch.get_num_threads() == machine and metrics["threads"] == DEFAULT_THREADS
+        # what else decides the float sums is recorded: the CPU's instruction set torch picked kernels for
+        assert metrics["float_platform"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert metrics["float_platform"]["cpu_count"] == machine
         digests.append(hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())
     torch.set_num_threads(1)
     assert digests[0] == digests[1]
