@@ -51,7 +51,7 @@ from dealrec.manifest import MANIFEST_FILE, RunManifest
 from dealrec.methods import BASELINES, METHODS, REGISTRY
 from dealrec.runconfig import with_config
 from dealrec.select import CORESET_FILE, run_select
-from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, n_hard_pruned
+from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_LAMBDA, n_hard_pruned
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
 
@@ -937,7 +937,7 @@ def _make_command():
                   help=f"Torch threads for surrogate training [{SURROGATE_THREADS}, on any machine: the weights "
                        f"depend on it].")
     @click.option("--lambda", "lam", type=float, default=DEFAULT_LAMBDA, show_default=True,
-                  help="Weight of the effort score (dealrec, greedy).")
+                  help=f"Weight of the effort score in dealrec and greedy (0: the influence alone, chosen on validation, docs/selection.md; the paper's is {PAPER_LAMBDA}).")
     @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Strata (stratified methods).")
     @click.option("--hard-prune", type=float, default=DEFAULT_HARD_PRUNE, show_default=True,
                   help="Share of top scores dropped (stratified methods).")

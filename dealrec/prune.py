@@ -38,6 +38,7 @@ from dealrec.runconfig import with_config
 from dealrec.score import RUN_WRITES, ScoreConfig, _score_options, config_from_options, model_locations, \
     run_score
 from dealrec.select import CORESET_FILE, DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PLOT_FILE, run_select
+from dealrec.strata import PAPER_LAMBDA
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
 from surrogates.base import read_surrogate_config
@@ -257,7 +258,7 @@ def _make_command():
     @click.option("--threads", type=int, default=SurrogateTrainConfig.threads,
                   help=f"Torch threads for surrogate training [{SURROGATE_THREADS}, on any machine: the surrogate's "
                        f"weights, and so the coreset, depend on it] (scoring uses --threads-per-worker).")
-    @click.option("--lambda", "lam", type=float, default=None, help=f"Weight of the effort score [{DEFAULT_LAMBDA}].")
+    @click.option("--lambda", "lam", type=float, default=None, help=f"Weight of the effort score [{DEFAULT_LAMBDA}: the influence alone, chosen on validation, docs/selection.md; the paper's is {PAPER_LAMBDA}].")
     @click.option("--k", "k", type=int, default=None, help=f"Strata [{DEFAULT_K}].")
     @click.option("--hard-prune", type=float, default=None, help=f"Share of top scores dropped [{DEFAULT_HARD_PRUNE}].")
     @_score_options

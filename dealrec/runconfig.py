@@ -39,6 +39,9 @@ CONFIG_COMMANDS = ("score", "select", "prune", "compare")   # the commands that 
 # options added after runs were first recorded, with the value those runs had (their default then): a run
 # replayed from an older record gets that value, not today's default
 LEGACY_VALUES = {"score": {"influence-v": "measured"}, "prune": {"influence-v": "measured"}}
+# prune's selection options default to "not set" (None) and take the selection's defaults, which change (lambda:
+# 0.3 until 2026-11-27, 0 since): a prune run's config gives the value its selection used, from the manifest
+RESOLVED_BY_SELECTION = {"prune": {"lambda": "lambda", "k": "k", "hard-prune": "hard_prune"}}
 OPTIONS_KEY = "options"        # the manifest's section: {command: {flag: value}}
 NOT_RECORDED = ("out",)        # where the run went is not an option of the run
 
@@ -276,8 +279,13 @@ def config_from_run(run: str | Path, command: str | None = None) -> str:
         if not isinstance(options, dict):
             raise InputError(manifest.path, "not a table of options", field=f"{OPTIONS_KEY}.{name}")
         lines += ["", f"[{name}]"]
+        used = manifest.section("selection")
         for flag, value in options.items():
-            lines.append(f"# {flag}: not set" if value is None else f"{flag} = {toml_value(value)}")
+            field = RESOLVED_BY_SELECTION.get(name, {}).get(flag)
+            if value is None and field is not None and used.get(field) is not None:
+                lines.append(f"{flag} = {toml_value(used[field])}   # not set: the default then, as the selection used it")
+            else:
+                lines.append(f"# {flag}: not set" if value is None else f"{flag} = {toml_value(value)}")
         for flag, value in LEGACY_VALUES.get(name, {}).items():
             if flag not in options:
                 lines.append(f"{flag} = {toml_value(value)}   # recorded before the option existed: the value then")

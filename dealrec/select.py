@@ -19,7 +19,7 @@ from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec.coreset import SelectionConfig, select_coreset
 from dealrec.methods import METHODS, REGISTRY, method_help, method_list
 from dealrec.runconfig import with_config
-from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N
+from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_LAMBDA
 # the algorithm's names that tests and scripts import from here
 from dealrec.strata import (PRUNED, allocate_budget, combine_scores, minmax, n_hard_pruned,  # noqa: F401
                             random_select, sample_keys, stratified_select, stratify, top_n_select)
@@ -122,7 +122,7 @@ def _select_command():
                   help=method_help())
     @click.option("--n", "n", type=int, default=DEFAULT_N, show_default=True, help="Coreset size.")
     @click.option("--lambda", "lam", type=float, default=DEFAULT_LAMBDA, show_default=True,
-                  help="Weight of the effort score.")
+                  help=f"Weight of the effort score (0: the influence alone, chosen on validation, docs/selection.md; the paper's is {PAPER_LAMBDA}).")
     @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Number of strata.")
     @click.option("--hard-prune", type=float, default=DEFAULT_HARD_PRUNE, show_default=True,
                   help="Share of the highest scores dropped before stratifying.")

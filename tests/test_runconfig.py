@@ -158,7 +158,11 @@ def test_a_run_replayed_from_its_config_makes_the_same_coreset(tmp_path):
     again = tmp_path / "again"
     _run("prune", raw, "--out", again, "--config", config)
     assert _coreset(again) == _coreset(first)
-    assert RunManifest.read(again).data["options"] == RunManifest.read(first).data["options"]
+    # the same options, except that the selection options the first run left unset now name the values its
+    # selection used (they are the ones that the defaults may change)
+    first_options = RunManifest.read(first).data["options"]["prune"]
+    assert first_options["lambda"] is None
+    assert RunManifest.read(again).data["options"] == {"prune": {**first_options, "lambda": 0.0}}
     # the options did the work: the same config with another seed (the command line wins; the surrogate
     # given, to save training one) picks other samples
     other = tmp_path / "other"
@@ -196,3 +200,19 @@ def test_config_from_run_writes_a_table_per_command_and_refuses_a_run_without_re
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "records no options" in res.output
     res = CliRunner().invoke(main, ["config-from-run", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_a_prune_records_selection_options_it_left_unset_as_the_values_its_selection_used(tmp_path):
+    """prune's --lambda/--k/--hard-prune default to "not set" and take the selection's defaults, which change
+    (lambda 0.3 until 2026-11-27, 0 since): the config of an old prune gives the lambda it ran with."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({
+        "options": {"prune": {"n": 10, "lambda": None, "k": None, "hard-prune": 0.2, "influence-v": "stationary"}},
+        "selection": {"method": "dealrec", "lambda": 0.3, "k": 50, "hard_prune": 0.2}}))
+    doc = tomllib.loads(config_from_run(run))
+    assert doc == {"prune": {"n": 10, "lambda": 0.3, "k": 50, "hard-prune": 0.2, "influence-v": "stationary"}}
+    config = tmp_path / "run.toml"
+    config.write_text(config_from_run(run))
+    assert read_config(config, _command("prune")) == {"n": 10, "lam": 0.3, "k": 50, "hard_prune": 0.2,
+                                                      "influence_v": "stationary"}

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from dealrec.cli import main
 from dealrec_core.data import read_table, samples_table, write_samples
 from dealrec_core.errors import DealrecError, InputError
-from dealrec.select import (METHODS, PRUNED, allocate_budget, combine_scores, minmax, n_hard_pruned,
+from dealrec.select import (DEFAULT_LAMBDA, METHODS, PRUNED, allocate_budget, combine_scores, minmax, n_hard_pruned,
                             random_select, select_coreset, stratified_select, stratify, top_n_select)
 
 
@@ -206,7 +206,7 @@ def test_select_command_writes_scores_coreset_manifest_and_plot(tmp_path):
     assert manifest["score"] == {"phase": "kept"}  # other sections are left alone
     sel = manifest["selection"]
     assert (sel["method"], sel["n"], sel["k"], sel["seed"], sel["lambda"], sel["hard_prune"]) == \
-        ("dealrec", 64, 10, 5, 0.3, 0.1)
+        ("dealrec", 64, 10, 5, DEFAULT_LAMBDA, 0.1)
     assert sum(sel["strata_budgets"]) == 64 and sel["n_hard_pruned"] == 30
     assert (run / "selection.png").stat().st_size > 1000
     # the same command again gives the same coreset (its own output columns are replaced, not mixed)
