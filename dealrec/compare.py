@@ -937,7 +937,8 @@ def _make_command():
                   help=f"Torch threads for surrogate training [{SURROGATE_THREADS}, on any machine: the weights "
                        f"depend on it].")
     @click.option("--lambda", "lam", type=float, default=DEFAULT_LAMBDA, show_default=True,
-                  help=f"Weight of the effort score in dealrec and greedy (0: the influence alone, chosen on validation, docs/selection.md; the paper's is {PAPER_LAMBDA}).")
+                  help=f"Weight of the effort score in dealrec and greedy (0: the influence alone, chosen on "
+                       f"validation, docs/selection.md; the paper's is {PAPER_LAMBDA}).")
     @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Strata (stratified methods).")
     @click.option("--hard-prune", type=float, default=DEFAULT_HARD_PRUNE, show_default=True,
                   help="Share of top scores dropped (stratified methods).")

@@ -32,6 +32,7 @@ from torch import nn
 
 from dealrec_core.devices import to_device
 from dealrec_core.errors import DealrecError
+from surrogates.softmax import softmax_by_blocks
 
 
 def freeze_all_but(model: nn.Module, block: nn.Linear) -> None:
@@ -126,22 +127,6 @@ def capture_ce_chunk(device) -> int:
     return CAPTURE_CE_CHUNK if torch.device(device).type == "cpu" else 0
 
 
-@contextlib.contextmanager
-def softmax_by_blocks(model, ce_chunk: int) -> Iterator[None]:
-    """Within: the model's full-softmax losses (a model that has them, ``supports_ce_chunk``) by blocks of
-    ``ce_chunk`` items, the same function and derivatives (second ones with respect to the hidden states,
-    not the item table); the model's own setting after. 0: leave the model as it is."""
-    if not ce_chunk or not getattr(model, "supports_ce_chunk", lambda: False)():
-        yield
-        return
-    before = model.ce_chunk
-    model.ce_chunk = ce_chunk
-    try:
-        yield
-    finally:
-        model.ce_chunk = before
-
-
 def capture_batch(model, taps: LinearTaps, batch: dict, ce_chunk: int = 0) -> BatchRows:
     """One forward and one backward pass of ``sum_s L(s)`` over the batch, recorded by the taps (on the
     block's device; what it returns is on the host). ``ce_chunk``: see ``softmax_by_blocks``."""
@@ -202,8 +187,8 @@ def length_groups(lengths, waste: float = 0.25, max_tokens: int = 16384) -> list
 
 def capture_samples(model, taps: LinearTaps, samples, token_budget: int = 0, ce_chunk: int = 0) -> BatchRows:
     """``capture_batch`` over a batch of samples, run as length-sorted chunks of at most
-    ``token_budget`` padded positions (0: one chunk); ``ce_chunk``: see ``softmax_by_blocks``. Random batches of a long-tailed log are
-    mostly padding (on Games 16% of a 256-sample batch's positions are real; about 65% in chunks).
+    ``token_budget`` padded positions (0: one chunk); ``ce_chunk``: see ``softmax_by_blocks``. Random batches of
+    a long-tailed log are mostly padding (on Games 16% of a 256-sample batch's positions are real; about 65% in chunks).
     Rows come chunk by chunk; ``sample_index`` and ``losses`` refer to the batch's order and
     ``grad_sum``/``weighted_sum``/``weight`` add the chunks' float64 sums in chunk order."""
     n = len(samples)

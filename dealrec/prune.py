@@ -258,7 +258,9 @@ def _make_command():
     @click.option("--threads", type=int, default=SurrogateTrainConfig.threads,
                   help=f"Torch threads for surrogate training [{SURROGATE_THREADS}, on any machine: the surrogate's "
                        f"weights, and so the coreset, depend on it] (scoring uses --threads-per-worker).")
-    @click.option("--lambda", "lam", type=float, default=None, help=f"Weight of the effort score [{DEFAULT_LAMBDA}: the influence alone, chosen on validation, docs/selection.md; the paper's is {PAPER_LAMBDA}].")
+    @click.option("--lambda", "lam", type=float, default=None,
+                  help=f"Weight of the effort score [{DEFAULT_LAMBDA}: the influence alone, chosen on validation, "
+                       f"docs/selection.md; the paper's is {PAPER_LAMBDA}].")
     @click.option("--k", "k", type=int, default=None, help=f"Strata [{DEFAULT_K}].")
     @click.option("--hard-prune", type=float, default=None, help=f"Share of top scores dropped [{DEFAULT_HARD_PRUNE}].")
     @_score_options

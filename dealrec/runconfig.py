@@ -283,7 +283,8 @@ def config_from_run(run: str | Path, command: str | None = None) -> str:
         for flag, value in options.items():
             field = RESOLVED_BY_SELECTION.get(name, {}).get(flag)
             if value is None and field is not None and used.get(field) is not None:
-                lines.append(f"{flag} = {toml_value(used[field])}   # not set: the default then, as the selection used it")
+                lines.append(f"{flag} = {toml_value(used[field])}   # not set: the default then, as the "
+                             f"selection used it")
             else:
                 lines.append(f"# {flag}: not set" if value is None else f"{flag} = {toml_value(value)}")
         for flag, value in LEGACY_VALUES.get(name, {}).items():

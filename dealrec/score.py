@@ -43,7 +43,8 @@ from dealrec_core.data import stable_hash
 from dealrec_core.devices import DEVICE_AUTO, DEVICE_HELP, DTYPE_CHOICES, float_platform, pick_device, reproducible_on
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HessianPool, HvpConfig, LowRankInverse, SOLVERS, lanczos_inverse, solve
-from dealrec.influence import capture_ce_chunk, softmax_by_blocks
+from dealrec.influence import capture_ce_chunk
+from surrogates.softmax import softmax_by_blocks
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec_core.options import SEED
 from dealrec_core.paths import check_output
@@ -316,7 +317,7 @@ def stationary_inverse(surrogate_dir: Path, samples: Samples, config: HvpConfig,
 def hessian_pool(surrogate_dir: Path, samples: Samples, config: HvpConfig, collate_batch: int | None = None,
                  ce_chunk: int = 0):
     """The surrogate's Hessian pool: its block alone requiring a gradient, the seeded pool's minibatches
-    (``ce_chunk``: a full-softmax loss by blocks of items, ``dealrec.influence.softmax_by_blocks``)."""
+    (``ce_chunk``: a full-softmax loss by blocks of items, ``surrogates.softmax.softmax_by_blocks``)."""
     from dealrec.influence import freeze_all_but
     from surrogates.registry import load_surrogate
 

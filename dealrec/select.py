@@ -122,7 +122,8 @@ def _select_command():
                   help=method_help())
     @click.option("--n", "n", type=int, default=DEFAULT_N, show_default=True, help="Coreset size.")
     @click.option("--lambda", "lam", type=float, default=DEFAULT_LAMBDA, show_default=True,
-                  help=f"Weight of the effort score (0: the influence alone, chosen on validation, docs/selection.md; the paper's is {PAPER_LAMBDA}).")
+                  help=f"Weight of the effort score (0: the influence alone, chosen on validation, "
+                       f"docs/selection.md; the paper's is {PAPER_LAMBDA}).")
     @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Number of strata.")
     @click.option("--hard-prune", type=float, default=DEFAULT_HARD_PRUNE, show_default=True,
                   help="Share of the highest scores dropped before stratifying.")

@@ -20,6 +20,9 @@ A second derivative with respect to the table raises an error instead of giving 
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -100,3 +103,20 @@ def chunked_cross_entropy(h: torch.Tensor, table: torch.Tensor, y: torch.Tensor,
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
     return _ChunkedSoftmaxCE.apply(h, table, y, int(chunk), int(skip))
+
+
+@contextlib.contextmanager
+def softmax_by_blocks(model, ce_chunk: int) -> Iterator[None]:
+    """Within: the model's full-softmax losses (a model that has them, ``supports_ce_chunk``) by blocks of
+    ``ce_chunk`` items, the same function and derivatives (second ones with respect to the hidden states,
+    not the item table); the model's own setting after. 0: leave the model as it is. The one switch for the
+    trainer (``--ce-chunk``) and the influence engine (capture, Hessian pool)."""
+    if not ce_chunk or not getattr(model, "supports_ce_chunk", lambda: False)():
+        yield
+        return
+    before = model.ce_chunk
+    model.ce_chunk = ce_chunk
+    try:
+        yield
+    finally:
+        model.ce_chunk = before

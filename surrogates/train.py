@@ -30,6 +30,7 @@ from dealrec_core.evaluate import evaluate_scorer, format_metrics
 from surrogates.base import Surrogate, save_surrogate
 from surrogates.registry import surrogate_class
 from surrogates.config import BUCKET_POOL_BATCHES, DEFAULT_THREADS, TrainConfig
+from surrogates.softmax import softmax_by_blocks
 
 # metrics.json's stopped_by for each way the loop ends
 STOPPED_BY = {MAX_EPOCHS: "max epochs", PATIENCE: "early stopping", TIME_BUDGET: "time budget"}
@@ -115,11 +116,8 @@ def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConf
 def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
     if cfg.ce_chunk and not model.supports_ce_chunk():
         raise DealrecError(f"--ce-chunk: {type(model).__name__}'s training loss is not a full softmax over the items")
-    model.ce_chunk = cfg.ce_chunk
-    try:
+    with softmax_by_blocks(model, cfg.ce_chunk):   # training only: the trained model is handed back as it was
         return _train_loop(model, samples, data, cfg)
-    finally:
-        model.ce_chunk = 0   # training only: a trained model scores (and its HVPs differentiate) the one-product form
 
 
 def _train_loop(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:

@@ -8,8 +8,9 @@ import torch
 
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HessianPool, HvpConfig, lanczos_inverse, solve
-from dealrec.influence import freeze_all_but, softmax_by_blocks
+from dealrec.influence import freeze_all_but
 from surrogates.registry import build_surrogate
+from surrogates.softmax import softmax_by_blocks
 from tiny_surrogate import tiny_samples
 
 N_ITEMS = 20

@@ -117,8 +117,8 @@ def test_bert4rec_cloze_loss_and_sample_losses_by_blocks_match_the_one_product_f
     assert model.supports_ce_chunk()
     model.train()
     # [MASK] is id 41; labels hold the item at masked positions only
-    cloze = {"input_ids": torch.tensor([[5, 41, 7, 41], [41, 9, 0, 0]]), "labels": torch.tensor([[0, 6, 0, 8], [3, 0, 0, 0]]),
-             "lengths": torch.tensor([4, 2])}
+    cloze = {"input_ids": torch.tensor([[5, 41, 7, 41], [41, 9, 0, 0]]),
+             "labels": torch.tensor([[0, 6, 0, 8], [3, 0, 0, 0]]), "lengths": torch.tensor([4, 2])}
     # scoring: history + [MASK], the target at the mask
     scoring = {"input_ids": torch.tensor([[5, 7, 41], [9, 41, 0]]), "lengths": torch.tensor([3, 2]),
                "labels": torch.tensor([8, 2])}
