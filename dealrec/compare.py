@@ -22,7 +22,12 @@ Layout of REPORT::
 ``result.json`` is written last, atomically, with the run's inputs (method, n, seed, selection
 parameters, training options, a digest of the score columns the method ranks by, a digest of the
 data): a rerun skips a run whose ``result.json`` records the same inputs and redoes any other, so a
-killed comparison resumes with the unfinished runs only. The runs are Ray tasks side by side
+killed comparison resumes with the unfinished runs only. Redoing a run selects again (in the driver,
+seconds) and trains only when no run has trained on the same samples yet: the training key
+(``training_key``: the coreset's histories and targets in order, the seed, the target and its options,
+the data) is recorded in ``result.json``, and a run with a key already trained (``dealrec`` at lambda 0
+and ``influence``; scores that changed in the last bits without changing the selection) takes that
+training's metrics and model (``training_from`` names the run that trained). The runs are Ray tasks side by side
 (``dealrec.engine``'s executors; ``--workers 0`` runs them one after another in this process).
 """
 from __future__ import annotations
@@ -249,16 +254,42 @@ def compare_task(task: dict) -> dict:
     try:
         return _run_one(task)
     except Exception as e:  # reported by the driver with the run's name; the traceback is in error.txt
-        folder = Path(task["folder"])
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(folder / ERROR_FILE, traceback.format_exc())
-        message = (str(e).splitlines() or [""])[0]
-        if not isinstance(e, DealrecError):
-            message = f"{type(e).__name__}: {message}"
-        return {"name": task["name"], "error": message}
+        return _failure(task, e)
+
+
+def _failure(task: dict, e: Exception) -> dict:
+    folder = Path(task["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(folder / ERROR_FILE, traceback.format_exc())
+    message = (str(e).splitlines() or [""])[0]
+    if not isinstance(e, DealrecError):
+        message = f"{type(e).__name__}: {message}"
+    return {"name": task["name"], "error": message}
+
+
+def _select_run(task: dict) -> None:
+    """Select the run's training set, in the driver (seconds; the baseline columns are computed before), and
+    fill in ``train``, ``selection_fields``, ``select_seconds`` and ``training_key``."""
+    t0 = time.time()
+    folder = Path(task["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in (RESULT_FILE, ERROR_FILE):
+        (folder / stale).unlink(missing_ok=True)
+    if task["method"] == ALL:
+        task["train"], digest, selection = str(PreparedData(task["data"]).samples_dir), ALL, None
+    else:
+        selection = run_select(task["base"], method=task["method"], n=task["n"], lam=task["lam"], k=task["k"],
+                               hard_prune=task["hard_prune"], seed=task["seed"], data=task["data"],
+                               surrogate=task["surrogate"], out=folder, plot=True, progress=False)
+        task["train"] = str(folder / CORESET_FILE)
+        digest = training_set_digest(folder / CORESET_FILE)
+    task["selection_fields"] = _selection_fields(selection)
+    task["select_seconds"] = round(time.time() - t0, 3)
+    task["training_key"] = training_key(task["inputs"], digest)
 
 
 def _run_one(task: dict) -> dict:
+    """Train and evaluate on the training set the driver selected (``task["train"]``)."""
     import torch
 
     t0 = time.time()
@@ -266,15 +297,7 @@ def _run_one(task: dict) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     for stale in (RESULT_FILE, ERROR_FILE):
         (folder / stale).unlink(missing_ok=True)
-    method, seed = task["method"], task["seed"]
-    selection = None
-    if method == ALL:
-        train = PreparedData(task["data"]).samples_dir
-    else:
-        selection = run_select(task["base"], method=method, n=task["n"], lam=task["lam"], k=task["k"],
-                               hard_prune=task["hard_prune"], seed=seed, data=task["data"],
-                               surrogate=task["surrogate"], out=folder, plot=True, progress=False)
-        train = folder / CORESET_FILE
+    method, seed, train = task["method"], task["seed"], task["train"]
     t_train = time.time()
     model_dir = folder / task["target"]
     if task["target"] == "tiger":
@@ -289,15 +312,14 @@ def _run_one(task: dict) -> dict:
         metrics = run_bigrec(task["llm"], task["data"], train, model_dir, bigrec_config(seed=seed, **task["finetune"]),
                              overwrite=True, log=lambda line: click.echo(line, err=True))
         threads = json.loads((model_dir / "manifest.json").read_text()).get("torch_threads")
+    select_seconds = task["select_seconds"]
     result = {
         "name": task["name"], "method": method, "seed": seed, "inputs": task["inputs"],
         "valid": metrics["valid"], "test": metrics["test"],
         "train": str(train), "model": str(model_dir), "train_samples": metrics.get("train_samples"),
-        "selection": None if selection is None else {
-            k: selection.get(k) for k in ("n_samples", "n_selected", "n_hard_pruned", "seconds")},
-        "baseline_reused": None if selection is None else selection["inputs"].get("baseline_reused"),
-        "seconds": round(time.time() - t0, 3),
-        "select_seconds": round(t_train - t0, 3),
+        "training_key": task["training_key"], "training_from": task["name"], **task["selection_fields"],
+        "seconds": round(time.time() - t0 + select_seconds, 3),
+        "select_seconds": select_seconds,
         "train_seconds": round(time.time() - t_train, 3),
         "machine": {"host": platform.node(), "cpu_count": os.cpu_count(), "torch_threads": threads,
                     "torch_threads_outside_training": torch.get_num_threads(),
@@ -306,6 +328,77 @@ def _run_one(task: dict) -> dict:
     }
     write_json_atomic(folder / RESULT_FILE, result)
     return result
+
+
+def _selection_fields(selection: dict | None) -> dict:
+    return {"selection": None if selection is None else {
+                k: selection.get(k) for k in ("n_samples", "n_selected", "n_hard_pruned", "seconds")},
+            "baseline_reused": None if selection is None else selection["inputs"].get("baseline_reused")}
+
+
+def training_set_digest(path: Path) -> str:
+    """sha256 of what the downstream trainer reads from a coreset: every row's history and target, in order."""
+    table = read_table(path, required=("history", "target"), what="coreset")
+    h = hashlib.sha256()
+    h.update(np.asarray(table.column("target").to_numpy(), dtype=np.int64).tobytes())
+    for history in table.column("history").to_pylist():
+        h.update(np.int64(len(history)).tobytes())
+        h.update(np.asarray(history, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def training_key(inputs: dict, train_digest: str) -> str:
+    """What decides a run's trained model: the training set's content, the seed, the downstream target and its
+    options, the data (and BIGRec's LLM). Two runs with the same key train the same model, whatever method,
+    scores or selection parameters led to their coreset."""
+    what = {k: inputs.get(k) for k in ("seed", "target", "finetune", "data", "llm")}
+    what["train"] = train_digest
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def _key_of_result(result: dict, folder: Path) -> str | None:
+    """A finished run's training key (recorded since 2026-11-27; recomputed from its coreset for older runs)."""
+    if result.get("training_key"):
+        return result["training_key"]
+    inputs = result.get("inputs") or {}
+    if inputs.get("method") == ALL:
+        return training_key(inputs, ALL)
+    coreset = folder / CORESET_FILE
+    if not coreset.exists():
+        return None
+    try:
+        return training_key(inputs, training_set_digest(coreset))
+    except DealrecError:
+        return None
+
+
+def _previous_result(folder: Path) -> dict | None:
+    """The folder's result.json whatever inputs it records (None when absent or cut short)."""
+    try:
+        result = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def _shared_result(task: dict, source: dict) -> dict:
+    """The result of a run whose coreset another run (or this folder's earlier run) has trained on already:
+    that training's metrics and model, this run's own selection and inputs."""
+    import torch
+
+    return {
+        "name": task["name"], "method": task["method"], "seed": task["seed"], "inputs": task["inputs"],
+        "valid": source["valid"], "test": source["test"],
+        "train": str(task["train"]), "model": source["model"], "train_samples": source.get("train_samples"),
+        "training_key": task["training_key"], "training_from": source.get("training_from") or source["name"],
+        **task["selection_fields"],
+        "seconds": task["select_seconds"], "select_seconds": task["select_seconds"], "train_seconds": 0.0,
+        "machine": {"host": platform.node(), "cpu_count": os.cpu_count(),
+                    "torch_threads": (source.get("machine") or {}).get("torch_threads"),
+                    "torch_threads_outside_training": torch.get_num_threads(),
+                    "torch_cpu_capability": float_platform()["torch_cpu_capability"]},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -516,7 +609,8 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
 
         # ---- the runs
         digest = data_digest(prepared)
-        tasks, results = [], {}
+        tasks, results, todo = [], {}, []
+        trained: dict[str, dict] = {}   # training key -> the finished result that trained on it
         plan = ([(ALL, s) for s in seeds] if full else []) + [(m, s) for s in seeds for m in methods]
         for method, seed in plan:
             name = f"{method}-seed{seed}"
@@ -535,16 +629,50 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
             done = _finished(folder, inputs)
             if done is not None:
                 results[name] = {**done, "reused": True}
+                key = _key_of_result(done, folder)
+                if key is not None and done.get("training_from", name) == name:
+                    trained.setdefault(key, done)
                 continue
-            tasks.append({"name": name, "folder": str(folder), "method": method, "seed": seed, "n": n, "lam": lam,
-                          "k": k, "hard_prune": hard_prune, "base": str(base), "data": str(prepared.root),
-                          "surrogate": None if surrogate_dir is None else str(surrogate_dir), "target": target,
-                          "finetune": train_options, "llm": llm, "inputs": inputs,
-                          "progress": progress and workers == 0})
+            todo.append({"name": name, "folder": str(folder), "method": method, "seed": seed, "n": n, "lam": lam,
+                         "k": k, "hard_prune": hard_prune, "base": str(base), "data": str(prepared.root),
+                         "surrogate": None if surrogate_dir is None else str(surrogate_dir), "target": target,
+                         "finetune": train_options, "llm": llm, "inputs": inputs,
+                         "progress": progress and workers == 0})
+        # The others select here, one after another (seconds each). A run whose training set some run has trained
+        # on already (another method that selected the same samples, or this folder's own earlier run whose score
+        # digest or selection options changed without changing the selection) takes that training's result.
+        failed: dict[str, str] = {}
+        waiting: dict[str, list[dict]] = {}   # training key -> runs that wait for the task training on it
+        shared = 0
+        for task in todo:
+            folder = Path(task["folder"])
+            previous = _previous_result(folder)
+            previous_key = None if previous is None else _key_of_result(previous, folder)
+            try:
+                _select_run(task)
+            except Exception as e:   # one bad selection does not stop the others
+                failed[task["name"]] = _failure(task, e)["error"]
+                continue
+            key = task["training_key"]
+            own = (previous is not None and previous_key == key and previous.get("training_from", task["name"])
+                   == task["name"] and Path(previous.get("model", "")).is_dir())
+            source = previous if own else trained.get(key)
+            if source is not None:
+                result = _shared_result(task, source)
+                write_json_atomic(folder / RESULT_FILE, result)
+                results[task["name"]] = {**result, "reused": True}
+                trained.setdefault(key, result)
+                shared += 1
+            elif key in waiting:
+                waiting[key].append(task)
+            else:
+                waiting[key] = []
+                tasks.append(task)
         say = log or (lambda line: None)
-        if results:
-            say(f"compare: {len(results)} of {len(plan)} runs already done with the same inputs; "
-                f"{len(tasks)} to run")
+        if results or failed:
+            say(f"compare: {len(results) - shared} of {len(plan)} runs already done with the same inputs"
+                + (f", {shared} more trained already on the same samples" if shared else "")
+                + f"; {len(tasks)} to train" + (f", {len(failed)} failed to select" if failed else ""))
         context = {"out": out, "data": data, "prepared": prepared, "n": n, "methods": methods, "seeds": seeds,
                    "target": target, "full": full, "lam": lam, "k": k, "hard_prune": hard_prune,
                    "train_options": train_options, "score_config": config.to_dict(), "phases": phases,
@@ -559,22 +687,33 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         context["composition_cache"] = {}
         references = most_popular_metrics(prepared, context["eval_users"])
         context["all_samples"] = _composition_of(prepared.samples_dir, context, popularity)
-        failed: dict[str, str] = {}
+        for name, error in failed.items():
+            say(f"compare: {name} failed: {error} (details: {out / 'runs' / name / ERROR_FILE})")
         t0 = time.perf_counter()
         for result in executor.run(compare_task, tasks, "compare: runs", progress=False,
                                    use_gpu=(target == "bigrec")):
             name = result["name"]
+            followers = waiting.get(next((t["training_key"] for t in tasks if t["name"] == name), ""), [])
             if "error" in result:
-                failed[name] = result["error"]
-                say(f"compare: {name} failed: {result['error']} (details: {out / 'runs' / name / ERROR_FILE})")
+                for task in [{"name": name}, *followers]:
+                    failed[task["name"]] = result["error"]
+                    say(f"compare: {task['name']} failed: {result['error']} "
+                        f"(details: {out / 'runs' / name / ERROR_FILE})")
                 continue
             results[name] = {**result, "reused": False}
+            for task in followers:   # the same training set: the same model
+                shared_result = _shared_result(task, result)
+                write_json_atomic(Path(task["folder"]) / RESULT_FILE, shared_result)
+                results[task["name"]] = {**shared_result, "reused": True}
+                shared += 1
             v, t = result["valid"], result["test"]
             say(f"compare: [{len(results)}/{len(plan)}] {name}: test R@10 {t['recall@10']:.4f} "
-                f"N@10 {t['ndcg@10']:.4f}, valid R@10 {v['recall@10']:.4f}, {result['seconds']:.0f}s")
+                f"N@10 {t['ndcg@10']:.4f}, valid R@10 {v['recall@10']:.4f}, {result['seconds']:.0f}s"
+                + (f" (also {', '.join(t['name'] for t in followers)}: the same samples)" if followers else ""))
             write_report(context, results, popularity, references, failed, plots=False)
-        phases["runs"] = {"seconds": round(time.perf_counter() - t0, 3), "ran": len(tasks) - len(failed),
-                          "reused": len(plan) - len(tasks), "failed": len(failed)}
+        trained_now = sum(1 for r in results.values() if not r["reused"])
+        phases["runs"] = {"seconds": round(time.perf_counter() - t0, 3), "ran": trained_now,
+                          "reused": len(results) - trained_now, "shared_training": shared, "failed": len(failed)}
         report = write_report(context, results, popularity, references, failed, plots=True)
     finally:
         executor.shutdown()
@@ -675,6 +814,7 @@ def build_report(context: dict, results: dict, popularity: np.ndarray, reference
                                 if random_row["mean"][split][m] else None) for m in METRICS} for split in SPLITS}}
     runs = {name: {"seconds": r["seconds"], "select_seconds": r.get("select_seconds"),
                    "train_seconds": r.get("train_seconds"), "reused": r["reused"], "finished": r.get("finished"),
+                   "training_from": r.get("training_from", name),
                    "machine": r.get("machine"), "baseline_reused": r.get("baseline_reused")}
             for name, r in sorted(results.items())}
     threads = sorted({r["machine"]["torch_threads"] for r in results.values()
@@ -732,6 +872,13 @@ def _duration(seconds: float) -> str:
 def _influence_v(report: dict) -> str:
     """The score run's ``--influence-v`` (runs scored before the option had the paper's, measured)."""
     return (report.get("score_options") or {}).get("influence_v", "measured")
+
+
+def _run_status(name: str, run: dict) -> str:
+    source = run.get("training_from")
+    if source and source != name:
+        return f"the same samples as {source}: its training"
+    return "reused" if run["reused"] else "ran now"
 
 
 def report_markdown(report: dict) -> str:
@@ -814,7 +961,7 @@ def report_markdown(report: dict) -> str:
         machine = r.get("machine") or {}
         lines.append(f"| {name} | {_duration(r['seconds'])} | {_duration(r['select_seconds'] or 0)} | "
                      f"{_duration(r['train_seconds'] or 0)} | {machine.get('torch_threads', '-')} | "
-                     f"{machine.get('host', '-')} | {'reused' if r['reused'] else 'ran now'} |")
+                     f"{machine.get('host', '-')} | {_run_status(name, r)} |")
     for name, error in report["failed"].items():
         lines.append(f"| {name} | failed: {error} | | | | | |")
     m = report["machine"]

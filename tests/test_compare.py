@@ -169,7 +169,7 @@ def test_rerun_skips_finished_runs_and_redoes_the_rest(compared, workdir, tmp_pa
     redone = {name for name in after if after[name] != stamps.get(name)}
     assert redone == {"random-seed1", "dealrec-seed0"}
     assert report["phases"]["runs"] == {"seconds": pytest.approx(report["phases"]["runs"]["seconds"]), "ran": 2,
-                                        "reused": 8, "failed": 0}
+                                        "reused": 8, "shared_training": 0, "failed": 0}
     assert report["phases"]["baselines"]["el2n"]["reused"]       # not recomputed either
     assert report["phases"]["score"]["capture"]["ran"] == 0 and report["phases"]["score"]["effort"]["ran"] == 0
     now = _results(out)
@@ -180,6 +180,37 @@ def test_rerun_skips_finished_runs_and_redoes_the_rest(compared, workdir, tmp_pa
     # another lambda changes what dealrec selects, not what random, el2n or ccs select
     _, report = _compare(workdir, out, METHODS, [0], "--lambda", "0.7")
     assert {n for n, r in report["runs"].items() if not r["reused"]} == {"dealrec-seed0"}
+
+
+def test_runs_with_the_same_samples_share_one_training(compared, workdir, tmp_path, monkeypatch):
+    from dealrec.compare import training_set_digest
+
+    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
+    out = tmp_path / "rep"
+    shutil.copytree(compared["out"], out)
+    run = out / "runs" / "dealrec-seed0"
+    before = json.loads((run / "result.json").read_text())
+    model_stamp = (run / "tiger" / "model.safetensors").stat().st_mtime_ns
+    older = {k: v for k, v in before.items() if k not in ("training_key", "training_from")}
+    (run / "result.json").write_text(json.dumps(older))   # as results were written before training keys
+    # influence selects what dealrec selects at lambda 0 (the default): trained once, not twice
+    result, report = _compare(workdir, out, ["dealrec", "influence"], [0])
+    assert "1 more trained already on the same samples; 0 to train" in result.stderr
+    assert report["phases"]["runs"]["shared_training"] == 1 and report["phases"]["runs"]["ran"] == 0
+    shared = json.loads((out / "runs" / "influence-seed0" / "result.json").read_text())
+    assert training_set_digest(out / "runs" / "influence-seed0" / "coreset.parquet") == \
+        training_set_digest(run / "coreset.parquet")
+    assert shared["training_from"] == "dealrec-seed0" and shared["training_key"] == before["training_key"]
+    assert shared["test"] == before["test"] and shared["valid"] == before["valid"]
+    assert shared["inputs"]["method"] == "influence" and not (out / "runs" / "influence-seed0" / "tiger").exists()
+    assert "the same samples as dealrec-seed0" in (out / "report.md").read_text()
+    # another lambda so small that the selection does not change: selected again, not trained again
+    _, report = _compare(workdir, out, ["dealrec"], [0], "--lambda", "1e-15")
+    again = json.loads((run / "result.json").read_text())
+    assert again["inputs"]["lambda"] == 1e-15 and again["training_key"] == before["training_key"]
+    assert again["training_from"] == "dealrec-seed0" and again["test"] == before["test"]
+    assert (run / "tiger" / "model.safetensors").stat().st_mtime_ns == model_stamp
+    assert report["phases"]["runs"]["ran"] == 0 and report["phases"]["runs"]["shared_training"] == 1
 
 
 def test_bad_requests_are_refused_up_front(workdir, tmp_path):
