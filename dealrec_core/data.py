@@ -99,9 +99,15 @@ def atomic_file(path: str | Path, suffix: str = "") -> Iterator[Path]:
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(e, OSError) and e.filename is None:
+        if _file_system_error(e):
             e.filename = str(path)
         raise
+
+
+def _file_system_error(e: BaseException) -> bool:
+    """An OSError from the file system with no file name: the output's path is named for it. Other OSErrors
+    (a library's ``OSError("no weights found in ...")``: no errno) keep their own message untouched."""
+    return isinstance(e, OSError) and e.filename is None and e.errno is not None
 
 
 def write_json_atomic(path: str | Path, obj) -> None:
@@ -156,7 +162,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
             os.replace(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.filename is None:
+        if _file_system_error(e):
             e.filename = str(out)
         raise
 

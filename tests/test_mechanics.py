@@ -280,3 +280,23 @@ def test_loop_trainer_stop_comes_first_lower_is_better_and_nan_never_improves():
     assert restored == [{"epoch": 2}]
     stop, log, restored = _scripted([], max_epochs=0, patience=1)
     assert (stop.epochs, stop.best_epoch, stop.reason, restored) == (0, 0, "max_epochs", [])
+
+
+def test_a_library_error_inside_an_atomic_write_keeps_its_own_message(tmp_path):
+    """A library's OSError with no errno (transformers: "no file named model.safetensors ... found") is not
+    a file-system error of the output: it must not be relabelled with the output's path ("[Errno None] None")."""
+    import errno
+
+    from dealrec_core.data import atomic_output_dir
+    from dealrec_core.paths import describe_os_error
+
+    for writer, out in ((atomic_file, tmp_path / "a.json"), (atomic_output_dir, tmp_path / "model")):
+        with pytest.raises(OSError) as info:
+            with writer(out):
+                raise OSError("Error no file named model.safetensors found in directory /enc.")
+        assert info.value.filename is None
+        assert describe_os_error(info.value) == "Error no file named model.safetensors found in directory /enc."
+        with pytest.raises(OSError) as info:          # a real file-system error is given the output's name
+            with writer(out):
+                raise OSError(errno.ENOSPC, "No space left on device")
+        assert describe_os_error(info.value) == f"{out}: No space left on device"
