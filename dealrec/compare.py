@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -644,7 +645,21 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         failed: dict[str, str] = {}
         waiting: dict[str, list[dict]] = {}   # training key -> runs that wait for the task training on it
         shared = 0
-        for task in todo:
+
+        def take(task: dict, source: dict) -> None:
+            nonlocal shared
+            trainer = source.get("training_from") or source["name"]
+            if trainer != task["name"]:   # an earlier run's model here would no longer match this run's result
+                shutil.rmtree(Path(task["folder"]) / target, ignore_errors=True)
+            # where the trained model is now (REPORT may have been moved or copied since it was recorded)
+            result = _shared_result(task, {**source, "model": str(out / "runs" / trainer / target)})
+            write_json_atomic(Path(task["folder"]) / RESULT_FILE, result)
+            results[task["name"]] = {**result, "reused": True}
+            trained.setdefault(task["training_key"], result)
+            shared += 1
+
+        selected = []
+        for task in todo:   # first every selection, and the folders whose own earlier training still holds
             folder = Path(task["folder"])
             previous = _previous_result(folder)
             previous_key = None if previous is None else _key_of_result(previous, folder)
@@ -653,16 +668,16 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
             except Exception as e:   # one bad selection does not stop the others
                 failed[task["name"]] = _failure(task, e)["error"]
                 continue
+            if (previous is not None and previous_key == task["training_key"]
+                    and previous.get("training_from", task["name"]) == task["name"]
+                    and Path(previous.get("model", "")).is_dir()):
+                take(task, previous)
+            else:
+                selected.append(task)
+        for task in selected:   # then the trainings some run holds already, and one task per training set left
             key = task["training_key"]
-            own = (previous is not None and previous_key == key and previous.get("training_from", task["name"])
-                   == task["name"] and Path(previous.get("model", "")).is_dir())
-            source = previous if own else trained.get(key)
-            if source is not None:
-                result = _shared_result(task, source)
-                write_json_atomic(folder / RESULT_FILE, result)
-                results[task["name"]] = {**result, "reused": True}
-                trained.setdefault(key, result)
-                shared += 1
+            if key in trained:
+                take(task, trained[key])
             elif key in waiting:
                 waiting[key].append(task)
             else:
@@ -702,6 +717,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                 continue
             results[name] = {**result, "reused": False}
             for task in followers:   # the same training set: the same model
+                shutil.rmtree(Path(task["folder"]) / target, ignore_errors=True)   # an earlier run's, if any
                 shared_result = _shared_result(task, result)
                 write_json_atomic(Path(task["folder"]) / RESULT_FILE, shared_result)
                 results[task["name"]] = {**shared_result, "reused": True}

@@ -213,6 +213,28 @@ def test_runs_with_the_same_samples_share_one_training(compared, workdir, tmp_pa
     assert report["phases"]["runs"]["ran"] == 0 and report["phases"]["runs"]["shared_training"] == 1
 
 
+def test_a_folder_that_selects_again_its_own_samples_shares_its_training_with_the_runs_before_it(
+        compared, workdir, tmp_path, monkeypatch):
+    """dealrec-seed0 comes first in the plan and influence-seed0 holds the training for the same samples in its
+    own folder: nothing is trained, however the runs are ordered."""
+    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
+    out = tmp_path / "rep"
+    shutil.copytree(compared["out"], out)
+    _compare(workdir, out, ["dealrec", "influence"], [0], "--lambda", "0.7")   # dealrec-seed0: other samples
+    runs = out / "runs"
+    held = json.loads((runs / "influence-seed0" / "result.json").read_text())
+    assert held["training_from"] == "influence-seed0"
+    (runs / "influence-seed0" / "result.json").write_text(json.dumps({**held, "inputs": {**held["inputs"],
+                                                                      "scores": "an older digest"}}))
+    _, report = _compare(workdir, out, ["dealrec", "influence"], [0])
+    assert report["phases"]["runs"]["ran"] == 0 and report["phases"]["runs"]["shared_training"] == 2
+    results = _results(out)
+    assert results["influence-seed0"]["training_from"] == "influence-seed0"
+    assert results["dealrec-seed0"]["training_from"] == "influence-seed0"
+    assert results["dealrec-seed0"]["test"] == held["test"]
+    assert not (runs / "dealrec-seed0" / "tiger").exists()   # the lambda-0.7 model would not match the result
+
+
 def test_bad_requests_are_refused_up_front(workdir, tmp_path):
     cases = [
         (["--methods", "dealrec,bogus"], "unknown method 'bogus'", "choose from dealrec, influence"),
