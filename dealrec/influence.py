@@ -32,7 +32,7 @@ from torch import nn
 
 from dealrec_core.devices import to_device
 from dealrec_core.errors import DealrecError
-from surrogates.softmax import softmax_by_blocks
+from surrogates.softmax import CE_CHUNK_CPU, softmax_by_blocks
 
 
 def freeze_all_but(model: nn.Module, block: nn.Linear) -> None:
@@ -118,7 +118,7 @@ class BatchRows:
 # the softmax, its gradient and its Hessian-vector products pass over the item table block by block, in cache,
 # instead of through [positions x items] tensors. 256-1,024 ran alike on the 2-core VM (docs/engine.md);
 # 0 keeps autograd's one-product form.
-CAPTURE_CE_CHUNK = 256
+CAPTURE_CE_CHUNK = CE_CHUNK_CPU
 
 
 def capture_ce_chunk(device) -> int:

@@ -122,7 +122,9 @@ def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max
     return target, info
 
 
-_SURROGATE_KEY_FIELDS = ("seed", "max_epochs", "max_minutes")
+_SURROGATE_KEY_FIELDS = ("seed", "max_epochs", "max_minutes", "batching", "ce_chunk")
+# what a surrogate trained before an option existed was trained with (metrics.json has no such field)
+_SURROGATE_KEY_LEGACY = {"batching": "random", "ce_chunk": 0}
 
 
 def _stale_surrogate(folder: Path, data: PreparedData, cfg, model: str = SURROGATE_MODEL) -> str | None:
@@ -143,8 +145,10 @@ def _stale_surrogate(folder: Path, data: PreparedData, cfg, model: str = SURROGA
             "the surrogate there does not record which data it was trained on"
     trained = metrics.get("train_config") or {}
     for field in _SURROGATE_KEY_FIELDS:
-        if trained.get(field) != getattr(cfg, field):
-            return f"the surrogate there was trained with {field}={trained.get(field)}, not {getattr(cfg, field)}"
+        value = trained.get(field, _SURROGATE_KEY_LEGACY.get(field))
+        if value != getattr(cfg, field):
+            wanted = "auto" if getattr(cfg, field) is None else getattr(cfg, field)
+            return f"the surrogate there was trained with {field}={value}, not {wanted}"
     from surrogates.train import DEFAULT_THREADS
 
     threads = cfg.threads or DEFAULT_THREADS   # the weights depend on the thread count

@@ -18,6 +18,7 @@ from dealrec_core.options import SEED
 from surrogates import train as training
 from surrogates.config import BATCHINGS, DEFAULT_MODEL, DEFAULT_THREADS, WEIGHTINGS, TrainConfig
 from surrogates.registry import SURROGATES, model_names, surrogate_class
+from surrogates.softmax import CE_CHUNK_CPU
 
 
 def model_option_fields() -> dict[str, list[tuple[str, dataclasses.Field]]]:
@@ -90,9 +91,11 @@ class ModelOptionsCommand(click.Command):
 @click.option("--batching", type=click.Choice(BATCHINGS), default=TrainConfig.batching, show_default=True,
               help="Cut each epoch into random batches, or into batches of samples of similar length (bucketed: "
                    "less padding, the same risk).")
-@click.option("--ce-chunk", type=int, default=TrainConfig.ce_chunk, show_default=True,
+@click.option("--ce-chunk", type=int, default=TrainConfig.ce_chunk,
               help="Compute the full-softmax loss this many items at a time (the same loss, less memory traffic; "
-                   "0: one product over all items; faster on a CPU, slower on a GPU). Models with a full-softmax loss only.")
+                   "0: one product over all items; faster on a CPU, slower on a GPU) [auto: "
+                   f"{CE_CHUNK_CPU} on the CPU, 0 on a GPU or for a loss that is not a full softmax]. "
+                   "A number other than 0: models with a full-softmax loss only.")
 @click.option("--seed", type=SEED, default=TrainConfig.seed, show_default=True)
 @click.option("--threads", type=int, default=TrainConfig.threads,
               help=f"Torch threads [{DEFAULT_THREADS}, whatever the machine: the weights depend on the thread count].")

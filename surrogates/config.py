@@ -26,8 +26,9 @@ class TrainConfig:
     patience: int = 3                 # epochs without a better validation NDCG@10 before stopping
     seed: int = 0
     weighting: str = "position"       # "position": every predicted item weighs the same; "sample": every sample
-    batching: str = "random"          # "random" or "bucketed" (BATCHINGS); the same risk either way
-    ce_chunk: int = 0                 # a full-softmax loss by blocks of this many items (surrogates/softmax.py); 0: one
+    batching: str = "bucketed"        # "random" or "bucketed" (BATCHINGS); the same risk either way
+    ce_chunk: int | None = None       # a full-softmax loss by blocks of this many items (surrogates/softmax.py); 0: one
+    #                                   product; None (auto): default_ce_chunk, blocks on the CPU, one product on a GPU
     max_minutes: float | None = None  # wall-clock budget; checked after each epoch
     threads: int | None = None        # torch intra-op threads; default DEFAULT_THREADS, whatever the machine
     eval_batch_size: int = 1024
@@ -39,7 +40,7 @@ class TrainConfig:
             raise DealrecError(f"unknown weighting {self.weighting!r} (choose from {', '.join(WEIGHTINGS)})")
         if self.batching not in BATCHINGS:
             raise DealrecError(f"unknown batching {self.batching!r} (choose from {', '.join(BATCHINGS)})")
-        if self.ce_chunk < 0:
+        if self.ce_chunk is not None and self.ce_chunk < 0:
             raise DealrecError(f"ce_chunk must be 0 (one product) or a number of items, got {self.ce_chunk}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise DealrecError("batch_size, max_epochs and patience must be at least 1")

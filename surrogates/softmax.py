@@ -26,6 +26,20 @@ from typing import Iterator
 import torch
 from torch.autograd.function import once_differentiable
 
+# Items per block of the full softmax on a CPU: the fastest of 128-2,048 on the 2-core VM for training
+# (docs/surrogates.md, "Block size") and the size the influence capture and Hessian pool use
+# (docs/engine.md). A block stays in the CPU's caches; on a GPU the one large product is faster.
+CE_CHUNK_CPU = 256
+
+
+def default_ce_chunk(device, model=None) -> int:
+    """What ``ce_chunk=None`` (auto) means: blocks of ``CE_CHUNK_CPU`` items on the CPU, the one product (0)
+    on a GPU and for a model whose loss is not a full softmax over the items."""
+    if torch.device(device).type != "cpu" or (model is not None and not model.supports_ce_chunk()):
+        return 0
+    return CE_CHUNK_CPU
+
+
 
 class _ChunkedSoftmaxCE(torch.autograd.Function):
     @staticmethod

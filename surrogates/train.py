@@ -30,7 +30,7 @@ from dealrec_core.evaluate import evaluate_scorer, format_metrics
 from surrogates.base import Surrogate, save_surrogate
 from surrogates.registry import surrogate_class
 from surrogates.config import BUCKET_POOL_BATCHES, DEFAULT_THREADS, TrainConfig
-from surrogates.softmax import softmax_by_blocks
+from surrogates.softmax import default_ce_chunk, softmax_by_blocks
 
 # metrics.json's stopped_by for each way the loop ends
 STOPPED_BY = {MAX_EPOCHS: "max epochs", PATIENCE: "early stopping", TIME_BUDGET: "time budget"}
@@ -116,8 +116,9 @@ def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConf
 def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
     if cfg.ce_chunk and not model.supports_ce_chunk():
         raise DealrecError(f"--ce-chunk: {type(model).__name__}'s training loss is not a full softmax over the items")
-    with softmax_by_blocks(model, cfg.ce_chunk):   # training only: the trained model is handed back as it was
-        return _train_loop(model, samples, data, cfg)
+    ce_chunk = default_ce_chunk(next(model.parameters()).device, model) if cfg.ce_chunk is None else cfg.ce_chunk
+    with softmax_by_blocks(model, ce_chunk):   # training only: the trained model is handed back as it was
+        return {**_train_loop(model, samples, data, cfg), "ce_chunk": ce_chunk}
 
 
 def _train_loop(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:

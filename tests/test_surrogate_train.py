@@ -276,3 +276,43 @@ def test_cli_takes_batching_and_refuses_an_unknown_one(prepared, tmp_path):
     assert bad.exit_code != 0 and "sorted" in bad.output
     with pytest.raises(DealrecError, match="batching"):
         TrainConfig(batching="sorted")
+
+
+def test_the_default_is_bucketed_with_the_softmax_by_blocks_on_the_cpu(prepared, tmp_path):
+    """ce_chunk None (auto) is CE_CHUNK_CPU on the CPU for a full-softmax loss, 0 for BCE; metrics.json records
+    what was asked (train_config) and what ran (ce_chunk). An explicit 0 is honoured."""
+    from surrogates.softmax import CE_CHUNK_CPU, default_ce_chunk
+
+    assert TrainConfig().batching == "bucketed" and TrainConfig().ce_chunk is None
+    assert default_ce_chunk("cpu") == CE_CHUNK_CPU and default_ce_chunk("cuda:0") == 0
+    runs = {"ce-auto": ({}, None), "ce-0": ({}, 0), "bce-auto": ({"loss": "bce"}, None)}
+    used = {}
+    for name, (extra, chunk) in runs.items():
+        cfg = TrainConfig(max_epochs=1, seed=0, threads=1, progress=False, ce_chunk=chunk)
+        metrics = train_surrogate(prepared, "sasrec", tmp_path / name, {**TINY_MODEL, **extra}, cfg)
+        assert metrics["train_config"]["ce_chunk"] == chunk and metrics["train_config"]["batching"] == "bucketed"
+        used[name] = metrics["ce_chunk"]
+    assert used == {"ce-auto": CE_CHUNK_CPU, "ce-0": 0, "bce-auto": 0}
+
+
+def test_prune_retrains_a_surrogate_of_other_batching_or_blocks(prepared, tmp_path):
+    from dealrec.prune import _stale_surrogate
+
+    cfg = TrainConfig(max_epochs=1, seed=0, threads=1, progress=False)
+    train_surrogate(prepared, "sasrec", tmp_path / "sur", TINY_MODEL, cfg)
+    folder = tmp_path / "sur"
+    recorded = json.loads((folder / "metrics.json").read_text())
+    recorded["model_fields"] = {}   # as prune trains it (the default SASRec)
+    recorded["threads"] = 2         # prune's fixed count; only batching and blocks are under test
+    (folder / "metrics.json").write_text(json.dumps(recorded))
+    cfg = TrainConfig(max_epochs=1, seed=0, progress=False)
+    assert _stale_surrogate(folder, PreparedData(prepared), cfg) is None
+    for field, old in (("batching", "random"), ("ce_chunk", 0)):
+        changed = {**recorded, "train_config": {**recorded["train_config"], field: old}}
+        (folder / "metrics.json").write_text(json.dumps(changed))
+        assert _stale_surrogate(folder, PreparedData(prepared), cfg) == \
+            f"the surrogate there was trained with {field}={old}, not {getattr(cfg, field)}"
+    legacy = {**recorded, "train_config": {k: v for k, v in recorded["train_config"].items()
+                                           if k not in ("batching", "ce_chunk")}}
+    (folder / "metrics.json").write_text(json.dumps(legacy))   # trained before the options: random, one product
+    assert "batching=random" in _stale_surrogate(folder, PreparedData(prepared), cfg)
