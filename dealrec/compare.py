@@ -387,13 +387,18 @@ def _shared_result(task: dict, source: dict) -> dict:
     that training's metrics and model, this run's own selection and inputs."""
     import torch
 
+    own = (source.get("training_from") or source["name"]) == task["name"]
+    train_seconds = float(source.get("train_seconds") or 0.0)
     return {
         "name": task["name"], "method": task["method"], "seed": task["seed"], "inputs": task["inputs"],
         "valid": source["valid"], "test": source["test"],
         "train": str(task["train"]), "model": source["model"], "train_samples": source.get("train_samples"),
         "training_key": task["training_key"], "training_from": source.get("training_from") or source["name"],
         **task["selection_fields"],
-        "seconds": task["select_seconds"], "select_seconds": task["select_seconds"], "train_seconds": 0.0,
+        # the training's time stays with the run that trained (a folder that takes its own earlier training
+        # keeps it), so that the report's total counts every training once
+        "seconds": round(task["select_seconds"] + (train_seconds if own else 0.0), 3),
+        "select_seconds": task["select_seconds"], "train_seconds": train_seconds if own else 0.0,
         "machine": {"host": platform.node(), "cpu_count": os.cpu_count(),
                     "torch_threads": (source.get("machine") or {}).get("torch_threads"),
                     "torch_threads_outside_training": torch.get_num_threads(),

@@ -209,6 +209,8 @@ def test_runs_with_the_same_samples_share_one_training(compared, workdir, tmp_pa
     again = json.loads((run / "result.json").read_text())
     assert again["inputs"]["lambda"] == 1e-15 and again["training_key"] == before["training_key"]
     assert again["training_from"] == "dealrec-seed0" and again["test"] == before["test"]
+    assert again["train_seconds"] == before["train_seconds"]   # its own training: its time stays with it
+    assert shared["train_seconds"] == 0.0                      # another's: counted once, there
     assert (run / "tiger" / "model.safetensors").stat().st_mtime_ns == model_stamp
     assert report["phases"]["runs"]["ran"] == 0 and report["phases"]["runs"]["shared_training"] == 1
 
