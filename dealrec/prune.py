@@ -144,11 +144,14 @@ def _stale_surrogate(folder: Path, data: PreparedData, cfg, model: str = SURROGA
         return "the surrogate there was trained on other data" if metrics.get("data_sha256") else \
             "the surrogate there does not record which data it was trained on"
     trained = metrics.get("train_config") or {}
+    from surrogates.registry import surrogate_class
+    from surrogates.train import resolved_config
+
+    wanted = resolved_config(cfg, surrogate_class(model), pick_device(cfg.device))   # what training would use
     for field in _SURROGATE_KEY_FIELDS:
         value = trained.get(field, _SURROGATE_KEY_LEGACY.get(field))
-        if value != getattr(cfg, field):
-            wanted = "auto" if getattr(cfg, field) is None else getattr(cfg, field)
-            return f"the surrogate there was trained with {field}={value}, not {wanted}"
+        if value != getattr(wanted, field):
+            return f"the surrogate there was trained with {field}={value}, not {getattr(wanted, field)}"
     from surrogates.train import DEFAULT_THREADS
 
     threads = cfg.threads or DEFAULT_THREADS   # the weights depend on the thread count

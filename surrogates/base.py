@@ -95,6 +95,11 @@ class Surrogate(nn.Module, ScoringTask):
 
     registry = SURROGATES
     config_class: ClassVar[type[SurrogateConfig]] = SurrogateConfig
+    # The trainer's defaults for this model (TrainConfig's batching and ce_chunk left at None): batches of
+    # similar length, and the full softmax by blocks of items on the CPU, where they were measured to train
+    # as good a model faster (docs/surrogates.md); random batches and one product elsewhere.
+    default_batching: ClassVar[str] = "random"
+    ce_blocks_on_cpu: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

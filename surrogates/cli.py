@@ -88,13 +88,13 @@ class ModelOptionsCommand(click.Command):
               help="Stop after the epoch that passes this budget.")
 @click.option("--weighting", type=click.Choice(WEIGHTINGS), default=TrainConfig.weighting,
               show_default=True, help="Weigh every predicted item (position) or every sample equally.")
-@click.option("--batching", type=click.Choice(BATCHINGS), default=TrainConfig.batching, show_default=True,
+@click.option("--batching", type=click.Choice(BATCHINGS), default=TrainConfig.batching,
               help="Cut each epoch into random batches, or into batches of samples of similar length (bucketed: "
-                   "less padding, the same risk).")
+                   "less padding, the same risk) [the model's: bucketed for sasrec, random for bert4rec and dcrec].")
 @click.option("--ce-chunk", type=int, default=TrainConfig.ce_chunk,
               help="Compute the full-softmax loss this many items at a time (the same loss, less memory traffic; "
-                   "0: one product over all items; faster on a CPU, slower on a GPU) [auto: "
-                   f"{CE_CHUNK_CPU} on the CPU, 0 on a GPU or for a loss that is not a full softmax]. "
+                   f"0: one product over all items; faster on a CPU, slower on a GPU) [sasrec: {CE_CHUNK_CPU} on "
+                   "the CPU, 0 on a GPU or with --loss bce; bert4rec, dcrec: 0]. "
                    "A number other than 0: models with a full-softmax loss only.")
 @click.option("--seed", type=SEED, default=TrainConfig.seed, show_default=True)
 @click.option("--threads", type=int, default=TrainConfig.threads,

@@ -26,9 +26,10 @@ class TrainConfig:
     patience: int = 3                 # epochs without a better validation NDCG@10 before stopping
     seed: int = 0
     weighting: str = "position"       # "position": every predicted item weighs the same; "sample": every sample
-    batching: str = "bucketed"        # "random" or "bucketed" (BATCHINGS); the same risk either way
+    batching: str | None = None       # "random" or "bucketed" (BATCHINGS), the same risk either way; None: the
+    #                                   model's default_batching (bucketed for SASRec)
     ce_chunk: int | None = None       # a full-softmax loss by blocks of this many items (surrogates/softmax.py); 0: one
-    #                                   product; None (auto): default_ce_chunk, blocks on the CPU, one product on a GPU
+    #                                   product; None (auto): default_ce_chunk, blocks on the CPU for SASRec
     max_minutes: float | None = None  # wall-clock budget; checked after each epoch
     threads: int | None = None        # torch intra-op threads; default DEFAULT_THREADS, whatever the machine
     eval_batch_size: int = 1024
@@ -38,7 +39,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.weighting not in WEIGHTINGS:
             raise DealrecError(f"unknown weighting {self.weighting!r} (choose from {', '.join(WEIGHTINGS)})")
-        if self.batching not in BATCHINGS:
+        if self.batching is not None and self.batching not in BATCHINGS:
             raise DealrecError(f"unknown batching {self.batching!r} (choose from {', '.join(BATCHINGS)})")
         if self.ce_chunk is not None and self.ce_chunk < 0:
             raise DealrecError(f"ce_chunk must be 0 (one product) or a number of items, got {self.ce_chunk}")

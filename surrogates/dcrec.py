@@ -113,6 +113,9 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
 
 class DCRec(SASRec, name="dcrec"):
     config_class = DCRecConfig
+    # not measured with bucketed batches (its contrastive views pair the samples of a batch): SASRec's old defaults
+    default_batching = "random"
+    ce_blocks_on_cpu = False
 
     def __init__(self, config: DCRecConfig):
         super().__init__(config)

@@ -33,11 +33,16 @@ CE_CHUNK_CPU = 256
 
 
 def default_ce_chunk(device, model=None) -> int:
-    """What ``ce_chunk=None`` (auto) means: blocks of ``CE_CHUNK_CPU`` items on the CPU, the one product (0)
-    on a GPU and for a model whose loss is not a full softmax over the items."""
-    if torch.device(device).type != "cpu" or (model is not None and not model.supports_ce_chunk()):
+    """What ``ce_chunk=None`` (auto) means for training ``model``: blocks of ``CE_CHUNK_CPU`` items on the CPU
+    for a model that trains so by default (``ce_blocks_on_cpu``) with a full-softmax loss, else the one product
+    (0; always on a GPU). Without a model: blocks on the CPU (the influence capture and Hessian pool)."""
+    if torch.device(device).type != "cpu":
         return 0
-    return CE_CHUNK_CPU
+    if model is None:
+        return CE_CHUNK_CPU
+    # a class stands for its default options (what prune and compare train), whose loss is a full softmax
+    full_softmax = True if isinstance(model, type) else model.supports_ce_chunk()
+    return CE_CHUNK_CPU if model.ce_blocks_on_cpu and full_softmax else 0
 
 
 

@@ -116,9 +116,17 @@ def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConf
 def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
     if cfg.ce_chunk and not model.supports_ce_chunk():
         raise DealrecError(f"--ce-chunk: {type(model).__name__}'s training loss is not a full softmax over the items")
-    ce_chunk = default_ce_chunk(next(model.parameters()).device, model) if cfg.ce_chunk is None else cfg.ce_chunk
-    with softmax_by_blocks(model, ce_chunk):   # training only: the trained model is handed back as it was
-        return {**_train_loop(model, samples, data, cfg), "ce_chunk": ce_chunk}
+    cfg = resolved_config(cfg, model, next(model.parameters()).device)   # metrics.json records what ran
+    with softmax_by_blocks(model, cfg.ce_chunk):   # training only: the trained model is handed back as it was
+        return _train_loop(model, samples, data, cfg)
+
+
+def resolved_config(cfg: TrainConfig, model, device) -> TrainConfig:
+    """``cfg`` with batching and ce_chunk left at None (the defaults) set to ``model``'s (a Surrogate, or its
+    class with its default options) on ``device``."""
+    return dataclasses.replace(
+        cfg, batching=cfg.batching or model.default_batching,
+        ce_chunk=default_ce_chunk(device, model) if cfg.ce_chunk is None else cfg.ce_chunk)
 
 
 def _train_loop(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:

@@ -278,25 +278,33 @@ def test_cli_takes_batching_and_refuses_an_unknown_one(prepared, tmp_path):
         TrainConfig(batching="sorted")
 
 
-def test_the_default_is_bucketed_with_the_softmax_by_blocks_on_the_cpu(prepared, tmp_path):
-    """ce_chunk None (auto) is CE_CHUNK_CPU on the CPU for a full-softmax loss, 0 for BCE; metrics.json records
-    what was asked (train_config) and what ran (ce_chunk). An explicit 0 is honoured."""
+def test_the_defaults_are_the_models_sasrec_bucketed_with_the_softmax_by_blocks_on_the_cpu(prepared, tmp_path):
+    """batching and ce_chunk left at None are the model's: SASRec bucketed with blocks of CE_CHUNK_CPU items on
+    the CPU (0 with the BCE loss, whose loss is no full softmax), BERT4Rec and DCRec random batches and one
+    product. metrics.json records what ran; an explicit value is honoured."""
+    from surrogates.registry import surrogate_class
     from surrogates.softmax import CE_CHUNK_CPU, default_ce_chunk
 
-    assert TrainConfig().batching == "bucketed" and TrainConfig().ce_chunk is None
+    assert TrainConfig().batching is None and TrainConfig().ce_chunk is None
     assert default_ce_chunk("cpu") == CE_CHUNK_CPU and default_ce_chunk("cuda:0") == 0
-    runs = {"ce-auto": ({}, None), "ce-0": ({}, 0), "bce-auto": ({"loss": "bce"}, None)}
-    used = {}
-    for name, (extra, chunk) in runs.items():
-        cfg = TrainConfig(max_epochs=1, seed=0, threads=1, progress=False, ce_chunk=chunk)
-        metrics = train_surrogate(prepared, "sasrec", tmp_path / name, {**TINY_MODEL, **extra}, cfg)
-        assert metrics["train_config"]["ce_chunk"] == chunk and metrics["train_config"]["batching"] == "bucketed"
-        used[name] = metrics["ce_chunk"]
-    assert used == {"ce-auto": CE_CHUNK_CPU, "ce-0": 0, "bce-auto": 0}
+    assert default_ce_chunk("cuda:0", surrogate_class("sasrec")) == 0
+    runs = {"sasrec": ("sasrec", {}, {}), "sasrec-bce": ("sasrec", {"loss": "bce"}, {}),
+            "sasrec-asked": ("sasrec", {}, {"batching": "random", "ce_chunk": 0}),
+            "bert4rec": ("bert4rec", {}, {}), "dcrec": ("dcrec", {}, {})}
+    ran = {}
+    for name, (model_name, extra, asked) in runs.items():
+        fields = {k: v for k, v in {**TINY_MODEL, **extra}.items()
+                  if k in {f.name for f in surrogate_class(model_name).config_class.option_fields()}}
+        cfg = TrainConfig(max_epochs=1, seed=0, threads=1, progress=False, **asked)
+        metrics = train_surrogate(prepared, model_name, tmp_path / name, fields, cfg)
+        ran[name] = (metrics["train_config"]["batching"], metrics["train_config"]["ce_chunk"])
+    assert ran == {"sasrec": ("bucketed", CE_CHUNK_CPU), "sasrec-bce": ("bucketed", 0),
+                   "sasrec-asked": ("random", 0), "bert4rec": ("random", 0), "dcrec": ("random", 0)}
 
 
 def test_prune_retrains_a_surrogate_of_other_batching_or_blocks(prepared, tmp_path):
     from dealrec.prune import _stale_surrogate
+    from surrogates.softmax import CE_CHUNK_CPU
 
     cfg = TrainConfig(max_epochs=1, seed=0, threads=1, progress=False)
     train_surrogate(prepared, "sasrec", tmp_path / "sur", TINY_MODEL, cfg)
@@ -307,7 +315,7 @@ def test_prune_retrains_a_surrogate_of_other_batching_or_blocks(prepared, tmp_pa
     (folder / "metrics.json").write_text(json.dumps(recorded))
     cfg = TrainConfig(max_epochs=1, seed=0, progress=False)
     assert _stale_surrogate(folder, PreparedData(prepared), cfg) is None
-    for field, old, wanted in (("batching", "random", "bucketed"), ("ce_chunk", 0, "auto")):
+    for field, old, wanted in (("batching", "random", "bucketed"), ("ce_chunk", 0, CE_CHUNK_CPU)):
         changed = {**recorded, "train_config": {**recorded["train_config"], field: old}}
         (folder / "metrics.json").write_text(json.dumps(changed))
         assert _stale_surrogate(folder, PreparedData(prepared), cfg) == \
