@@ -36,7 +36,7 @@ from dealrec.hvp import HvpConfig
 from dealrec.manifest import RunManifest
 from dealrec.prepare import PrepareOptions, prepare as prepare_folder
 from dealrec.prepare.cli import _parse_split, prepare_command, prepare_options
-from dealrec.prune import prune_command, run_prune
+from dealrec.prune import prune_command, prune_target, run_prune
 from dealrec.runconfig import check_options, option_flags, python_name, recording, run_folder
 from dealrec.score import SCORES_FILE, ScoreConfig, config_from_options, run_score, score_command
 from dealrec.select import CORESET_FILE, SelectionConfig, run_select, select_command
@@ -249,13 +249,14 @@ def export(run, *, format=DEFAULT_FORMAT, data=None, template=None) -> ExportRes
 def prune(data, out, *, n=DEFAULT_N, surrogate=None, surrogate_model=None,
           surrogate_minutes=SurrogateTrainConfig.max_minutes,
           surrogate_epochs=SurrogateTrainConfig.max_epochs, threads=SurrogateTrainConfig.threads, lambda_=None,
-          k=None, hard_prune=None, quiet: bool = False, **score_options) -> PruneResult:
+          k=None, hard_prune=None, target=None, quiet: bool = False, **score_options) -> PruneResult:
     """``dealrec prune DATA --out OUT``: prepare ``data`` if it is raw, train the surrogate (or use
     ``surrogate``), score, select ``n`` samples and export them into ``out``. Takes every option of
-    ``score`` too (``target``, ``workers``, ``hvp`` ...). ``lambda_``, ``k`` and ``hard_prune`` left at None
-    are select's defaults."""
+    ``score`` too (``workers``, ``hvp`` ...). ``lambda_``, ``k`` and ``hard_prune`` left at None
+    are select's defaults; ``target`` left at None is none at lambda 0 and TIGER otherwise (``prune_target``)."""
     given = {name: value for name, value in locals().items() if name != "score_options"}
     a, recorded = _options(prune_command, {**given, **score_options})
+    a["target"] = prune_target(a["target"], a["lambda_"], a["target_init"], a["llm"])
     config = config_from_options(**{name: a[name] for name in inspect.signature(config_from_options).parameters})
     with recording(a["out"], "prune", recorded):
         run_prune(a["data"], a["out"], a["n"], a["surrogate"], config, a["lambda_"], a["k"], a["hard_prune"],

@@ -167,6 +167,17 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def prune_target(target: str | None = None, lam: float | None = None, target_init=None, llm=None) -> str:
+    """The effort target of a prune whose ``--target`` was left out: none when the selection gives effort no
+    weight (lambda 0, the default) and no effort option names a target model; else TIGER, score's default.
+    At lambda 0 the effort column would change nothing (the coreset is the influence's) and costs the
+    semantic IDs and a pass of the target over every sample."""
+    if target is not None:
+        return target
+    weighs = (DEFAULT_LAMBDA if lam is None else lam) != 0
+    return ScoreConfig.target if weighs or target_init or llm else "none"
+
+
 def run_writes(data: Path, surrogate) -> tuple[str, ...]:
     """What prune writes in its run folder: an input may sit beside these (a prepared RUN/data, a given
     RUN/surrogate: both only read), never among them."""
@@ -274,6 +285,7 @@ def _make_command():
     def prune_command(data, n, out, surrogate, surrogate_model, surrogate_minutes, surrogate_epochs, threads, lam, k,
                       hard_prune, quiet, **options):
         """Prepare DATA if raw, train the surrogate, score, select N samples and export them to OUT."""
+        options["target"] = prune_target(options["target"], lam, options["target_init"], options["llm"])
         manifest = run_prune(data, out, n, surrogate, config_from_options(**options), lam, k, hard_prune,
                              surrogate_minutes, surrogate_epochs, progress=not quiet, threads=threads,
                              surrogate_model=surrogate_model)
@@ -281,6 +293,11 @@ def _make_command():
         times = ", ".join(f"{name} {v['seconds']:.0f}s" for name, v in p["phases"].items())
         click.echo(f"coreset of {p['n_selected']} samples -> {storage.join(out, CORESET_FILE)} "
                    f"({times}; total {p['seconds']:.0f}s)")
+    target = next(p for p in prune_command.params if p.name == "target")
+    target.default, target.show_default = None, False
+    target.help = ("Target model of the effort score ('none': influence only) [left out: none at --lambda 0, the "
+                   f"default, where effort weighs nothing; {ScoreConfig.target} with another lambda, --target-init "
+                   "or --llm].")
     return prune_command
 
 

@@ -178,6 +178,8 @@ COUNTERPARTS = {
         "lam": Default(prune.run_prune, "lam", says=Default(select, "DEFAULT_LAMBDA")),
         "k": Default(prune.run_prune, "k", says=Default(select, "DEFAULT_K")),
         "hard_prune": Default(prune.run_prune, "hard_prune", says=Default(select, "DEFAULT_HARD_PRUNE")),
+        # None: prune_target decides (none at lambda 0, else TIGER)
+        "target": Default(prune.prune_target, "target"),
     },
     "compare": {
         "data": CLI_ONLY, "out": CLI_ONLY, "quiet": CLI_ONLY, "n": Default(select, "DEFAULT_N"),

@@ -130,3 +130,25 @@ def test_prune_into_a_folder_of_other_data_redoes_the_surrogate(raw_and_tiger, t
     # other training options are stale state too
     epochs = _prune(other, tiger, out, "--surrogate-epochs", "1")["prune"]["phases"]["train_surrogate"]
     assert "max_epochs=2, not 1" in epochs["redone"]
+
+
+def test_prune_scores_effort_only_where_it_weighs(raw_and_tiger, tmp_path):
+    """--target left out: none at lambda 0 (the default: effort would change nothing), TIGER with another lambda
+    or an effort option (--target-init, --llm); a given --target is kept."""
+    from dealrec.prune import prune_target
+
+    assert prune_target() == "none" and prune_target(lam=0.0) == "none"
+    assert prune_target(lam=0.3) == "tiger" and prune_target(target_init="CKPT") == "tiger"
+    assert prune_target(llm="LLM") == "tiger" and prune_target("none", lam=0.3) == "none"
+    assert prune_target("tiger") == "tiger"
+    raw, tiger = raw_and_tiger
+    args = ["prune", str(raw), "--n", "12", "--out", str(tmp_path / "run"), "--workers", "0", "--surrogate-epochs",
+            "2", "--hvp", "cg", "--damping", "0.05", "--hessian-samples", "32", "--hvp-batch", "16",
+            "--batch-size", "16", "--effort-batch-size", "16", "--shard-size", "32", "--k", "4", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert "effort" not in manifest["prune"]["phases"]["score"] and "semantic_ids" not in manifest["prune"]["phases"]["score"]
+    assert manifest["prune"]["phases"]["select"]["method"] == "influence"
+    assert "effort" not in pq.read_table(tmp_path / "run" / "scores.parquet").column_names
+    assert manifest["options"]["prune"]["target"] is None   # left out, recorded as such: a replay decides again
