@@ -124,10 +124,10 @@ class ScoreConfig:
             device = pick_device(self.device)
             if self.target == "bigrec":
                 quantization(self.load_in_8bit, self.load_in_4bit, device)
-        if self.shard_size % self.batch_size or self.shard_size % self.effort_batch_size:
+        sizes = (self.batch_size, *((self.effort_batch_size,) if self.target != "none" else ()))   # what runs
+        if any(self.shard_size % size for size in sizes):
             raise DealrecError(f"--shard-size ({self.shard_size}) must be a multiple of the batch sizes "
-                               f"({self.batch_size}, {self.effort_batch_size}) so that batches never depend "
-                               f"on the sharding")
+                               f"({', '.join(map(str, sizes))}) so that batches never depend on the sharding")
 
     def to_dict(self) -> dict:
         return asdict(self)

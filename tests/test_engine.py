@@ -171,6 +171,9 @@ def test_bad_requests_are_one_line_errors(inputs, tmp_path):
     _, data, sur, _ = inputs
     with pytest.raises(DealrecError, match="multiple of the batch sizes"):
         run_score(data, sur, tmp_path / "x", ScoreConfig(shard_size=100, batch_size=16, workers=0))
+    with pytest.raises(DealrecError, match=r"multiple of the batch sizes \(16, 64\)"):   # the effort's batch too
+        ScoreConfig(shard_size=32, batch_size=16, workers=0).check()
+    ScoreConfig(shard_size=32, batch_size=16, target="none", workers=0).check()   # no effort: its batch is no bound
     with pytest.raises(DealrecError, match="--llm"):
         run_score(data, sur, tmp_path / "x", ScoreConfig(target="bigrec", workers=0))
     with pytest.raises(DealrecError, match="missing"):
