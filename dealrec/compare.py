@@ -293,11 +293,7 @@ def _run_one(task: dict) -> dict:
     """Train and evaluate on the training set the driver selected (``task["train"]``)."""
     import torch
 
-    t0 = time.time()
-    folder = Path(task["folder"])
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in (RESULT_FILE, ERROR_FILE):
-        (folder / stale).unlink(missing_ok=True)
+    folder = Path(task["folder"])   # made, and cleared of an earlier result, by _select_run
     method, seed, train = task["method"], task["seed"], task["train"]
     t_train = time.time()
     model_dir = folder / task["target"]
@@ -313,15 +309,14 @@ def _run_one(task: dict) -> dict:
         metrics = run_bigrec(task["llm"], task["data"], train, model_dir, bigrec_config(seed=seed, **task["finetune"]),
                              overwrite=True, log=lambda line: click.echo(line, err=True))
         threads = json.loads((model_dir / "manifest.json").read_text()).get("torch_threads")
-    select_seconds = task["select_seconds"]
+    select_seconds, train_seconds = task["select_seconds"], round(time.time() - t_train, 3)
     result = {
         "name": task["name"], "method": method, "seed": seed, "inputs": task["inputs"],
         "valid": metrics["valid"], "test": metrics["test"],
         "train": str(train), "model": str(model_dir), "train_samples": metrics.get("train_samples"),
         "training_key": task["training_key"], "training_from": task["name"], **task["selection_fields"],
-        "seconds": round(time.time() - t0 + select_seconds, 3),
-        "select_seconds": select_seconds,
-        "train_seconds": round(time.time() - t_train, 3),
+        "seconds": round(select_seconds + train_seconds, 3),
+        "select_seconds": select_seconds, "train_seconds": train_seconds,
         "machine": {"host": platform.node(), "cpu_count": os.cpu_count(), "torch_threads": threads,
                     "torch_threads_outside_training": torch.get_num_threads(),
                     "torch_cpu_capability": float_platform()["torch_cpu_capability"]},
@@ -373,6 +368,12 @@ def _key_of_result(result: dict, folder: Path) -> str | None:
         return None
 
 
+def _trained_by(result: dict) -> str:
+    """The run whose training a result holds (itself unless it took another's; results from before the field:
+    itself)."""
+    return result.get("training_from") or result["name"]
+
+
 def _previous_result(folder: Path) -> dict | None:
     """The folder's result.json whatever inputs it records (None when absent or cut short)."""
     try:
@@ -387,13 +388,13 @@ def _shared_result(task: dict, source: dict) -> dict:
     that training's metrics and model, this run's own selection and inputs."""
     import torch
 
-    own = (source.get("training_from") or source["name"]) == task["name"]
+    own = _trained_by(source) == task["name"]
     train_seconds = float(source.get("train_seconds") or 0.0)
     return {
         "name": task["name"], "method": task["method"], "seed": task["seed"], "inputs": task["inputs"],
         "valid": source["valid"], "test": source["test"],
         "train": str(task["train"]), "model": source["model"], "train_samples": source.get("train_samples"),
-        "training_key": task["training_key"], "training_from": source.get("training_from") or source["name"],
+        "training_key": task["training_key"], "training_from": _trained_by(source),
         **task["selection_fields"],
         # the training's time stays with the run that trained (a folder that takes its own earlier training
         # keeps it), so that the report's total counts every training once
@@ -636,7 +637,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
             if done is not None:
                 results[name] = {**done, "reused": True}
                 key = _key_of_result(done, folder)
-                if key is not None and done.get("training_from", name) == name:
+                if key is not None and _trained_by(done) == name:
                     trained.setdefault(key, done)
                 continue
             todo.append({"name": name, "folder": str(folder), "method": method, "seed": seed, "n": n, "lam": lam,
@@ -648,12 +649,13 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         # on already (another method that selected the same samples, or this folder's own earlier run whose score
         # digest or selection options changed without changing the selection) takes that training's result.
         failed: dict[str, str] = {}
-        waiting: dict[str, list[dict]] = {}   # training key -> runs that wait for the task training on it
+        trainer_of: dict[str, str] = {}       # training key -> the task that trains on it here
+        followers_of: dict[str, list[dict]] = {}   # that task -> the runs that wait for its training
         shared = 0
 
         def take(task: dict, source: dict) -> None:
             nonlocal shared
-            trainer = source.get("training_from") or source["name"]
+            trainer = _trained_by(source)
             if trainer != task["name"]:   # an earlier run's model here would no longer match this run's result
                 shutil.rmtree(Path(task["folder"]) / target, ignore_errors=True)
             # where the trained model is now (REPORT may have been moved or copied since it was recorded)
@@ -674,7 +676,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                 failed[task["name"]] = _failure(task, e)["error"]
                 continue
             if (previous is not None and previous_key == task["training_key"]
-                    and previous.get("training_from", task["name"]) == task["name"]
+                    and _trained_by(previous) == task["name"]
                     and Path(previous.get("model", "")).is_dir()):
                 take(task, previous)
             else:
@@ -683,10 +685,10 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
             key = task["training_key"]
             if key in trained:
                 take(task, trained[key])
-            elif key in waiting:
-                waiting[key].append(task)
+            elif key in trainer_of:
+                followers_of[trainer_of[key]].append(task)
             else:
-                waiting[key] = []
+                trainer_of[key], followers_of[task["name"]] = task["name"], []
                 tasks.append(task)
         say = log or (lambda line: None)
         if results or failed:
@@ -713,7 +715,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         for result in executor.run(compare_task, tasks, "compare: runs", progress=False,
                                    use_gpu=(target == "bigrec")):
             name = result["name"]
-            followers = waiting.get(next((t["training_key"] for t in tasks if t["name"] == name), ""), [])
+            followers = followers_of.get(name, [])
             if "error" in result:
                 for task in [{"name": name}, *followers]:
                     failed[task["name"]] = result["error"]
@@ -722,11 +724,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                 continue
             results[name] = {**result, "reused": False}
             for task in followers:   # the same training set: the same model
-                shutil.rmtree(Path(task["folder"]) / target, ignore_errors=True)   # an earlier run's, if any
-                shared_result = _shared_result(task, result)
-                write_json_atomic(Path(task["folder"]) / RESULT_FILE, shared_result)
-                results[task["name"]] = {**shared_result, "reused": True}
-                shared += 1
+                take(task, result)
             v, t = result["valid"], result["test"]
             say(f"compare: [{len(results)}/{len(plan)}] {name}: test R@10 {t['recall@10']:.4f} "
                 f"N@10 {t['ndcg@10']:.4f}, valid R@10 {v['recall@10']:.4f}, {result['seconds']:.0f}s"

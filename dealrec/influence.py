@@ -32,7 +32,7 @@ from torch import nn
 
 from dealrec_core.devices import to_device
 from dealrec_core.errors import DealrecError
-from surrogates.softmax import CE_CHUNK_CPU, softmax_by_blocks
+from surrogates.softmax import CE_CHUNK_CPU, default_ce_chunk, softmax_by_blocks
 
 
 def freeze_all_but(model: nn.Module, block: nn.Linear) -> None:
@@ -123,8 +123,8 @@ CAPTURE_CE_CHUNK = CE_CHUNK_CPU
 
 def capture_ce_chunk(device) -> int:
     """The ``ce_chunk`` work on ``device`` uses: blocks on the CPU, the one-product form on a GPU (where
-    one large product is the fast way)."""
-    return CAPTURE_CE_CHUNK if torch.device(device).type == "cpu" else 0
+    one large product is the fast way); the rule the trainer's default follows too (``default_ce_chunk``)."""
+    return default_ce_chunk(device)
 
 
 def capture_batch(model, taps: LinearTaps, batch: dict, ce_chunk: int = 0) -> BatchRows:

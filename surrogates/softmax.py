@@ -45,7 +45,6 @@ def default_ce_chunk(device, model=None) -> int:
     return CE_CHUNK_CPU if model.ce_blocks_on_cpu and full_softmax else 0
 
 
-
 class _ChunkedSoftmaxCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, table: torch.Tensor, y: torch.Tensor, chunk: int, skip: int):
