@@ -1,14 +1,21 @@
-"""Where a SASRec training step spends its time: batch building, encoder forward, loss forward, backward, Adam.
+"""Where a surrogate's training step spends its time: batch building, forward, backward, Adam.
 
-    python benchmarks/profile_surrogate_step.py --data PREPARED [--batching bucketed] [--batches 50] [--ce-chunk 256]
+    python benchmarks/profile_surrogate_step.py --data PREPARED [--model sasrec] [--batching bucketed] [--batches 50]
+        [--ce-chunk 256] [--graph-products csr,coo] [--repeats 3]
 
-Times the first ``--batches`` batches of one epoch (the trainer's ``EpochPlan``, seed 0, batch 128,
-2 threads by default) of a fresh default SASRec, each component on its own, and extrapolates an epoch.
-Behind docs/surrogates.md's profile of the full softmax and its block sizes (``--ce-chunk``).
+Times the first ``--batches`` batches of one epoch (the trainer's ``EpochPlan``, seed 0, batch 128, 2 threads by
+default) of a fresh model with its default options, each component on its own, and extrapolates an epoch; a
+row per (graph products, repeat), then the median epoch of each. Forward is the model's ``training_loss`` (for
+SASRec the encoder and the loss apart). DCRec's item-graph views are run through CSR products on the CPU
+(``surrogates/dcrec.py``); ``--graph-products coo`` makes its propagators use torch's COO product instead (the
+code before 2026-11-27), so the two are timed side by side in one run; its ``graph views`` column is the
+views' forward and backward alone, once per batch, as a training step runs them.
+Behind docs/surrogates.md's profile of the full softmax, its block sizes (``--ce-chunk``) and DCRec's epoch.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import numpy as np
@@ -16,46 +23,82 @@ import torch
 
 from common import parse_with_data
 from surrogates.config import BATCHINGS
-from surrogates.registry import surrogate_class
+from surrogates.registry import model_names, surrogate_class
+from surrogates.softmax import softmax_by_blocks
 from surrogates.train import EpochPlan
+
+
+def profile(model, samples, args, products: str) -> tuple[dict[str, float], int, int]:
+    if hasattr(model, "_propagators"):
+        model.prepare_training(samples)
+        if products == "coo":
+            for op in model._propagators():
+                op.csr = None
+    model.train()
+    plan = EpochPlan(model, samples, 128, args.batching, "position")
+    batches = plan.batches(np.random.default_rng(args.seed))[:args.batches]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    split = args.model == "sasrec"
+    spent = dict.fromkeys(("batch", "encoder", "loss", "backward", "adam") if split else
+                          ("batch", "forward", "backward", "adam"), 0.0)
+    graph = 0.0
+    positions = 0
+    with softmax_by_blocks(model, args.ce_chunk):
+        for idx, scale in batches:
+            t = [time.perf_counter()]
+            batch = model.training_batch(samples.subset(idx), 0)
+            t.append(time.perf_counter())
+            if split:
+                states = model.hidden_states(batch["input_ids"])
+                t.append(time.perf_counter())
+                losses, _ = model.position_losses(batch, states)
+                loss = losses.mean() * (scale or 1.0)
+            else:
+                loss = model.training_loss(batch) * (scale or 1.0)
+            t.append(time.perf_counter())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t.append(time.perf_counter())
+            optimizer.step()
+            t.append(time.perf_counter())
+            positions += int((batch["labels"] > 0).sum())
+            for k, key in enumerate(spent):
+                spent[key] += t[k + 1] - t[k]
+            if hasattr(model, "graph_views"):
+                g0 = time.perf_counter()
+                sum(v.sum() for v in model.graph_views()).backward()
+                graph += time.perf_counter() - g0
+        optimizer.zero_grad(set_to_none=True)
+    if hasattr(model, "graph_views"):
+        spent["graph views"] = graph
+    return spent, positions, plan.n_batches
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=model_names(), default="sasrec")
     ap.add_argument("--batching", choices=BATCHINGS, default="bucketed")
     ap.add_argument("--batches", type=int, default=50, help="batches timed (the epoch is extrapolated)")
     ap.add_argument("--ce-chunk", type=int, default=0, help="the trainer's --ce-chunk (0: one product)")
+    ap.add_argument("--graph-products", default="csr", help="dcrec: csr, coo or both (csr,coo)")
+    ap.add_argument("--repeats", type=int, default=1)
     args, data, samples = parse_with_data(ap, threads=2)
-    cls = surrogate_class("sasrec")
-    model = cls(cls.config_class(seed=args.seed, n_items=data.n_items))
-    model.train()
-    model.ce_chunk = args.ce_chunk
-    plan = EpochPlan(model, samples, 128, args.batching, "position")
-    batches = plan.batches(np.random.default_rng(args.seed))[:args.batches]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    spent = dict.fromkeys(("batch", "encoder", "loss", "backward", "adam"), 0.0)
-    positions = 0
-    for idx, scale in batches:
-        t = [time.perf_counter()]
-        batch = model.training_batch(samples.subset(idx), 0)
-        t.append(time.perf_counter())
-        states = model.hidden_states(batch["input_ids"])
-        t.append(time.perf_counter())
-        losses, _ = model.position_losses(batch, states)
-        loss = losses.mean() * (scale or 1.0)
-        t.append(time.perf_counter())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        t.append(time.perf_counter())
-        optimizer.step()
-        t.append(time.perf_counter())
-        positions += len(losses)
-        for k, key in enumerate(spent):
-            spent[key] += t[k + 1] - t[k]
-    total = sum(spent.values())
-    print(f"{args.batching}, ce_chunk {args.ce_chunk}: {len(batches)} batches, {positions} positions; "
-          + ", ".join(f"{k} {v:.2f} s" for k, v in spent.items())
-          + f"; total {total:.2f} s, an epoch about {total * plan.n_batches / len(batches):.1f} s")
+    products = args.graph_products.split(",") if args.model == "dcrec" else ["-"]
+    epochs: dict[str, list[float]] = {p: [] for p in products}
+    print(f"{args.model}, {args.batching}, ce_chunk {args.ce_chunk}, {args.batches} batches, "
+          f"{torch.get_num_threads()} threads")
+    for repeat in range(args.repeats):
+        for p in products:
+            cls = surrogate_class(args.model)
+            model = cls(cls.config_class(seed=args.seed, n_items=data.n_items))
+            spent, positions, n_batches = profile(model, samples, args, p)
+            step = sum(v for k, v in spent.items() if k != "graph views")
+            epochs[p].append(step * n_batches / args.batches)
+            print(f"| {p} | {repeat} | {positions} positions | "
+                  + " | ".join(f"{k} {v:.2f} s" for k, v in spent.items())
+                  + f" | total {step:.2f} s | an epoch about {epochs[p][-1]:.1f} s |", flush=True)
+    for p in products:
+        print(f"median epoch ({p}): {statistics.median(epochs[p]):.1f} s over {args.repeats} repeat(s)")
 
 
 if __name__ == "__main__":
