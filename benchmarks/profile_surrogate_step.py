@@ -29,7 +29,8 @@ from surrogates.train import EpochPlan
 
 
 def profile(model, samples, args, products: str) -> tuple[dict[str, float], int, int]:
-    if hasattr(model, "_propagators"):
+    graphs = hasattr(model, "graph_views")   # DCRec
+    if graphs:
         model.prepare_training(samples)
         if products == "coo":
             for op in model._propagators():
@@ -64,12 +65,12 @@ def profile(model, samples, args, products: str) -> tuple[dict[str, float], int,
             positions += int((batch["labels"] > 0).sum())
             for k, key in enumerate(spent):
                 spent[key] += t[k + 1] - t[k]
-            if hasattr(model, "graph_views"):
+            if graphs:
                 g0 = time.perf_counter()
                 sum(v.sum() for v in model.graph_views()).backward()
                 graph += time.perf_counter() - g0
         optimizer.zero_grad(set_to_none=True)
-    if hasattr(model, "graph_views"):
+    if graphs:
         spent["graph views"] = graph
     return spent, positions, plan.n_batches
 

@@ -123,12 +123,11 @@ class _CsrProduct(torch.autograd.Function):
 
 
 class _Propagator:
-    """A fixed sparse operator (built from a coalesced COO matrix and its transpose): CSR products on the CPU,
-    torch's COO product elsewhere (the path the CUDA tests cover)."""
+    """A fixed sparse operator: with ``csr`` (the operator and its transpose as CSR: on the CPU) CSR products,
+    else torch's COO product of ``coo`` (other devices: the path the CUDA tests cover)."""
 
-    def __init__(self, coo: torch.Tensor, coo_t: torch.Tensor):
-        self.coo = coo
-        self.csr = (coo.to_sparse_csr(), coo_t.to_sparse_csr()) if coo.device.type == "cpu" else None
+    def __init__(self, coo: torch.Tensor, csr: tuple[torch.Tensor, torch.Tensor] | None):
+        self.coo, self.csr = coo, csr
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         if self.csr is None:
@@ -198,10 +197,14 @@ class DCRec(SASRec, name="dcrec"):
             adjacency = _sparse(t_index, t_values, (n, n))   # symmetric: its own transpose
             incidence = _sparse(u_index, u_values, (max(n_users, 1), n))
             incidence_t = _sparse(u_index.flip(0)[:, order], u_values[order], (n, max(n_users, 1)))
-            with warnings.catch_warnings():   # "sparse CSR support is in beta": the products used here are tested
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                self._graphs = (_Propagator(adjacency, adjacency), _Propagator(incidence, incidence_t),
-                                _Propagator(incidence_t, incidence))
+            operators = (adjacency, incidence, incidence_t)
+            csr = (None, None, None)
+            if adjacency.device.type == "cpu":   # each matrix converted once; the adjacency is its own transpose
+                with warnings.catch_warnings():   # "sparse CSR support is in beta": the products used here are tested
+                    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                    a, b, b_t = (m.to_sparse_csr() for m in operators)
+                csr = ((a, a), (b, b_t), (b_t, b))
+            self._graphs = tuple(_Propagator(m, c) for m, c in zip(operators, csr))
             self._graphs_key = key
         return self._graphs
 
