@@ -109,8 +109,9 @@ def _sparse(index: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -
 class _CsrProduct(torch.autograd.Function):
     """``a @ x`` for a constant sparse CSR ``a`` whose transpose ``a_t`` is given: the backward is ``a_t @ grad``,
     itself this function (so it has derivatives of any order). torch's autograd through a COO product builds
-    the transpose again at every backward pass; both products here are CSR, 3-6x faster on the CPU than COO's
-    (measured on Games' graphs: docs/surrogates.md, "DCRec's epoch")."""
+    the transpose again at every backward pass; both products here are CSR: the views' forward and backward 3.3x
+    faster on the CPU than through COO (Games' graphs, benchmarks/profile_surrogate_step.py: docs/surrogates.md,
+    "DCRec's epoch")."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
