@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from dealrec_core.errors import DealrecError
 from surrogates.registry import surrogate_class
+import surrogates.softmax as softmax_module
 from surrogates.softmax import chunked_cross_entropy
 from surrogates.train import TrainConfig, train_surrogate
 from test_surrogate_train import TINY_MODEL, make_prepared
@@ -19,8 +20,11 @@ def _reference(h, table, y):
     return F.cross_entropy(logits, y, reduction="none")
 
 
+@pytest.mark.parametrize("keep", [True, False], ids=["kept-exponentials", "recomputed"])
 @pytest.mark.parametrize("chunk", [1, 7, 16, 33, 1000])
-def test_loss_and_both_gradients_are_autograds_one_product_form(chunk):
+def test_loss_and_both_gradients_are_autograds_one_product_form(chunk, keep, monkeypatch):
+    if not keep:   # the table's gradient recomputes each block's exponentials (a step too large to keep them)
+        monkeypatch.setattr(softmax_module, "KEEP_EXPONENTIALS_BYTES", 0)
     gen = torch.Generator().manual_seed(chunk)
     n, items, dim = 23, 33, 5
     table = torch.randn(items, dim, generator=gen, dtype=torch.float64) * 2
@@ -40,6 +44,61 @@ def test_loss_and_both_gradients_are_autograds_one_product_form(chunk):
     assert torch.all(got[1][2][0] == 0)   # padding gets no gradient
     torch.autograd.gradcheck(lambda a, b: chunked_cross_entropy(a, b, y[:6], chunk),
                              (h[:6].clone().requires_grad_(), table.clone().requires_grad_()))
+
+
+def _weighted_grads(h, table, y, chunk, weights):
+    hh, tt = h.clone().requires_grad_(), table.clone().requires_grad_()
+    return hh, tt, (chunked_cross_entropy(hh, tt, y, chunk) * weights).sum()
+
+
+def test_kept_exponentials_are_never_overwritten_while_their_graph_lives():
+    """Three graphs alive at once (the pool lends two buffers; the third forward gets its own memory), their
+    backwards run in reverse order: each gradient is still autograd's. A later forward reuses a buffer only once
+    the graph it was lent to is freed."""
+    gen = torch.Generator().manual_seed(5)
+    table = torch.randn(40, 6, generator=gen, dtype=torch.float64)
+    graphs = []
+    for n in (9, 9, 12):
+        h = torch.randn(n, 6, generator=gen, dtype=torch.float64)
+        y = torch.randint(1, 40, (n,), generator=gen)
+        w = torch.rand(n, generator=gen, dtype=torch.float64)
+        graphs.append((h, y, w, *_weighted_grads(h, table, y, 8, w)))
+    for h, y, w, hh, tt, loss in reversed(graphs):
+        loss.backward()
+        rh, rt = h.clone().requires_grad_(), table.clone().requires_grad_()
+        (_reference(rh, rt, y) * w).sum().backward()
+        torch.testing.assert_close(hh.grad, rh.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(tt.grad, rt.grad, rtol=1e-12, atol=1e-12)
+
+
+
+def test_a_buffer_is_lent_again_only_after_its_graph_is_freed(monkeypatch):
+    pool = softmax_module._BufferPool()
+    monkeypatch.setattr(softmax_module, "_EXPONENTIAL_BUFFERS", pool)
+    gen = torch.Generator().manual_seed(6)
+    table = torch.randn(40, 6, generator=gen, dtype=torch.float64)
+    h = torch.randn(9, 6, generator=gen, dtype=torch.float64)
+    y = torch.randint(1, 40, (9,), generator=gen)
+    w = torch.ones(9, dtype=torch.float64)
+
+    def lent():
+        return [b.data_ptr() for b, owner in zip(pool._buffers, pool._owners) if owner is not None and owner()]
+
+    *_, first = _weighted_grads(h, table, y, 8, w)
+    assert len(lent()) == 1
+    *_, second = _weighted_grads(h, table, y, 8, w)   # the first graph is alive: the other buffer
+    assert len(lent()) == 2 and len(set(lent())) == 2
+    *_, third = _weighted_grads(h, table, y, 8, w)    # both lent: fresh memory, the pool unchanged
+    assert len(pool._buffers) == 2
+    third.backward()
+    first.backward()   # backward alone does not free a graph the caller still holds
+    assert len(lent()) == 2
+    buffers = [b.data_ptr() for b in pool._buffers]
+    del first
+    *_, fourth = _weighted_grads(h, table, y, 8, w)   # the first graph's buffer, reused
+    assert [b.data_ptr() for b in pool._buffers] == buffers and len(lent()) == 2
+    del second, third, fourth
+    assert lent() == []
 
 
 def test_large_logits_do_not_overflow():
