@@ -13,10 +13,10 @@ item rows, ``E_p[table] = sum_i p_i table_i``. The gradient with respect to ``h`
 the influence capture's item table is frozen and skips it), reuses the forward's exponentials when they fit in
 ``KEEP_EXPONENTIALS_BYTES`` (each block's ``exp(logit - running max)`` and that maximum: the probabilities are
 those times a factor per position, which goes onto ``h``), and recomputes each block's otherwise. Keeping them
-saves a product and the exponentials per block in the backward (a training step about 15% faster on the 2-core
-VM, ``benchmarks/profile_surrogate_step.py --keep-exponentials``); the memory they are written to is lent
-by ``_EXPONENTIAL_BUFFERS`` and reused by later steps, because fresh memory of that size costs more to fault in
-than the backward saves.
+saves a product and the exponentials per block in the backward (a bucketed SASRec epoch 1.24x faster on the
+2-core VM, ``benchmarks/profile_surrogate_step.py --keep-exponentials yes,no``; docs/surrogates.md); the memory
+they are written to is lent by ``_EXPONENTIAL_BUFFERS`` and reused by later steps, because fresh memory of that
+size costs more to fault in than the backward saves.
 
 The same function, exactly: the loss and both gradients agree with autograd through the one-product form to
 float rounding (tested). Second derivatives with respect to ``h`` too (the influence engine's Hessian-vector
