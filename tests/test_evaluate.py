@@ -45,6 +45,32 @@ def test_full_ranking_matches_hand_computation():
         assert got == pytest.approx(EXPECTED, abs=1e-12)
 
 
+def test_users_are_scored_in_batches_of_similar_length_and_the_metrics_do_not_depend_on_their_order():
+    rng = np.random.default_rng(3)
+    n, n_items = 200, 30
+    lengths = rng.integers(0, 40, n)
+    history = [rng.integers(1, n_items + 1, k).astype(np.int32) for k in lengths]
+    targets = [rng.integers(1, n_items + 1, 1 + (i % 3)).astype(np.int32) for i in range(n)]
+    table = torch.as_tensor(rng.normal(size=(n_items + 1, 4)))
+
+    seen = []
+
+    def score_fn(histories):   # depends on the history alone, as a batch-invariant model's scores do
+        seen.append(sorted(len(h) for h in histories))
+        return torch.stack([table[torch.as_tensor(h, dtype=torch.long)].sum(0) if len(h) else table[0]
+                            for h in histories]) @ table.T
+
+    split = EvalSplit(user=np.arange(n), history=history, targets=targets)
+    got = evaluate_scorer(score_fn, split, n_items=n_items, ks=(5, 10), batch_size=32)
+    # every batch's lengths follow the previous batch's: batches of similar length, shortest first
+    assert all(a[-1] <= b[0] for a, b in zip(seen, seen[1:]))
+    perm = rng.permutation(n)
+    shuffled = EvalSplit(user=perm, history=[history[i] for i in perm], targets=[targets[i] for i in perm])
+    for batch_size in (1, 7, 32, 500):
+        assert evaluate_scorer(score_fn, shuffled, n_items=n_items, ks=(5, 10), batch_size=batch_size) \
+            == pytest.approx(got, abs=1e-12)
+
+
 def test_ranked_lists_match_hand_computation():
     # user 10's list still holds its history item 1: it must be skipped, not count as a miss
     ranked = np.array([[1, 6, 2, 4, 5, 3], [3, 6, 5, 4, 2, 1], [0, 0, 0, 0, 0, 0]])
