@@ -186,20 +186,22 @@ def nonempty_users(split: EvalSplit, max_users: int | None, seed: int) -> EvalSp
 
 def grounded_metrics(catalogue: Catalogue, generated_embeddings: torch.Tensor, split: EvalSplit,
                      n_items: int, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """The evaluator over grounded scores; ``split`` holds only users with a ground truth, in order."""
-    cursor = 0
+    """The evaluator over grounded scores; ``split`` holds only users with a ground truth, and row i of
+    ``generated_embeddings`` is user i's. The evaluator takes users in its own order (by history length), so
+    each batch's rows are found by the identity of the history arrays it passes; every user is scored once."""
+    row_of = {id(h): i for i, h in enumerate(split.history)}
+    scored = np.zeros(len(split), dtype=bool)
 
     def score_fn(histories):
-        nonlocal cursor
-        rows = generated_embeddings[cursor:cursor + len(histories)]
-        if len(rows) != len(histories) or any(h is not split.history[cursor + j] for j, h in enumerate(histories)):
-            raise RuntimeError("evaluator batches do not follow the split's order")
-        cursor += len(histories)
-        return catalogue.scores(rows)
+        rows = [row_of.get(id(h), -1) for h in histories]
+        if any(r < 0 or scored[r] for r in rows):
+            raise RuntimeError("the evaluator passed a history that is not one of the split's, or one twice")
+        scored[rows] = True
+        return catalogue.scores(generated_embeddings[rows])
 
     metrics = evaluate_scorer(score_fn, split, n_items, ks=ks)
-    if cursor != len(split):
-        raise RuntimeError(f"evaluator scored {cursor} of {len(split)} users")
+    if not scored.all():
+        raise RuntimeError(f"evaluator scored {int(scored.sum())} of {len(split)} users")
     return metrics
 
 

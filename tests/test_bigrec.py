@@ -15,7 +15,8 @@ from transformers import TrainerCallback
 from dealrec.cli import main
 from dealrec_core.errors import DealrecError
 from dealrec_core.data import EvalSplit, samples_table, write_samples
-from finetune.bigrec import BigrecConfig, Catalogue, embed_texts
+from dealrec_core.evaluate import evaluate_scorer
+from finetune.bigrec import BigrecConfig, Catalogue, embed_texts, grounded_metrics
 from finetune.lora_train import build_trainer, n_loss_tokens, token_loss_sum, train_lora
 from finetune.llm import attach_lora, load_causal_lm
 from finetune.prompts import PromptTemplate, encode_example
@@ -303,3 +304,22 @@ def test_gradient_checkpointing_gives_the_same_step_and_fp16_needs_a_gpu(tiny_mo
     with pytest.raises(DealrecError, match="not a multiple of --micro-batch-size"):
         build_trainer(_lora(tiny_models), examples, examples, BigrecConfig(batch_size=10, micro_batch_size=4),
                       tok.pad_token_id, "cpu", tmp_path / "ga")
+
+
+def test_grounded_metrics_give_each_user_its_own_generation_whatever_order_the_evaluator_takes():
+    """Row i of the generations is user i's; the evaluator takes users by history length, not in split order."""
+    rng = np.random.default_rng(0)
+    n, n_items, dim = 40, 12, 3
+    history = [rng.integers(1, n_items + 1, k).astype(np.int32) for k in rng.permutation(n) % 9]
+    targets = [rng.integers(1, n_items + 1, 1).astype(np.int32) for _ in range(n)]
+    split = EvalSplit(user=np.arange(n), history=history, targets=targets)
+    catalogue = Catalogue(torch.as_tensor(rng.normal(size=(n_items, dim))),
+                          torch.as_tensor(np.r_[0, rng.permutation(n_items)]))
+    generated = torch.as_tensor(rng.normal(size=(n, dim)))
+    by_user = {id(h): generated[i] for i, h in enumerate(history)}   # what each user generated
+
+    def direct(histories):
+        return catalogue.scores(torch.stack([by_user[id(h)] for h in histories]))
+
+    assert grounded_metrics(catalogue, generated, split, n_items, ks=(1, 5)) == \
+        pytest.approx(evaluate_scorer(direct, split, n_items, ks=(1, 5)), abs=1e-12)
