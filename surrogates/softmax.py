@@ -91,6 +91,12 @@ class _BufferPool:
             self._owners[i] = weakref.ref(ctx)
             return self._buffers[i][:numel]
 
+    def clear(self) -> None:
+        """Let the pooled memory go (a graph still alive keeps its own buffer until it is freed)."""
+        with self._lock:
+            self._buffers.clear()
+            self._owners.clear()
+
 
 _EXPONENTIAL_BUFFERS = _BufferPool()
 
@@ -210,3 +216,4 @@ def softmax_by_blocks(model, ce_chunk: int) -> Iterator[None]:
         yield
     finally:
         model.ce_chunk = before
+        _EXPONENTIAL_BUFFERS.clear()   # a training's up to 2 x KEEP_EXPONENTIALS_BYTES, not held after it

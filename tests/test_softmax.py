@@ -101,6 +101,20 @@ def test_a_buffer_is_lent_again_only_after_its_graph_is_freed(monkeypatch):
     assert lent() == []
 
 
+def test_a_training_does_not_hold_the_pooled_memory_after_it(tmp_path):
+    prepared = make_prepared(tmp_path / "prepared")
+    lent = []
+    pool = softmax_module._EXPONENTIAL_BUFFERS
+    real_lend = pool.lend
+    pool.lend = lambda *a: lent.append(1) or real_lend(*a)   # the training did use the pool
+    try:
+        train_surrogate(prepared, "sasrec", tmp_path / "s", TINY_MODEL,
+                        TrainConfig(batch_size=16, max_epochs=1, threads=1, progress=False, ce_chunk=8))
+    finally:
+        del pool.lend
+    assert lent and pool._buffers == []
+
+
 def test_large_logits_do_not_overflow():
     h = torch.tensor([[100.0, -50.0], [0.0, 0.0]], dtype=torch.float64)
     table = torch.tensor([[0.0, 0.0], [10.0, 0.0], [9.0, 1.0], [-10.0, 0.0]], dtype=torch.float64)
