@@ -121,9 +121,10 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         acc = torch.zeros(n, d + 1, dtype=h.dtype, device=h.device)   # rescaled as the running maximum grows
         for k, lo in enumerate(range(0, items, chunk)):
             block = candidates[lo:lo + chunk]
-            if keep:
-                w = slabs[k, :, :block.shape[0]]
-                torch.mm(h, block[:, :d].T, out=w) if block.shape[0] == chunk else w.copy_(h @ block[:, :d].T)
+            if keep and block.shape[0] == chunk:
+                w = torch.mm(h, block[:, :d].T, out=slabs[k])
+            elif keep:   # the last, narrower block: a non-contiguous view of its slab, which mm cannot write into
+                w = slabs[k, :, :block.shape[0]].copy_(h @ block[:, :d].T)
             else:
                 w = h @ block[:, :d].T
             new_m = torch.maximum(m, w.amax(1))
