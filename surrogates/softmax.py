@@ -6,13 +6,14 @@ influence capture. Done as one product, the [positions, items] logits and their 
 memory several times (the product, the padding column, log-softmax, its backward, the products of the
 backward). Here the items are taken ``chunk`` rows at a time and a block never leaves the cache: the
 forward keeps, per position, a running maximum, the sum of the exponentials and their weighted sum of
-the block's rows (the "online softmax"; one product per block gives both, the rows carrying a column of
-ones), which gives the log-sum-exp and the softmax's expectation of the
-item rows, ``E_p[table] = sum_i p_i table_i``. The gradient with respect to ``h`` is then
+the block's rows (the "online softmax": a row sum and one product per block, while the block is in the
+cache), which gives the log-sum-exp and the softmax's expectation of the item rows,
+``E_p[table] = sum_i p_i table_i``. The exponentials are taken in base 2 (``LOG2E``). The gradient with respect to ``h`` is then
 ``E_p[table] - table[y]`` with no second pass; the table's gradient, when something asks for it (training;
 the influence capture's item table is frozen and skips it), reuses the forward's exponentials when they fit in
 ``KEEP_EXPONENTIALS_BYTES`` (each block's ``exp(logit - running max)`` and that maximum: the probabilities are
-those times a factor per position, which goes onto ``h``), and recomputes each block's otherwise. Keeping them
+those times a factor per position and block, which goes onto ``h``; all blocks' products in one batched
+product), and recomputes each block's otherwise. Keeping them
 saves a product and the exponentials per block in the backward (a bucketed SASRec epoch 1.24x faster on the
 2-core VM, ``benchmarks/profile_surrogate_step.py --keep-exponentials yes,no``; docs/surrogates.md); the memory
 they are written to is lent by ``_EXPONENTIAL_BUFFERS`` and reused by later steps, because fresh memory of that
@@ -58,8 +59,8 @@ def default_ce_chunk(device, model=None) -> int:
 KEEP_EXPONENTIALS_BYTES = 256 * 2**20
 
 # The blocks' exponentials are taken in base 2 (``exp(z) = 2 ** (z * log2(e))``, the factor folded into ``h``
-# before the product): torch's exp2 is about 2.4x faster than its exp on the CPU (AVX-512 VM, 2 threads,
-# benchmarks/profile_surrogate_step.py --exponentials exp2,exp) and the function is the same to float rounding.
+# before the product): torch's exp2 is about 2.4x faster than its exp on the CPU (184k floats, 37 vs 88 us, the
+# 2-core AVX-512 VM; docs/surrogates.md, "Base-2 exponentials") and the function is the same to float rounding.
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
