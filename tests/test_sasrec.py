@@ -195,27 +195,3 @@ def test_bad_config_is_rejected():
     with pytest.raises(DealrecError, match="unknown surrogate"):
         build_surrogate("gru4rec", n_items=5)
 
-
-def test_dropout_draws_the_law_of_nn_dropout_from_uniform_floats():
-    """The encoders' dropout: each entry kept with probability 1 - p and scaled by 1 / (1 - p); its gradient is
-    the same mask; seeded by torch's generator; nothing in eval mode or at p = 0; zeros at p = 1."""
-    from surrogates.sasrec import Dropout
-    p, n = 0.3, 200_000
-    x = (torch.rand(n, dtype=torch.float64) + 0.5).requires_grad_()   # no zero entries
-    drop = Dropout(p).train()
-    torch.manual_seed(7)
-    y = drop(x)
-    kept = y != 0
-    # binomial: sd of the dropped share sqrt(p (1 - p) / n) = 0.001; six of them
-    assert abs((~kept).double().mean().item() - p) < 0.006
-    assert torch.allclose(y[kept], x[kept] / (1 - p), rtol=1e-15, atol=0)
-    y.backward(torch.ones_like(y))
-    assert torch.equal(x.grad, kept.double() / (1 - p))
-    torch.manual_seed(7)
-    assert torch.equal(drop(x) != 0, kept)     # the same seed, the same mask
-    torch.manual_seed(8)
-    assert not torch.equal(drop(x) != 0, kept)
-    assert torch.equal(Dropout(0.0).train()(x), x)
-    assert torch.equal(drop.eval()(x), x)
-    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
-    assert all(isinstance(m, Dropout) for m in tiny().modules() if isinstance(m, torch.nn.Dropout))
