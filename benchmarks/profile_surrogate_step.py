@@ -28,7 +28,7 @@ from common import parse_with_data
 from surrogates.config import BATCHINGS
 from surrogates.registry import model_names, surrogate_class
 from surrogates.softmax import softmax_by_blocks
-from surrogates.train import EpochPlan, adam
+from surrogates.train import EpochPlan
 
 
 def profile(model, samples, args, products: str) -> tuple[dict[str, float], int, int]:
@@ -41,7 +41,7 @@ def profile(model, samples, args, products: str) -> tuple[dict[str, float], int,
     model.train()
     plan = EpochPlan(model, samples, 128, args.batching, "position")
     batches = plan.batches(np.random.default_rng(args.seed))[:args.batches]
-    optimizer = adam(model, 1e-3)   # the trainer's
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     split = args.model == "sasrec"
     spent = dict.fromkeys(("batch", "encoder", "loss", "backward", "adam") if split else
                           ("batch", "forward", "backward", "adam"), 0.0)

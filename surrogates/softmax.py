@@ -6,14 +6,13 @@ influence capture. Done as one product, the [positions, items] logits and their 
 memory several times (the product, the padding column, log-softmax, its backward, the products of the
 backward). Here the items are taken ``chunk`` rows at a time and a block never leaves the cache: the
 forward keeps, per position, a running maximum, the sum of the exponentials and their weighted sum of
-the block's rows (the "online softmax": a row sum and one product per block, while the block is in the
-cache), which gives the log-sum-exp and the softmax's expectation of the item rows,
-``E_p[table] = sum_i p_i table_i``. The exponentials are taken in base 2 (``LOG2E``). The gradient with respect to ``h`` is then
+the block's rows (the "online softmax"; one product per block gives both, the rows carrying a column of
+ones), which gives the log-sum-exp and the softmax's expectation of the
+item rows, ``E_p[table] = sum_i p_i table_i``. The gradient with respect to ``h`` is then
 ``E_p[table] - table[y]`` with no second pass; the table's gradient, when something asks for it (training;
 the influence capture's item table is frozen and skips it), reuses the forward's exponentials when they fit in
 ``KEEP_EXPONENTIALS_BYTES`` (each block's ``exp(logit - running max)`` and that maximum: the probabilities are
-those times a factor per position and block, which goes onto ``h``; all blocks' products in one batched
-product), and recomputes each block's otherwise. Keeping them
+those times a factor per position, which goes onto ``h``), and recomputes each block's otherwise. Keeping them
 saves a product and the exponentials per block in the backward (a bucketed SASRec epoch 1.24x faster on the
 2-core VM, ``benchmarks/profile_surrogate_step.py --keep-exponentials yes,no``; docs/surrogates.md); the memory
 they are written to is lent by ``_EXPONENTIAL_BUFFERS`` and reused by later steps, because fresh memory of that
@@ -57,12 +56,6 @@ def default_ce_chunk(device, model=None) -> int:
 # The forward's exponentials (``positions x items`` floats) are kept for the table's gradient up to this many
 # bytes a step; a longer step recomputes them by blocks in the backward (the same gradient to float rounding).
 KEEP_EXPONENTIALS_BYTES = 256 * 2**20
-
-# The blocks' exponentials are taken in base 2 (``exp(z) = 2 ** (z * log2(e))``, the factor folded into ``h``
-# before the product): torch's exp2 is about 2.4x faster than its exp on the CPU (184k floats, 37 vs 88 us, the
-# 2-core AVX-512 VM; docs/surrogates.md, "Base-2 exponentials") and the function is the same to float rounding.
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 
 class _BufferPool:
@@ -112,7 +105,10 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, table: torch.Tensor, y: torch.Tensor, chunk: int, skip: int):
         n, d = h.shape
-        candidates = table[skip:]
+        # the candidates with a column of ones: one product per block gives both the weighted sum of the
+        # block's rows and the sum of the exponentials (its last column)
+        ones = torch.ones(table.shape[0] - skip, 1, dtype=table.dtype, device=table.device)
+        candidates = torch.cat([table[skip:], ones], dim=1)
         items = candidates.shape[0]
         blocks = -(-items // chunk)
         # the table's gradient (training) reuses the exponentials: a [n, chunk] slab per block, the last one
@@ -120,35 +116,30 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         keep = (ctx.needs_input_grad[1] and h.device.type == "cpu"
                 and blocks * n * chunk * h.element_size() <= KEEP_EXPONENTIALS_BYTES)
         slabs = _EXPONENTIAL_BUFFERS.lend(ctx, blocks * n * chunk, h.dtype).view(blocks, n, chunk) if keep else None
-        maxima = []
-        h2 = h * LOG2E   # the logits in base-2 units: log2-sum-exp2 below, times LN2 at the end
+        kept, maxima = [], []
         m = torch.full((n,), float("-inf"), dtype=h.dtype, device=h.device)
-        # rescaled as the running maximum grows: the weighted sum of the rows, and the sum of the exponentials
-        acc = torch.zeros(n, d, dtype=h.dtype, device=h.device)
-        s = torch.zeros(n, dtype=h.dtype, device=h.device)
+        acc = torch.zeros(n, d + 1, dtype=h.dtype, device=h.device)   # rescaled as the running maximum grows
         for k, lo in enumerate(range(0, items, chunk)):
             block = candidates[lo:lo + chunk]
             if keep and block.shape[0] == chunk:
-                w = torch.mm(h2, block.T, out=slabs[k])
-            elif keep:   # the last, narrower block: a non-contiguous view of its slab, which mm cannot write into;
-                # the columns past the table are zeros (the backward's batched product reads them, then drops them)
-                slabs[k, :, block.shape[0]:].zero_()
-                w = slabs[k, :, :block.shape[0]].copy_(h2 @ block.T)
+                w = torch.mm(h, block[:, :d].T, out=slabs[k])
+            elif keep:   # the last, narrower block: a non-contiguous view of its slab, which mm cannot write into
+                w = slabs[k, :, :block.shape[0]].copy_(h @ block[:, :d].T)
             else:
-                w = h2 @ block.T
+                w = h @ block[:, :d].T
             new_m = torch.maximum(m, w.amax(1))
-            rescale = torch.exp2(m - new_m)
-            w.sub_(new_m[:, None]).exp2_()
+            rescale = torch.exp(m - new_m)
+            w.sub_(new_m[:, None]).exp_()
             acc.mul_(rescale[:, None]).addmm_(w, block)
-            s.mul_(rescale).add_(w.sum(1))
             m = new_m
             if keep:
+                kept.append(w)
                 maxima.append(new_m)
-        lse = m * LN2 + torch.log(s)
-        expect = acc / s[:, None]   # the softmax's expectation of the item rows
-        kept = (slabs, torch.stack(maxima)) if keep else ()
+        s = acc[:, d]
+        lse = m + torch.log(s)
+        expect = acc[:, :d] / s[:, None]   # the softmax's expectation of the item rows
         # saved as tensors: autograd checks that nothing overwrote them and keeps them for a retained graph
-        ctx.save_for_backward(h, table, y, lse, expect, *kept)
+        ctx.save_for_backward(h, table, y, lse, expect, *kept, *maxima)
         ctx.chunk, ctx.skip = chunk, skip
         return lse - (h * table[y]).sum(1)
 
@@ -165,18 +156,15 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
                 expect = _SoftmaxExpectation.apply(h, table, lse, expect, ctx.chunk, ctx.skip)
             grad_h = grad[:, None] * (expect - table[y])
         if ctx.needs_input_grad[1]:
-            grad_table = torch.empty_like(table)   # every row below is written: the skipped ones zero, the rest by block
-            grad_table[:ctx.skip].zero_()
+            grad_table = torch.zeros_like(table)
             starts = range(ctx.skip, table.shape[0], ctx.chunk)
-            if kept:   # p = kept exponentials * 2 ** (that block's maximum - lse, base 2): the factor goes onto h
-                slabs, maxima = kept
-                factors = torch.exp2(maxima - lse * LOG2E) * grad   # [blocks, n]
-                rows = torch.bmm(slabs.transpose(1, 2), h * factors[:, :, None])   # [blocks, chunk, d], one product
-                grad_table[ctx.skip:] = rows.reshape(-1, h.shape[1])[:table.shape[0] - ctx.skip]
+            if kept:   # p = kept exponentials * exp(that block's maximum - lse): the factor goes onto h
+                exponentials, maxima = kept[:len(starts)], kept[len(starts):]
+                for lo, e, m in zip(starts, exponentials, maxima):
+                    grad_table[lo:lo + ctx.chunk] = e.T @ (h * (torch.exp(m - lse) * grad)[:, None])
             else:
-                h2, lse2 = h * LOG2E, lse * LOG2E
                 for lo in starts:
-                    p = torch.exp2(h2 @ table[lo:lo + ctx.chunk].T - lse2[:, None]) * grad[:, None]
+                    p = torch.exp(h @ table[lo:lo + ctx.chunk].T - lse[:, None]) * grad[:, None]
                     grad_table[lo:lo + ctx.chunk] = p.T @ h
             grad_table.index_add_(0, y, -grad[:, None] * h)
         return grad_h, grad_table, None, None, None
@@ -198,10 +186,9 @@ class _SoftmaxExpectation(torch.autograd.Function):
     def backward(ctx, u: torch.Tensor):
         h, table, lse, expect = ctx.saved_tensors
         acc = torch.zeros_like(h)
-        h2, lse2 = h * LOG2E, lse * LOG2E   # base-2 exponentials, as in the forward
         for lo in range(ctx.skip, table.shape[0], ctx.chunk):
             block = table[lo:lo + ctx.chunk]
-            p = torch.exp2(h2 @ block.T - lse2[:, None])
+            p = torch.exp(h @ block.T - lse[:, None])
             acc.addmm_(p * (u @ block.T), block)
         return acc - expect * (expect * u).sum(1, keepdim=True), None, None, None, None, None
 

@@ -104,15 +104,6 @@ class EpochPlan:
         return [(idx, float(self.weights[idx].sum() / self.mean_batch_weight)) for idx in out]
 
 
-def adam(model: Surrogate, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
-    """The trainer's optimizer: Adam, fused (one kernel for all parameters) on the CPU and CUDA, where torch has
-    it; the same update to float rounding as the per-parameter loop, which on the CPU costs 3 ms a SASRec step on
-    Games against 0.55 ms (the item table's 1.1M entries go through memory once instead of about ten times;
-    docs/surrogates.md, "Adam, fused")."""
-    fused = next(model.parameters()).device.type in ("cpu", "cuda")
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True if fused else None)
-
-
 def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
     """Train ``model`` in place (it ends holding the best weights, on ``cfg.device``); return the metrics
     dict. Runs on ``cfg.threads`` (default ``DEFAULT_THREADS``) torch threads and gives the caller's count back."""
@@ -143,7 +134,7 @@ def _train_loop(model: Surrogate, samples: Samples, data: PreparedData, cfg: Tra
     torch.manual_seed(cfg.seed)  # dropout masks
     shuffle_rng = np.random.default_rng(cfg.seed)
     valid_split = data.eval_split("valid")
-    optimizer = adam(model, cfg.lr, cfg.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = EpochPlan(model, samples, cfg.batch_size, cfg.batching, cfg.weighting)
     n_batches = plan.n_batches
 

@@ -194,4 +194,3 @@ def test_bad_config_is_rejected():
         build_surrogate("sasrec", n_items=5, hidden=10, n_heads=3)
     with pytest.raises(DealrecError, match="unknown surrogate"):
         build_surrogate("gru4rec", n_items=5)
-

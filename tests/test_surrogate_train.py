@@ -334,27 +334,3 @@ def test_prune_retrains_a_surrogate_of_other_batching_or_blocks(prepared, tmp_pa
                                            if k not in ("batching", "ce_chunk")}}
     (folder / "metrics.json").write_text(json.dumps(legacy))   # trained before the options: random, one product
     assert "batching=random" in _stale_surrogate(folder, PreparedData(prepared), cfg)
-
-
-def test_the_trainers_adam_is_fused_on_the_cpu_and_takes_torchs_steps():
-    """``adam``: one fused kernel on the CPU, the same updates as torch's per-parameter Adam (float64, 1e-12)."""
-    from surrogates.registry import build_surrogate
-    from surrogates.train import adam
-
-    def model():
-        return build_surrogate("sasrec", n_items=20, max_len=8, hidden=8, n_heads=2, n_blocks=1, ffn_hidden=16,
-                               seed=3).double()
-    fused, plain = model(), model()
-    opt_fused = adam(fused, 1e-2, weight_decay=0.01)
-    assert opt_fused.defaults["fused"] is True
-    opt_plain = torch.optim.Adam(plain.parameters(), lr=1e-2, weight_decay=0.01, foreach=False)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(6):
-        for a, b in zip(fused.parameters(), plain.parameters()):
-            a.grad = torch.randn(a.shape, generator=gen, dtype=torch.float64)
-            b.grad = a.grad.clone()
-        opt_fused.step()
-        opt_plain.step()
-    for a, b in zip(fused.parameters(), plain.parameters()):
-        assert torch.allclose(a, b, rtol=0, atol=1e-12)
-    assert any(not torch.equal(a, model_param) for a, model_param in zip(fused.parameters(), model().parameters()))
