@@ -180,8 +180,9 @@ def train_surrogate(data, out, *, model=DEFAULT_MODEL, overwrite: bool = False, 
                     batch_size=SurrogateTrainConfig.batch_size, max_epochs=SurrogateTrainConfig.max_epochs,
                     patience=SurrogateTrainConfig.patience, max_minutes=SurrogateTrainConfig.max_minutes,
                     weighting=SurrogateTrainConfig.weighting, batching=SurrogateTrainConfig.batching,
-                    ce_chunk=SurrogateTrainConfig.ce_chunk, seed=SurrogateTrainConfig.seed,
-                    threads=SurrogateTrainConfig.threads, device=SurrogateTrainConfig.device, quiet: bool = False) -> SurrogateResult:
+                    ce_chunk=SurrogateTrainConfig.ce_chunk, checkpoints=SurrogateTrainConfig.checkpoints,
+                    seed=SurrogateTrainConfig.seed, threads=SurrogateTrainConfig.threads,
+                    device=SurrogateTrainConfig.device, quiet: bool = False) -> SurrogateResult:
     """``dealrec train-surrogate DATA --out OUT``: a surrogate (SASRec by default) trained on every sample of the
     prepared ``data``, early stopping on validation NDCG@10. The model options (``hidden`` ... ``positions``)
     left at None keep the model's own defaults."""
@@ -192,7 +193,7 @@ def train_surrogate(data, out, *, model=DEFAULT_MODEL, overwrite: bool = False, 
     model_fields, cfg = training_request(a["model"], a["lr"], a["weight_decay"], a["batch_size"], a["max_epochs"],
                                          a["patience"], a["max_minutes"], a["weighting"], a["seed"], a["threads"],
                                          a["quiet"], device=a["device"], batching=a["batching"], ce_chunk=a["ce_chunk"],
-                                         **model_options)
+                                         checkpoints=a["checkpoints"], **model_options)
     metrics = surrogate_training.train_surrogate(data, a["model"], out, model_fields, cfg, overwrite=a["overwrite"])
     out = Path(out)
     return SurrogateResult(out, out / "model.safetensors", out / "config.json", metrics)
@@ -201,7 +202,7 @@ def train_surrogate(data, out, *, model=DEFAULT_MODEL, overwrite: bool = False, 
 def score(data, surrogate, out, *, hvp=HvpConfig.solver, damping=HvpConfig.damping, lissa_scale=HvpConfig.scale,
           lissa_steps=HvpConfig.lissa_steps, hessian_samples=HvpConfig.hessian_samples,
           hvp_batch=HvpConfig.hvp_batch, influence_v=ScoreConfig.influence_v, hessian_rank=HvpConfig.rank,
-          v_weighting=ScoreConfig.v_weighting, target=ScoreConfig.target,
+          influence_checkpoints=ScoreConfig.influence_checkpoints, v_weighting=ScoreConfig.v_weighting, target=ScoreConfig.target,
           llm=ScoreConfig.llm, adapter=ScoreConfig.adapter, target_init=ScoreConfig.target_init,
           effort_block=ScoreConfig.effort_block, batch_size=ScoreConfig.batch_size,
           effort_batch_size=ScoreConfig.effort_batch_size, chunk_tokens=ScoreConfig.chunk_tokens,

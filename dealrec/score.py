@@ -70,6 +70,9 @@ class ScoreConfig:
                                      # the paper's, against the mean training gradient measured at the weights
     v_weighting: str = "training"  # measured: the risk whose gradient is v: the one the surrogate was trained on
                                    # ("training"), or explicitly "position" / "sample" (docs/engine.md)
+    influence_checkpoints: int = 1   # stationary: the influence as the mean over this many epochs of the surrogate,
+                                   # its best and the ones it kept before it (train-surrogate --checkpoints); 1: the
+                                   # best alone (the default: docs/selection.md, "Averaged over the last epochs")
     llm: str | None = None
     adapter: str | None = None
     target_init: str | None = None
@@ -100,6 +103,11 @@ class ScoreConfig:
             raise DealrecError(f"unknown --influence-v {self.influence_v!r} (choose from {', '.join(INFLUENCE_VS)})")
         if self.v_weighting not in V_WEIGHTINGS:
             raise DealrecError(f"unknown --v-weighting {self.v_weighting!r} (choose from {', '.join(V_WEIGHTINGS)})")
+        if self.influence_checkpoints < 1:
+            raise DealrecError(f"--influence-checkpoints must be at least 1, got {self.influence_checkpoints}")
+        if self.influence_v != "stationary" and self.influence_checkpoints > 1:
+            raise DealrecError("--influence-checkpoints above 1 needs --influence-v stationary (the measured "
+                               "influence is taken at the best epoch's weights alone)")
         if self.target != NO_TARGET:
             EFFORT_TARGETS.get(self.target).check_config(self)
         if self.chunk_tokens < 0:
@@ -343,10 +351,11 @@ class ScoreJob:
     samples_sha: list[str]         # sha256 of each samples shard
     samples_key: str               # one digest of those
     surrogate_sha: str
+    work_dir: Path | None = None   # a checkpoint's phases: OUT/work/checkpoints/epoch-NNN
 
     @property
     def work(self) -> Path:
-        return self.out / "work"
+        return self.work_dir or self.out / "work"
 
     @property
     def samples_dir(self) -> str:
@@ -392,12 +401,61 @@ def _run_score(data: Path, surrogate: Path, out: Path, config: ScoreConfig, prog
     try:
         device = work_device(config.device, executor)
         result = influence_phase(job, config, executor, phases, progress, device)
+        result = averaged_over_checkpoints(job, config, executor, phases, progress, device, result)
         effort, target_info = effort_phase(job, config, executor, phases, result.sample_id, progress, device)
         executor_info = {**executor.describe(), "device": device}
     finally:
         if own_executor:
             executor.shutdown()
     return write_score_outputs(job, config, result, effort, target_info, executor_info, phases, t_start)
+
+
+def influence_checkpoints(surrogate: Path, config: ScoreConfig) -> list[Path]:
+    """The checkpoint folders whose influence is averaged with the best epoch's, oldest first: the last
+    ``config.influence_checkpoints - 1`` of those the surrogate kept (fewer when it kept fewer); none for the
+    measured influence."""
+    if config.influence_v != "stationary" or config.influence_checkpoints <= 1:
+        return []
+    from surrogates.base import kept_checkpoints
+
+    kept = kept_checkpoints(surrogate)
+    return kept[len(kept) - min(config.influence_checkpoints - 1, len(kept)):]
+
+
+def averaged_over_checkpoints(job: ScoreJob, config: ScoreConfig, executor, phases: dict, progress: bool,
+                              device: str, best: InfluenceResult) -> InfluenceResult:
+    """The stationary influence as the mean over the best epoch (``best``) and the surrogate's kept epochs
+    before it (``influence_checkpoints``): each checkpoint runs the same three phases, with its own Hessian, in
+    ``OUT/work/checkpoints/<epoch>`` (resumable like the best's). The mean is taken in epoch order, oldest
+    first, so the same checkpoints give the same bits. ``phases["checkpoints"]`` records each one's phases."""
+    folders = influence_checkpoints(job.surrogate, config)
+    record = {"epochs": [f.name for f in folders], "seconds": 0.0, "asked": config.influence_checkpoints,
+              "used": len(folders) + 1}
+    if len(folders) + 1 < config.influence_checkpoints:
+        click.echo(f"note: {job.surrogate} kept {len(folders)} epoch(s) before its best: the influence is averaged "
+                   f"over {len(folders) + 1}, not {config.influence_checkpoints}", err=True)
+    if not folders:
+        if config.influence_checkpoints > 1:
+            phases["checkpoints"] = record
+        return best
+    t0 = time.perf_counter()
+    columns = []
+    for folder in folders:
+        sub = replace(job, surrogate=folder, surrogate_sha=surrogate_digest(folder),
+                      work_dir=job.work / "checkpoints" / folder.name)
+        sub_phases: dict = {}
+        part = influence_phase(sub, config, executor, sub_phases, progress, device,
+                               label=f"influence ({folder.name})")
+        if not np.array_equal(part.sample_id, best.sample_id):
+            raise DealrecError(f"{folder}: its influence came back in another sample order than the best epoch's")
+        columns.append(part.influence)
+        record[folder.name] = sub_phases
+    columns.append(best.influence)
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    phases["checkpoints"] = record
+    mean = np.mean(np.stack(columns), axis=0)
+    summary = {**best.solve_summary, "checkpoints": [f.name for f in folders] + ["best"]}
+    return InfluenceResult(best.sample_id, mean, best.n_rows, summary)
 
 
 def work_device(device: str, executor) -> str:
@@ -445,7 +503,7 @@ def prepare_score_inputs(data: str | Path, surrogate: str | Path, out: str | Pat
 
 
 def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
-                    progress: bool = True, device: str = "cpu") -> InfluenceResult:
+                    progress: bool = True, device: str = "cpu", label: str = "influence") -> InfluenceResult:
     """Phases ``capture`` (shards), ``solve`` (driver) and ``influence`` (shards); each is timed into ``phases``.
 
     The driver reads the samples by rows (the Hessian pool), the captures' per-batch sums (``v``) and the
@@ -466,7 +524,7 @@ def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
                    "surrogate": str(surrogate), "surrogate_sha256": job.surrogate_sha,
                    "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens, "device": device,
                    "ce_chunk": ce_chunk},
-        cap_inputs, "influence: capture", progress, use_gpu=device.startswith("cuda"))
+        cap_inputs, f"{label}: capture", progress, use_gpu=device.startswith("cuda"))
 
     # ---- mean gradient and solve: only the per-batch sums are read (never the rows)
     t0 = time.perf_counter()
@@ -522,7 +580,7 @@ def influence_phase(job: ScoreJob, config: ScoreConfig, executor, phases: dict,
     phases["influence"] = run_phase(
         executor, influence_task, inf_store, shards,
         lambda s: {"capture": str(cap_store.output(s)), **broadcast},
-        inf_inputs, "influence: scores", progress)
+        inf_inputs, f"{label}: scores", progress)
     parts = [load_file(str(inf_store.output(s))) for s in shards]
     influence = np.concatenate([p["influence"] for p in parts])
     sample_id = np.concatenate([p["sample_id"] for p in parts])
@@ -596,7 +654,10 @@ def write_score_outputs(job: ScoreJob, config: ScoreConfig, result: InfluenceRes
         "command": "dealrec score",
         "inputs": {"data": str(job.prepared.root), "surrogate": str(surrogate), "samples_sha256": job.samples_sha,
                    "surrogate_sha256": {"model.safetensors": sha256_file(surrogate / "model.safetensors"),
-                                        "config.json": sha256_file(surrogate / "config.json")}},
+                                        "config.json": sha256_file(surrogate / "config.json")},
+                   # the kept epochs the influence was averaged over (their weights' sha256)
+                   "surrogate_checkpoints_sha256": {f.name: sha256_file(f / "model.safetensors")
+                                                    for f in influence_checkpoints(surrogate, config)}},
         "parameters": config.to_dict(),
         "seed": config.seed,
         "hvp": result.solve_summary,
@@ -642,6 +703,12 @@ def _score_options(f):
         click.option("--hessian-rank", type=click.IntRange(min=0), default=HvpConfig.rank, show_default=True,
                      help="--influence-v stationary: Lanczos steps on the pool Hessian; its directions of largest "
                           "curvature are kept exactly, the others count at the damping (0: damping only)."),
+        click.option("--influence-checkpoints", "influence_checkpoints", type=click.IntRange(min=1),
+                     default=ScoreConfig.influence_checkpoints, show_default=True,
+                     help="--influence-v stationary: average the influence over this many epochs of the surrogate, "
+                          "its best and the ones it kept before it ('train-surrogate --checkpoints', 3 by default); "
+                          "1: the best epoch alone. Each extra epoch costs a capture, a solve and an influence pass; "
+                          "on Games it made the coreset depend less on the surrogate's draw (docs/selection.md)."),
         click.option("--v-weighting", type=click.Choice(V_WEIGHTINGS), default=ScoreConfig.v_weighting,
                      show_default=True,
                      help="Whose gradient v is: the risk the surrogate was trained on ('training', read from its "
@@ -708,13 +775,14 @@ def config_from_options(hvp, damping, lissa_scale, lissa_steps, hessian_samples,
                         ray_address, seed, threads_per_worker=ScoreConfig.threads,
                         chunk_tokens=ScoreConfig.chunk_tokens, v_weighting=ScoreConfig.v_weighting,
                         influence_v=ScoreConfig.influence_v, hessian_rank=HvpConfig.rank,
-                        worker_nice=ScoreConfig.worker_nice, template=ScoreConfig.template,
+                        influence_checkpoints=ScoreConfig.influence_checkpoints, worker_nice=ScoreConfig.worker_nice, template=ScoreConfig.template,
                         device=ScoreConfig.device, dtype=ScoreConfig.dtype, load_in_8bit=ScoreConfig.load_in_8bit,
                         load_in_4bit=ScoreConfig.load_in_4bit) -> ScoreConfig:
     return ScoreConfig(
         hvp=HvpConfig(solver=hvp, damping=damping, scale=lissa_scale, lissa_steps=lissa_steps,
                       hessian_samples=hessian_samples, hvp_batch=hvp_batch, rank=hessian_rank, seed=seed),
-        target=target, influence_v=influence_v, v_weighting=v_weighting, llm=llm, adapter=adapter, target_init=target_init,
+        target=target, influence_v=influence_v, influence_checkpoints=influence_checkpoints,
+        v_weighting=v_weighting, llm=llm, adapter=adapter, target_init=target_init,
         effort_block=effort_block,
         batch_size=batch_size, effort_batch_size=effort_batch_size, chunk_tokens=chunk_tokens, shard_size=shard_size,
         workers=workers, ray_address=ray_address, threads=threads_per_worker, worker_nice=worker_nice, seed=seed,

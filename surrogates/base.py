@@ -52,6 +52,7 @@ from surrogates.config import WEIGHTINGS
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+CHECKPOINTS_DIR = "checkpoints"   # checkpoints/epoch-NNN/: the weights of validated epochs before the best one
 
 
 def option(default, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -191,6 +192,21 @@ def save_surrogate(model: Surrogate, out_dir: str | Path) -> None:
     with atomic_file(out_dir / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"model": model.name})
     write_json_atomic(out_dir / CONFIG_FILE, {"model": model.name, "config": model.config.to_dict()})
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch-{epoch:03d}"
+
+
+def kept_checkpoints(model_dir: str | Path) -> list[Path]:
+    """The surrogate folders of the epochs kept before the best one (``train-surrogate --checkpoints``), oldest
+    first; empty for a surrogate trained with ``--checkpoints 1`` or before the option. Each is a surrogate
+    folder of its own (``model.safetensors``, ``config.json``)."""
+    root = Path(model_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("epoch-")
+                  and (p / WEIGHTS_FILE).is_file() and (p / CONFIG_FILE).is_file())
 
 
 def check_surrogate_fits(model_dir: str | Path, n_items: int, data="the data", option: str = "--surrogate") -> None:

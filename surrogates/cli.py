@@ -75,7 +75,7 @@ class ModelOptionsCommand(click.Command):
 @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
               type=click.Choice(model_names()), help="Surrogate model (its options: below).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output folder: model.safetensors, config.json, metrics.json.")
+              help="Output folder: model.safetensors, config.json, metrics.json, checkpoints/.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @_model_options
 @click.option("--lr", type=float, default=TrainConfig.lr, show_default=True)
@@ -96,6 +96,10 @@ class ModelOptionsCommand(click.Command):
                    f"0: one product over all items; faster on a CPU, slower on a GPU) [sasrec: {CE_CHUNK_CPU} on "
                    "the CPU, 0 on a GPU or with --loss bce; bert4rec, dcrec: 0]. "
                    "A number other than 0: models with a full-softmax loss only.")
+@click.option("--checkpoints", type=click.IntRange(min=1), default=TrainConfig.checkpoints, show_default=True,
+              help="Keep the weights of this many validated epochs ending at the best one: the best's as the model, "
+                   "the ones before it in OUT/checkpoints/ ('dealrec score' averages the stationary influence "
+                   "over them; 1: the best alone).")
 @click.option("--seed", type=SEED, default=TrainConfig.seed, show_default=True)
 @click.option("--threads", type=int, default=TrainConfig.threads,
               help=f"Torch threads [{DEFAULT_THREADS}, whatever the machine: the weights depend on the thread count].")
@@ -103,8 +107,8 @@ class ModelOptionsCommand(click.Command):
               help=f"{DEVICE_HELP}. A GPU gives other weights than the CPU (the same bits twice: deterministic kernels).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_decay, batch_size, max_epochs,
-                            patience, max_minutes, weighting, batching, ce_chunk, seed, threads, device, quiet,
-                            **model_options):
+                            patience, max_minutes, weighting, batching, ce_chunk, checkpoints, seed, threads, device,
+                            quiet, **model_options):
     """Train a surrogate recommender on all samples of a prepared DATA folder.
 
     Early stopping on validation NDCG@10; reports valid and test Recall/NDCG@10/20/50 of the
@@ -112,7 +116,7 @@ def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_dec
     """
     model_fields, cfg = training_request(model_name, lr, weight_decay, batch_size, max_epochs, patience, max_minutes,
                                          weighting, seed, threads, quiet, device=device, batching=batching,
-                                         ce_chunk=ce_chunk, **model_options)
+                                         ce_chunk=ce_chunk, checkpoints=checkpoints, **model_options)
     metrics = training.train_surrogate(data, model_name, out_dir, model_fields, cfg, overwrite=overwrite)
     for split in ("valid", "test"):
         m = metrics[split]
@@ -124,7 +128,8 @@ def train_surrogate_command(data, model_name, out_dir, overwrite, lr, weight_dec
 
 def training_request(model_name, lr, weight_decay, batch_size, max_epochs, patience, max_minutes, weighting, seed,
                      threads, quiet, device=TrainConfig.device, batching=TrainConfig.batching,
-                     ce_chunk=TrainConfig.ce_chunk, **model_options) -> tuple[dict, TrainConfig]:
+                     ce_chunk=TrainConfig.ce_chunk, checkpoints=TrainConfig.checkpoints,
+                     **model_options) -> tuple[dict, TrainConfig]:
     """The command's options as ``train_surrogate``'s arguments: the model options given (None: left out; one
     that the model does not take is refused) and the ``TrainConfig``. The Python API builds them here too."""
     fields = {f.name for f in surrogate_class(model_name).config_class.option_fields()}
@@ -134,7 +139,8 @@ def training_request(model_name, lr, weight_decay, batch_size, max_epochs, patie
         raise DealrecError(f"--{unknown[0].replace('_', '-')} does not apply to model {model_name}")
     cfg = TrainConfig(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
                       patience=patience, seed=seed, weighting=weighting, max_minutes=max_minutes,
-                      threads=threads, progress=not quiet, device=device, batching=batching, ce_chunk=ce_chunk)
+                      threads=threads, progress=not quiet, device=device, batching=batching, ce_chunk=ce_chunk,
+                      checkpoints=checkpoints)
     return model_fields, cfg
 
 

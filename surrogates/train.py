@@ -27,7 +27,7 @@ from dealrec_core.errors import DealrecError
 from dealrec_core.paths import check_output
 from dealrec_core.training import MAX_EPOCHS, PATIENCE, TIME_BUDGET, train_with_early_stopping
 from dealrec_core.evaluate import evaluate_scorer, format_metrics
-from surrogates.base import Surrogate, save_surrogate
+from surrogates.base import CHECKPOINTS_DIR, Surrogate, checkpoint_name, save_surrogate
 from surrogates.registry import surrogate_class
 from surrogates.config import BUCKET_POOL_BATCHES, DEFAULT_THREADS, TrainConfig
 from surrogates.softmax import default_ce_chunk, softmax_by_blocks
@@ -104,21 +104,25 @@ class EpochPlan:
         return [(idx, float(self.weights[idx].sum() / self.mean_batch_weight)) for idx in out]
 
 
-def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
+def train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig,
+          kept: list | None = None) -> dict[str, Any]:
     """Train ``model`` in place (it ends holding the best weights, on ``cfg.device``); return the metrics
-    dict. Runs on ``cfg.threads`` (default ``DEFAULT_THREADS``) torch threads and gives the caller's count back."""
+    dict. Runs on ``cfg.threads`` (default ``DEFAULT_THREADS``) torch threads and gives the caller's count back.
+    ``kept``: a list that receives ``(epoch, state_dict)`` of the ``cfg.checkpoints - 1`` validated epochs
+    before the best one, oldest first."""
     device = pick_device(cfg.device)
     model.to(device)
     with fixed_threads(cfg.threads or DEFAULT_THREADS), reproducible_on(device):
-        return {**_train(model, samples, data, cfg), "device": str(device)}
+        return {**_train(model, samples, data, cfg, kept), "device": str(device)}
 
 
-def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
+def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig,
+           kept: list | None = None) -> dict[str, Any]:
     if cfg.ce_chunk and not model.supports_ce_chunk():
         raise DealrecError(f"--ce-chunk: {type(model).__name__}'s training loss is not a full softmax over the items")
     cfg = resolved_config(cfg, model, next(model.parameters()).device)   # metrics.json records what ran
     with softmax_by_blocks(model, cfg.ce_chunk):   # training only: the trained model is handed back as it was
-        return _train_loop(model, samples, data, cfg)
+        return _train_loop(model, samples, data, cfg, kept)
 
 
 def resolved_config(cfg: TrainConfig, model, device) -> TrainConfig:
@@ -129,7 +133,8 @@ def resolved_config(cfg: TrainConfig, model, device) -> TrainConfig:
         ce_chunk=default_ce_chunk(device, model) if cfg.ce_chunk is None else cfg.ce_chunk)
 
 
-def _train_loop(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig) -> dict[str, Any]:
+def _train_loop(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig,
+                kept: list | None = None) -> dict[str, Any]:
     model.prepare_training(samples)   # what the model derives from the data (DCRec's graphs), before any step
     torch.manual_seed(cfg.seed)  # dropout masks
     shuffle_rng = np.random.default_rng(cfg.seed)
@@ -200,7 +205,10 @@ def _train_loop(model: Surrogate, samples: Samples, data: PreparedData, cfg: Tra
         train_epoch, validate, max_epochs=cfg.max_epochs, patience=cfg.patience,
         snapshot=lambda: copy.deepcopy(model.state_dict()), restore=model.load_state_dict, report=report,
         out_of_time=None if cfg.max_minutes is None else
-        (lambda: time.perf_counter() - started > cfg.max_minutes * 60), budget_counts_validation=True)
+        (lambda: time.perf_counter() - started > cfg.max_minutes * 60), budget_counts_validation=True,
+        keep=cfg.checkpoints)
+    if kept is not None:
+        kept.extend(stop.kept)
     epoch = stop.epochs
     stopped_by = STOPPED_BY[stop.reason]
     if stop.reason == TIME_BUDGET:
@@ -215,6 +223,7 @@ def _train_loop(model: Surrogate, samples: Samples, data: PreparedData, cfg: Tra
         "test": test,
         "epochs": epoch,
         "best_epoch": stop.best_epoch,
+        "checkpoints": [e for e, _ in stop.kept],   # epochs kept before the best (checkpoints/), oldest first
         "stopped_by": stopped_by,   # "early stopping", "max epochs" or "time budget" (machine-dependent)
         "seconds": seconds,
         # training time only (no evaluation): what one pass of gradients over all samples costs
@@ -247,10 +256,19 @@ def train_surrogate(data_dir: str | Path, model_name: str, out_dir: str | Path,
     cls = surrogate_class(model_name)
     fields = {"seed": train_cfg.seed, **(model_fields or {}), "n_items": data.n_items}
     model = cls(cls.config_class(**fields))
-    metrics = train(model, samples, data, train_cfg)
+    kept: list = []
+    metrics = train(model, samples, data, train_cfg, kept)
     metrics = {"model": model_name, "data": str(Path(data_dir).resolve()), "data_sha256": data.content_digest(),
                "model_fields": dict(model_fields or {}), **metrics}
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         save_surrogate(model, tmp)
+        if kept:
+            best = copy.deepcopy(model.state_dict())
+            for epoch, state in kept:   # each a surrogate folder of its own, for the influence's average
+                model.load_state_dict(state)
+                folder = tmp / CHECKPOINTS_DIR / checkpoint_name(epoch)
+                folder.mkdir(parents=True)
+                save_surrogate(model, folder)
+            model.load_state_dict(best)
         write_json_atomic(tmp / "metrics.json", metrics)
     return metrics

@@ -246,6 +246,24 @@ def test_loop_stops_on_patience_and_restores_the_best():
                                                      ("report", 4, False)]
 
 
+def test_loop_keeps_the_validated_epochs_before_the_best():
+    # best at epoch 5; the two validated epochs before it are 3 and 4 (a worse epoch still counts: it is on the
+    # way to the best), not the epochs after it
+    stop, _, restored = _scripted([0.1, 0.3, 0.2, 0.25, 0.4, 0.35, 0.3, 0.1], max_epochs=10, patience=3, keep=3)
+    assert (stop.best_epoch, restored) == (5, [{"epoch": 5}])
+    assert stop.kept == [(3, {"epoch": 3}), (4, {"epoch": 4})]
+    # validated every 2 epochs: the kept ones are validated epochs (2, 4), best 6
+    stop, _, _ = _scripted([0.1, 0.2, 0.3, 0.1, 0.1, 0.1], max_epochs=12, patience=3, keep=3, validate_every=2)
+    assert stop.best_epoch == 6 and [e for e, _ in stop.kept] == [2, 4]
+    # fewer validated epochs than asked before the best: what there is; keep=1 keeps nothing
+    stop, _, _ = _scripted([0.5, 0.4, 0.3], max_epochs=5, patience=2, keep=3)
+    assert stop.best_epoch == 1 and stop.kept == []
+    stop, _, _ = _scripted([0.1, 0.2, 0.3, 0.1, 0.1], max_epochs=5, patience=2, keep=1)
+    assert stop.best_epoch == 3 and stop.kept == []
+    with pytest.raises(ValueError, match="keep"):
+        _scripted([0.1], max_epochs=1, patience=1, keep=0)
+
+
 def test_loop_validates_every_n_epochs_and_at_the_cap():
     from dealrec_core.training import MAX_EPOCHS
 

@@ -43,3 +43,68 @@ def test_the_phases_by_hand_give_what_run_score_gives(tmp_path):
     a, b = pq.read_table(tmp_path / "whole" / "scores.parquet"), pq.read_table(tmp_path / "parts" / "scores.parquet")
     assert a.column_names == b.column_names == ["sample_id", "influence"]
     np.testing.assert_array_equal(a.column("influence").to_numpy(), b.column("influence").to_numpy())
+
+
+def test_the_influence_is_the_mean_over_the_kept_checkpoints(tmp_path):
+    """A surrogate with kept epochs (``checkpoints/``): by default the influence is the best epoch's alone; with
+    ``influence_checkpoints`` N it is the mean of what the best and the N - 1 latest kept give alone, in epoch
+    order; a rerun resumes every checkpoint's phases; the measured influence refuses more than one."""
+    import shutil
+
+    import pytest
+    from dataclasses import replace
+
+    from dealrec_core.errors import DealrecError
+
+    data = write_tiny_prepared(tmp_path / "data", tiny_samples(40, N_ITEMS, seed=5), N_ITEMS, shard_size=16)
+    folders = {}
+    for name, seed in (("epoch-003", 1), ("epoch-004", 2), ("best", 3)):
+        folders[name] = tmp_path / "alone" / name
+        folders[name].mkdir(parents=True)
+        save_surrogate(build_surrogate("sasrec", n_items=N_ITEMS, hidden=8, n_blocks=1, n_heads=2, ffn_hidden=16,
+                                       max_len=10, dropout=0.0, init_std=0.3, seed=seed), folders[name])
+    sur = tmp_path / "sur"
+    shutil.copytree(folders["best"], sur)
+    for name in ("epoch-003", "epoch-004"):
+        shutil.copytree(folders[name], sur / "checkpoints" / name)
+    config = ScoreConfig(hvp=HvpConfig(damping=0.1, scale=10.0, hessian_samples=32, hvp_batch=8),
+                         target="none", batch_size=8, effort_batch_size=8, shard_size=16, workers=0)
+
+    def influence(out):
+        return pq.read_table(out / "scores.parquet").column("influence").to_numpy()
+
+    alone = {name: influence_of(run_score, data, folder, tmp_path / "runs" / name, config)
+             for name, folder in folders.items()}
+    assert not np.allclose(alone["best"], alone["epoch-004"])   # the three really differ
+    default = run_score(data, sur, tmp_path / "default", config, progress=False)   # the best epoch alone
+    np.testing.assert_array_equal(influence(tmp_path / "default"), alone["best"])
+    assert "checkpoints" not in default["phases"] and default["inputs"]["surrogate_checkpoints_sha256"] == {}
+    config = replace(config, influence_checkpoints=3)
+    manifest = run_score(data, sur, tmp_path / "avg", config, progress=False)
+    np.testing.assert_array_equal(influence(tmp_path / "avg"),
+                                  np.mean(np.stack([alone["epoch-003"], alone["epoch-004"], alone["best"]]), axis=0))
+    assert manifest["phases"]["checkpoints"]["epochs"] == ["epoch-003", "epoch-004"]
+    assert list(manifest["inputs"]["surrogate_checkpoints_sha256"]) == ["epoch-003", "epoch-004"]
+    assert (tmp_path / "avg" / "work" / "checkpoints" / "epoch-003" / "capture").is_dir()
+
+    again = run_score(data, sur, tmp_path / "avg", config, progress=False)   # resumed: nothing recomputed
+    np.testing.assert_array_equal(influence(tmp_path / "avg"), np.mean(
+        np.stack([alone["epoch-003"], alone["epoch-004"], alone["best"]]), axis=0))
+    for name in ("epoch-003", "epoch-004"):
+        assert again["phases"]["checkpoints"][name]["capture"]["ran"] == 0
+        assert again["phases"]["checkpoints"][name]["influence"]["ran"] == 0
+
+    two = run_score(data, sur, tmp_path / "two", replace(config, influence_checkpoints=2), progress=False)
+    assert two["phases"]["checkpoints"]["epochs"] == ["epoch-004"]
+    np.testing.assert_array_equal(influence(tmp_path / "two"),
+                                  np.mean(np.stack([alone["epoch-004"], alone["best"]]), axis=0))
+    four = run_score(data, sur, tmp_path / "four", replace(config, influence_checkpoints=4), progress=False)
+    assert four["phases"]["checkpoints"]["used"] == 3   # it kept two: all three are used, and it says so
+    np.testing.assert_array_equal(influence(tmp_path / "four"), influence(tmp_path / "avg"))
+    with pytest.raises(DealrecError, match="--influence-checkpoints above 1 needs --influence-v stationary"):
+        replace(config, influence_v="measured", influence_checkpoints=2).check()
+
+
+def influence_of(run, data, surrogate, out, config):
+    run(data, surrogate, out, config, progress=False)
+    return pq.read_table(out / "scores.parquet").column("influence").to_numpy()

@@ -54,8 +54,9 @@ def test_training_learns_the_sequence_rule_and_writes_the_folder(prepared, tmp_p
     out = tmp_path / "model"
     cfg = TrainConfig(lr=1e-2, batch_size=16, max_epochs=25, patience=25, seed=1, threads=1, progress=False)
     metrics = train_surrogate(prepared, "sasrec", out, TINY_MODEL, cfg)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
     on_disk = json.loads((out / "metrics.json").read_text())
+    kept = ["checkpoints"] if on_disk["checkpoints"] else []
+    assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", "metrics.json", "model.safetensors", *kept])
     for split in ("valid", "test"):
         assert set(on_disk[split]) == METRIC_KEYS
     assert on_disk["epochs"] == 25 and 1 <= on_disk["best_epoch"] <= 25
@@ -69,6 +70,33 @@ def test_training_learns_the_sequence_rule_and_writes_the_folder(prepared, tmp_p
     model = load_surrogate(out)
     again = evaluate_scorer(model.score_histories, data.eval_split("valid"), N_ITEMS)
     assert again == pytest.approx(on_disk["valid"], abs=1e-9)
+
+
+def test_kept_checkpoints_are_the_epochs_before_the_best(prepared, tmp_path):
+    """--checkpoints 3: the two validated epochs just before the best are saved as surrogate folders, and
+    each reloads to the validation metrics its epoch recorded; the model itself is the best epoch's, the same
+    bits as with --checkpoints 1 (keeping snapshots draws no random numbers)."""
+    from surrogates.base import kept_checkpoints
+
+    cfg = TrainConfig(lr=1e-2, batch_size=16, max_epochs=8, patience=8, seed=1, threads=1, progress=False,
+                      checkpoints=3)
+    metrics = train_surrogate(prepared, "sasrec", tmp_path / "k3", TINY_MODEL, cfg)
+    best = metrics["best_epoch"]
+    assert best >= 3   # the rule is learnt over several epochs: there are two epochs before the best
+    assert metrics["checkpoints"] == [best - 2, best - 1]
+    folders = kept_checkpoints(tmp_path / "k3")
+    assert [f.name for f in folders] == [f"epoch-{best - 2:03d}", f"epoch-{best - 1:03d}"]
+    data = PreparedData(prepared)
+    for folder, epoch in zip(folders, metrics["checkpoints"]):
+        recorded = metrics["history"][epoch - 1]
+        assert recorded["epoch"] == epoch
+        again = evaluate_scorer(load_surrogate(folder).score_histories, data.eval_split("valid"), N_ITEMS)
+        assert again["ndcg@10"] == pytest.approx(recorded["valid_ndcg@10"], abs=1e-9)
+    one = train_surrogate(prepared, "sasrec", tmp_path / "k1", TINY_MODEL, TrainConfig(**{**cfg.__dict__,
+                                                                                        "checkpoints": 1}))
+    assert one["checkpoints"] == [] and kept_checkpoints(tmp_path / "k1") == []
+    a, b = load_surrogate(tmp_path / "k3"), load_surrogate(tmp_path / "k1")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_same_seed_same_model(prepared, tmp_path):
