@@ -588,7 +588,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
             t0 = time.perf_counter()
             surrogate_dir, info = surrogate_phase(prepared.root, scores_dir, surrogate, config.seed, surrogate_minutes,
                                                   surrogate_epochs, progress, threads, device=config.device,
-                                                  model=surrogate_model)
+                                                  model=surrogate_model, checkpoints=config.influence_checkpoints)
             phases["train_surrogate"] = {"seconds": round(time.perf_counter() - t0, 3), **info}
         scored = bool(needs & {"influence", "effort"})
         if scored:

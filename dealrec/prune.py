@@ -93,12 +93,14 @@ def surrogate_model_for(surrogate: str | None, model: str | None = None) -> str:
 
 def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max_minutes: float | None,
                     max_epochs: int, progress: bool, threads: int | None = None, log=None,
-                    model: str | None = None, device: str = SurrogateTrainConfig.device) -> tuple[Path, dict]:
+                    model: str | None = None, device: str = SurrogateTrainConfig.device,
+                    checkpoints: int = SurrogateTrainConfig.checkpoints) -> tuple[Path, dict]:
     """The surrogate: ``surrogate`` when given, else ``model`` (default: SASRec) trained into ``out/surrogate``.
 
     A surrogate left in ``out/surrogate`` by an earlier run is reused only when it is the same model, trained
     on data with the same content and with the same options (seed, epochs, time budget); otherwise it is
-    trained again, and ``log`` (and the returned info's ``redone``) says why.
+    trained again, and ``log`` (and the returned info's ``redone``) says why. ``checkpoints``: the epochs it
+    keeps for the influence's average (score's ``--influence-checkpoints``).
     """
     model = surrogate_model_for(surrogate, model)
     if surrogate:
@@ -107,7 +109,7 @@ def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max
 
     target = out / "surrogate"
     cfg = TrainConfig(seed=seed, max_minutes=max_minutes, max_epochs=max_epochs, progress=progress, threads=threads,
-                      device=device)
+                      device=device, checkpoints=checkpoints)
     redone = _stale_surrogate(target, PreparedData(data), cfg, model)
     if redone is None:
         return target, {"trained": True, "surrogate": str(target), "model": model, "resumed": True}
@@ -154,6 +156,9 @@ def _stale_surrogate(folder: Path, data: PreparedData, cfg, model: str = SURROGA
             return f"the surrogate there was trained with {field}={value}, not {getattr(wanted, field)}"
     from surrogates.train import DEFAULT_THREADS
 
+    kept = trained.get("checkpoints", 1)   # before the option: the best epoch alone
+    if kept < cfg.checkpoints:
+        return f"the surrogate there kept {kept} epoch(s), and the influence asks for {cfg.checkpoints}"
     threads = cfg.threads or DEFAULT_THREADS   # the weights depend on the thread count
     if metrics.get("threads") != threads:
         return f"the surrogate there was trained on {metrics.get('threads')} threads, not {threads}"
@@ -230,7 +235,7 @@ def _run_prune(data: Path, out: Path, n: int, surrogate: str | None, config: Sco
     t0 = time.perf_counter()
     surrogate_dir, sur_info = surrogate_phase(prepared, out, surrogate, config.seed, surrogate_minutes,
                                               surrogate_epochs, progress, threads, log=_say, device=config.device,
-                                              model=surrogate_model)
+                                              model=surrogate_model, checkpoints=config.influence_checkpoints)
     phases["train_surrogate"] = {"seconds": round(time.perf_counter() - t0, 3), **sur_info}
 
     t0 = time.perf_counter()

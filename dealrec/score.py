@@ -706,7 +706,8 @@ def _score_options(f):
         click.option("--influence-checkpoints", "influence_checkpoints", type=click.IntRange(min=1),
                      default=ScoreConfig.influence_checkpoints, show_default=True,
                      help="--influence-v stationary: average the influence over this many epochs of the surrogate, "
-                          "its best and the ones it kept before it ('train-surrogate --checkpoints', 3 by default); "
+                          "its best and the ones it kept before it ('train-surrogate --checkpoints K'; prune and compare "
+                          "train theirs keeping K); "
                           "1: the best epoch alone. Each extra epoch costs a capture, a solve and an influence pass; "
                           "on Games it made the coreset depend less on the surrogate's draw (docs/selection.md)."),
         click.option("--v-weighting", type=click.Choice(V_WEIGHTINGS), default=ScoreConfig.v_weighting,

@@ -15,10 +15,10 @@ WEIGHTINGS = ("position", "sample")
 BATCHINGS = ("random", "bucketed")
 BUCKET_POOL_BATCHES = 64   # bucketed: a permutation's slices of this many batches are sorted by length
 DEFAULT_MODEL = "sasrec"   # the surrogate that train-surrogate, prune and compare train when none is named
-# The stationary influence taken at one epoch's weights moved with where early stopping ended: over five draws
-# of Games' default surrogate the default coreset's TIGER went from 1.6x random to below it. Averaged over the
-# three validated epochs ending at the best it did not (docs/selection.md, "Averaged over the last epochs").
-DEFAULT_CHECKPOINTS = 3
+# Kept weights of the validated epochs before the best: none by default. 'dealrec score --influence-checkpoints K'
+# averages the stationary influence over K epochs; prune and compare train their surrogate keeping as many as their
+# scoring asks. Measured on Games and not made the default (docs/selection.md, "Averaged over the last epochs").
+DEFAULT_CHECKPOINTS = 1
 
 
 @dataclass

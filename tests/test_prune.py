@@ -152,3 +152,25 @@ def test_prune_scores_effort_only_where_it_weighs(raw_and_tiger, tmp_path):
     assert manifest["prune"]["phases"]["select"]["method"] == "influence"
     assert "effort" not in pq.read_table(tmp_path / "run" / "scores.parquet").column_names
     assert manifest["options"]["prune"]["target"] is None   # left out, recorded as such: a replay decides again
+
+
+def test_prune_with_influence_checkpoints_trains_a_surrogate_that_keeps_them(raw_and_tiger, tmp_path):
+    """``--influence-checkpoints K``: prune trains its surrogate keeping the epochs before the best, the scores
+    average over them (what that surrogate kept), and a surrogate left by a default prune, which kept none,
+    is trained again, saying why."""
+    from surrogates.base import kept_checkpoints
+
+    raw, tiger = raw_and_tiger
+    out = tmp_path / "run"
+    _prune(raw, tiger, out, "--surrogate-epochs", "4")
+    manifest = _prune(raw, tiger, out, "--surrogate-epochs", "4", "--influence-checkpoints", "3")
+    phases = manifest["prune"]["phases"]
+    assert phases["train_surrogate"]["redone"] == \
+        "the surrogate there kept 1 epoch(s), and the influence asks for 3"
+    metrics = json.loads((out / "surrogate" / "metrics.json").read_text())
+    assert metrics["train_config"]["checkpoints"] == 3
+    kept = [p.name for p in kept_checkpoints(out / "surrogate")]
+    assert kept == [f"epoch-{e:03d}" for e in metrics["checkpoints"]]
+    assert len(kept) == min(2, metrics["best_epoch"] - 1)
+    assert phases["score"]["checkpoints"]["epochs"] == kept
+    assert manifest["parameters"]["influence_checkpoints"] == 3

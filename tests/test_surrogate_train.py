@@ -362,3 +362,17 @@ def test_prune_retrains_a_surrogate_of_other_batching_or_blocks(prepared, tmp_pa
                                            if k not in ("batching", "ce_chunk")}}
     (folder / "metrics.json").write_text(json.dumps(legacy))   # trained before the options: random, one product
     assert "batching=random" in _stale_surrogate(folder, PreparedData(prepared), cfg)
+    # the kept epochs: a surrogate that kept fewer than the influence asks for is trained again; more is fine,
+    # and one from before the option kept none but the best
+    for kept, asked, stale in ((1, 3, True), (3, 3, False), (3, 1, False)):
+        (folder / "metrics.json").write_text(json.dumps(
+            {**recorded, "train_config": {**recorded["train_config"], "checkpoints": kept}}))
+        reason = _stale_surrogate(folder, PreparedData(prepared), TrainConfig(max_epochs=1, seed=0, progress=False,
+                                                                              checkpoints=asked))
+        assert reason == (f"the surrogate there kept {kept} epoch(s), and the influence asks for {asked}"
+                          if stale else None)
+    no_field = {**recorded, "train_config": {k: v for k, v in recorded["train_config"].items() if k != "checkpoints"}}
+    (folder / "metrics.json").write_text(json.dumps(no_field))
+    assert _stale_surrogate(folder, PreparedData(prepared), cfg) is None
+    assert "kept 1 epoch(s)" in _stale_surrogate(folder, PreparedData(prepared),
+                                                 TrainConfig(max_epochs=1, seed=0, progress=False, checkpoints=2))
