@@ -154,11 +154,11 @@ def _stale_surrogate(folder: Path, data: PreparedData, cfg, model: str = SURROGA
         value = trained.get(field, _SURROGATE_KEY_LEGACY.get(field))
         if value != getattr(wanted, field):
             return f"the surrogate there was trained with {field}={value}, not {getattr(wanted, field)}"
-    from surrogates.train import DEFAULT_THREADS
-
     kept = trained.get("checkpoints", 1)   # before the option: the best epoch alone
     if kept < cfg.checkpoints:
         return f"the surrogate there kept {kept} epoch(s), and the influence asks for {cfg.checkpoints}"
+    from surrogates.train import DEFAULT_THREADS
+
     threads = cfg.threads or DEFAULT_THREADS   # the weights depend on the thread count
     if metrics.get("threads") != threads:
         return f"the surrogate there was trained on {metrics.get('threads')} threads, not {threads}"

@@ -418,8 +418,7 @@ def influence_checkpoints(surrogate: Path, config: ScoreConfig) -> list[Path]:
         return []
     from surrogates.base import kept_checkpoints
 
-    kept = kept_checkpoints(surrogate)
-    return kept[len(kept) - min(config.influence_checkpoints - 1, len(kept)):]
+    return kept_checkpoints(surrogate)[-(config.influence_checkpoints - 1):]   # the latest ones (all if fewer)
 
 
 def averaged_over_checkpoints(job: ScoreJob, config: ScoreConfig, executor, phases: dict, progress: bool,
@@ -706,10 +705,10 @@ def _score_options(f):
         click.option("--influence-checkpoints", "influence_checkpoints", type=click.IntRange(min=1),
                      default=ScoreConfig.influence_checkpoints, show_default=True,
                      help="--influence-v stationary: average the influence over this many epochs of the surrogate, "
-                          "its best and the ones it kept before it ('train-surrogate --checkpoints K'; prune and compare "
-                          "train theirs keeping K); "
-                          "1: the best epoch alone. Each extra epoch costs a capture, a solve and an influence pass; "
-                          "on Games it made the coreset depend less on the surrogate's draw (docs/selection.md)."),
+                          "its best and the ones it kept before it ('train-surrogate --checkpoints K'; prune and "
+                          "compare train theirs keeping K); 1: the best epoch alone. Each extra epoch costs a "
+                          "capture, a solve and an influence pass; on Games it narrowed, not removed, the coreset's "
+                          "dependence on the surrogate's draw, so it is not the default (docs/selection.md)."),
         click.option("--v-weighting", type=click.Choice(V_WEIGHTINGS), default=ScoreConfig.v_weighting,
                      show_default=True,
                      help="Whose gradient v is: the risk the surrogate was trained on ('training', read from its "

@@ -183,12 +183,13 @@ def check_weighting(weighting: str) -> None:
         raise DealrecError(f"unknown weighting {weighting!r} (choose from {', '.join(WEIGHTINGS)})")
 
 
-def save_surrogate(model: Surrogate, out_dir: str | Path) -> None:
-    """Write ``model.safetensors`` and ``config.json`` into ``out_dir`` (which must exist)."""
+def save_surrogate(model: Surrogate, out_dir: str | Path, state: dict | None = None) -> None:
+    """Write ``model.safetensors`` and ``config.json`` into ``out_dir`` (which must exist); ``state``: other
+    weights of the same model (a kept epoch's ``state_dict``) instead of the model's own."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state is None else state).items()}
     with atomic_file(out_dir / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"model": model.name})
     write_json_atomic(out_dir / CONFIG_FILE, {"model": model.name, "config": model.config.to_dict()})

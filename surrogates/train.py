@@ -262,13 +262,9 @@ def train_surrogate(data_dir: str | Path, model_name: str, out_dir: str | Path,
                "model_fields": dict(model_fields or {}), **metrics}
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         save_surrogate(model, tmp)
-        if kept:
-            best = copy.deepcopy(model.state_dict())
-            for epoch, state in kept:   # each a surrogate folder of its own, for the influence's average
-                model.load_state_dict(state)
-                folder = tmp / CHECKPOINTS_DIR / checkpoint_name(epoch)
-                folder.mkdir(parents=True)
-                save_surrogate(model, folder)
-            model.load_state_dict(best)
+        for epoch, state in kept:   # each a surrogate folder of its own, for the influence's average
+            folder = tmp / CHECKPOINTS_DIR / checkpoint_name(epoch)
+            folder.mkdir(parents=True)
+            save_surrogate(model, folder, state)
         write_json_atomic(tmp / "metrics.json", metrics)
     return metrics

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from dealrec.engine import LocalExecutor
+from dealrec_core.errors import DealrecError
 from dealrec.hvp import HvpConfig
 from dealrec.score import (ScoreConfig, effort_phase, influence_phase, prepare_score_inputs, run_score,
                            write_score_outputs)
@@ -49,13 +53,6 @@ def test_the_influence_is_the_mean_over_the_kept_checkpoints(tmp_path):
     """A surrogate with kept epochs (``checkpoints/``): by default the influence is the best epoch's alone; with
     ``influence_checkpoints`` N it is the mean of what the best and the N - 1 latest kept give alone, in epoch
     order; a rerun resumes every checkpoint's phases; the measured influence refuses more than one."""
-    import shutil
-
-    import pytest
-    from dataclasses import replace
-
-    from dealrec_core.errors import DealrecError
-
     data = write_tiny_prepared(tmp_path / "data", tiny_samples(40, N_ITEMS, seed=5), N_ITEMS, shard_size=16)
     folders = {}
     for name, seed in (("epoch-003", 1), ("epoch-004", 2), ("best", 3)):
