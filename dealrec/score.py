@@ -35,7 +35,7 @@ import pyarrow as pa
 import torch
 
 from dealrec_core import storage
-from dealrec_core.data import PreparedData, SampleRows, Samples, sha256_file, write_parquet_atomic
+from dealrec_core.data import PreparedData, SampleRows, Samples, sha256_file, write_json_atomic, write_parquet_atomic
 from dealrec.effort import EFFORT_TARGETS
 from dealrec.engine import (ShardStore, batch_ranges, make_executor, peak_rss_mb, plan_shards, run_phase,
                             task_store)
@@ -57,6 +57,8 @@ NO_TARGET = "none"                          # --target none: influence only
 TARGETS = (*EFFORT_TARGETS.names(), NO_TARGET)   # the registered effort targets (tiger, bigrec), then none
 V_WEIGHTINGS = ("training", "position", "sample")
 INFLUENCE_VS = ("stationary", "measured")   # which v the influence is taken against (docs/selection.md)
+CHECKPOINT_MEANS = ("influence", "weights")  # what --influence-checkpoints averages (docs/engine.md)
+MEAN_WEIGHTS_DIR = "weights-mean"            # OUT/work/checkpoints/<this>: the averaged surrogate and its phases
 RUN_WRITES = ("work", SCORES_FILE, MANIFEST_FILE)   # what run_score writes in its run folder
 CAPTURE_FORMAT = 2  # 2: captures also hold the position-weighted gradient sums
 
@@ -73,6 +75,8 @@ class ScoreConfig:
     influence_checkpoints: int = 1   # stationary: the influence as the mean over this many epochs of the surrogate,
                                    # its best and the ones it kept before it (train-surrogate --checkpoints); 1: the
                                    # best alone (the default: docs/selection.md, "Averaged over the last epochs")
+    checkpoint_mean: str = "influence"   # influence: each epoch scored, the influences averaged; weights: the
+                                   # epochs' weights averaged, then scored once (docs/engine.md)
     llm: str | None = None
     adapter: str | None = None
     target_init: str | None = None
@@ -105,6 +109,9 @@ class ScoreConfig:
             raise DealrecError(f"unknown --v-weighting {self.v_weighting!r} (choose from {', '.join(V_WEIGHTINGS)})")
         if self.influence_checkpoints < 1:
             raise DealrecError(f"--influence-checkpoints must be at least 1, got {self.influence_checkpoints}")
+        if self.checkpoint_mean not in CHECKPOINT_MEANS:
+            raise DealrecError(f"unknown --checkpoint-mean {self.checkpoint_mean!r} "
+                               f"(choose from {', '.join(CHECKPOINT_MEANS)})")
         if self.influence_v != "stationary" and self.influence_checkpoints > 1:
             raise DealrecError("--influence-checkpoints above 1 needs --influence-v stationary (the measured "
                                "influence is taken at the best epoch's weights alone)")
@@ -400,8 +407,7 @@ def _run_score(data: Path, surrogate: Path, out: Path, config: ScoreConfig, prog
     executor = executor or make_executor(config.workers, config.ray_address, config.threads, config.worker_nice)
     try:
         device = work_device(config.device, executor)
-        result = influence_phase(job, config, executor, phases, progress, device)
-        result = averaged_over_checkpoints(job, config, executor, phases, progress, device, result)
+        result = influence_over_checkpoints(job, config, executor, phases, progress, device)
         effort, target_info = effort_phase(job, config, executor, phases, result.sample_id, progress, device)
         executor_info = {**executor.describe(), "device": device}
     finally:
@@ -421,22 +427,34 @@ def influence_checkpoints(surrogate: Path, config: ScoreConfig) -> list[Path]:
     return kept_checkpoints(surrogate)[-(config.influence_checkpoints - 1):]   # the latest ones (all if fewer)
 
 
-def averaged_over_checkpoints(job: ScoreJob, config: ScoreConfig, executor, phases: dict, progress: bool,
-                              device: str, best: InfluenceResult) -> InfluenceResult:
-    """The stationary influence as the mean over the best epoch (``best``) and the surrogate's kept epochs
-    before it (``influence_checkpoints``): each checkpoint runs the same three phases, with its own Hessian, in
-    ``OUT/work/checkpoints/<epoch>`` (resumable like the best's). The mean is taken in epoch order, oldest
-    first, so the same checkpoints give the same bits. ``phases["checkpoints"]`` records each one's phases."""
+def influence_over_checkpoints(job: ScoreJob, config: ScoreConfig, executor, phases: dict, progress: bool,
+                               device: str) -> InfluenceResult:
+    """The influence at the best epoch, or, with ``influence_checkpoints`` K > 1, over the best and the latest
+    K - 1 epochs the surrogate kept before it (``influence_checkpoints``): ``checkpoint_mean`` "influence" scores
+    each epoch and averages the influences; "weights" averages the epochs' weights and scores that once.
+    ``phases["checkpoints"]`` records which epochs, how, and (influence) each one's phases."""
     folders = influence_checkpoints(job.surrogate, config)
-    record = {"epochs": [f.name for f in folders], "seconds": 0.0, "asked": config.influence_checkpoints,
-              "used": len(folders) + 1}
     if len(folders) + 1 < config.influence_checkpoints:
-        click.echo(f"note: {job.surrogate} kept {len(folders)} epoch(s) before its best: the influence is averaged "
-                   f"over {len(folders) + 1}, not {config.influence_checkpoints}", err=True)
+        what = "weights" if config.checkpoint_mean == "weights" else "influences"
+        click.echo(f"note: {job.surrogate} kept {len(folders)} epoch(s) before its best: the {what} of "
+                   f"{len(folders) + 1} epochs are averaged, not of {config.influence_checkpoints}", err=True)
+    record = {"epochs": [f.name for f in folders], "mean": config.checkpoint_mean, "seconds": 0.0,
+              "asked": config.influence_checkpoints, "used": len(folders) + 1}
+    if config.influence_checkpoints > 1:
+        phases["checkpoints"] = record
     if not folders:
-        if config.influence_checkpoints > 1:
-            phases["checkpoints"] = record
-        return best
+        return influence_phase(job, config, executor, phases, progress, device)
+    summary = {"checkpoints": record["epochs"] + ["best"], "checkpoint_mean": config.checkpoint_mean}
+    if config.checkpoint_mean == "weights":
+        t0 = time.perf_counter()
+        work = job.work / "checkpoints" / MEAN_WEIGHTS_DIR
+        averaged = write_mean_weights(folders + [job.surrogate], work / "surrogate")
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        record["sha256"] = sha256_file(averaged / "model.safetensors")
+        sub = replace(job, surrogate=averaged, surrogate_sha=surrogate_digest(averaged), work_dir=work)
+        result = influence_phase(sub, config, executor, phases, progress, device)
+        return replace(result, solve_summary={**result.solve_summary, **summary})
+    best = influence_phase(job, config, executor, phases, progress, device)
     t0 = time.perf_counter()
     columns = []
     for folder in folders:
@@ -451,10 +469,41 @@ def averaged_over_checkpoints(job: ScoreJob, config: ScoreConfig, executor, phas
         record[folder.name] = sub_phases
     columns.append(best.influence)
     record["seconds"] = round(time.perf_counter() - t0, 3)
-    phases["checkpoints"] = record
     mean = np.mean(np.stack(columns), axis=0)
-    summary = {**best.solve_summary, "checkpoints": [f.name for f in folders] + ["best"]}
-    return InfluenceResult(best.sample_id, mean, best.n_rows, summary)
+    return InfluenceResult(best.sample_id, mean, best.n_rows, {**best.solve_summary, **summary})
+
+
+def write_mean_weights(folders: list[Path], out_dir: Path) -> Path:
+    """A surrogate folder in ``out_dir`` whose weights are the uniform mean of the ``folders``' weights (the last
+    one's model, config and ``metrics.json``): summed in float64 in the given order, so the same folders give the
+    same bytes. Tensors that are not floating point (counters, index buffers) must be equal in every folder."""
+    from safetensors.torch import load_file
+    from surrogates.base import save_surrogate
+    from surrogates.registry import load_surrogate
+
+    model = load_surrogate(folders[-1])
+    own = model.state_dict()
+    total: dict = {}
+    for folder in folders:
+        weights = load_file(str(folder / "model.safetensors"))
+        if weights.keys() != own.keys() or any(weights[k].shape != own[k].shape for k in own):
+            raise DealrecError(f"{folder / 'model.safetensors'}: not the same model as {folders[-1]} "
+                               "(other tensors or shapes): its weights cannot be averaged with it")
+        for name, tensor in weights.items():
+            if not tensor.is_floating_point():
+                if not torch.equal(tensor, own[name]):
+                    raise DealrecError(f"{folder / 'model.safetensors'}: {name} differs from {folders[-1]}'s "
+                                       "and is not a weight that can be averaged")
+                total[name] = tensor
+            else:
+                total[name] = total[name] + tensor.double() if name in total else tensor.double()
+    state = {k: (v / len(folders)).to(own[k].dtype) if v.is_floating_point() else v for k, v in total.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_surrogate(model, out_dir, state=state)
+    metrics = folders[-1] / "metrics.json"
+    if metrics.exists():
+        write_json_atomic(out_dir / "metrics.json", json.loads(metrics.read_text()))
+    return out_dir
 
 
 def work_device(device: str, executor) -> str:
@@ -709,6 +758,11 @@ def _score_options(f):
                           "compare train theirs keeping K); 1: the best epoch alone. Each extra epoch costs a "
                           "capture, a solve and an influence pass; on Games it narrowed, not removed, the coreset's "
                           "dependence on the surrogate's draw, so it is not the default (docs/selection.md)."),
+        click.option("--checkpoint-mean", "checkpoint_mean", type=click.Choice(CHECKPOINT_MEANS),
+                     default=ScoreConfig.checkpoint_mean, show_default=True,
+                     help="What --influence-checkpoints K > 1 averages: 'influence' scores each epoch (K captures, "
+                          "solves and influence passes) and averages the influences; 'weights' averages the "
+                          "epochs' weights and scores that model once (no extra scoring)."),
         click.option("--v-weighting", type=click.Choice(V_WEIGHTINGS), default=ScoreConfig.v_weighting,
                      show_default=True,
                      help="Whose gradient v is: the risk the surrogate was trained on ('training', read from its "
@@ -775,14 +829,16 @@ def config_from_options(hvp, damping, lissa_scale, lissa_steps, hessian_samples,
                         ray_address, seed, threads_per_worker=ScoreConfig.threads,
                         chunk_tokens=ScoreConfig.chunk_tokens, v_weighting=ScoreConfig.v_weighting,
                         influence_v=ScoreConfig.influence_v, hessian_rank=HvpConfig.rank,
-                        influence_checkpoints=ScoreConfig.influence_checkpoints, worker_nice=ScoreConfig.worker_nice, template=ScoreConfig.template,
+                        influence_checkpoints=ScoreConfig.influence_checkpoints,
+                        checkpoint_mean=ScoreConfig.checkpoint_mean, worker_nice=ScoreConfig.worker_nice,
+                        template=ScoreConfig.template,
                         device=ScoreConfig.device, dtype=ScoreConfig.dtype, load_in_8bit=ScoreConfig.load_in_8bit,
                         load_in_4bit=ScoreConfig.load_in_4bit) -> ScoreConfig:
     return ScoreConfig(
         hvp=HvpConfig(solver=hvp, damping=damping, scale=lissa_scale, lissa_steps=lissa_steps,
                       hessian_samples=hessian_samples, hvp_batch=hvp_batch, rank=hessian_rank, seed=seed),
         target=target, influence_v=influence_v, influence_checkpoints=influence_checkpoints,
-        v_weighting=v_weighting, llm=llm, adapter=adapter, target_init=target_init,
+        checkpoint_mean=checkpoint_mean, v_weighting=v_weighting, llm=llm, adapter=adapter, target_init=target_init,
         effort_block=effort_block,
         batch_size=batch_size, effort_batch_size=effort_batch_size, chunk_tokens=chunk_tokens, shard_size=shard_size,
         workers=workers, ray_address=ray_address, threads=threads_per_worker, worker_nice=worker_nice, seed=seed,

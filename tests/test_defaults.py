@@ -102,6 +102,7 @@ SCORE_OPTIONS = {
     "lissa_steps": _hvp("lissa_steps"), "hessian_samples": _hvp("hessian_samples"), "hvp_batch": _hvp("hvp_batch"),
     "hessian_rank": _hvp("rank"), "influence_v": _score("influence_v"),
     "influence_checkpoints": _score("influence_checkpoints"),
+    "checkpoint_mean": _score("checkpoint_mean"),
     "v_weighting": _score("v_weighting"), "target": _score("target"), "llm": _score("llm"),
     "adapter": _score("adapter"), "target_init": _score("target_init"), "effort_block": _score("effort_block"),
     "batch_size": _score("batch_size"), "effort_batch_size": _score("effort_batch_size"),

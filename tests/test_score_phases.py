@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dealrec.engine import LocalExecutor
+from dealrec_core.data import sha256_file
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HvpConfig
 from dealrec.score import (ScoreConfig, effort_phase, influence_phase, prepare_score_inputs, run_score,
@@ -100,6 +101,53 @@ def test_the_influence_is_the_mean_over_the_kept_checkpoints(tmp_path):
     np.testing.assert_array_equal(influence(tmp_path / "four"), influence(tmp_path / "avg"))
     with pytest.raises(DealrecError, match="--influence-checkpoints above 1 needs --influence-v stationary"):
         replace(config, influence_v="measured", influence_checkpoints=2).check()
+
+
+def test_the_influence_at_the_kept_checkpoints_mean_weights(tmp_path):
+    """``checkpoint_mean`` "weights": the influence is what a surrogate holding the uniform mean of the best's and
+    the latest kept epochs' weights gives alone, scored once (no checkpoint's own phases); a rerun resumes it; a
+    kept epoch of another model is refused with its file named."""
+    data = write_tiny_prepared(tmp_path / "data", tiny_samples(40, N_ITEMS, seed=5), N_ITEMS, shard_size=16)
+    shape = dict(n_items=N_ITEMS, hidden=8, n_blocks=1, n_heads=2, ffn_hidden=16, max_len=10, dropout=0.0,
+                 init_std=0.3)
+    models = {name: build_surrogate("sasrec", **shape, seed=seed)
+              for name, seed in (("epoch-003", 1), ("epoch-004", 2), ("best", 3))}
+    sur = tmp_path / "sur"
+    sur.mkdir()
+    save_surrogate(models["best"], sur)
+    for name in ("epoch-003", "epoch-004"):
+        (sur / "checkpoints" / name).mkdir(parents=True)
+        save_surrogate(models[name], sur / "checkpoints" / name)
+    by_hand = tmp_path / "by-hand"   # the mean of the three, written by the test, scored as a surrogate alone
+    by_hand.mkdir()
+    states = [models[name].state_dict() for name in ("epoch-003", "epoch-004", "best")]
+    mean = {k: (states[0][k].double() + states[1][k].double() + states[2][k].double()) / 3 for k in states[0]}
+    save_surrogate(models["best"], by_hand, state={k: v.float() for k, v in mean.items()})
+    config = ScoreConfig(hvp=HvpConfig(damping=0.1, scale=10.0, hessian_samples=32, hvp_batch=8),
+                         target="none", batch_size=8, effort_batch_size=8, shard_size=16, workers=0,
+                         influence_checkpoints=3, checkpoint_mean="weights")
+    alone = influence_of(run_score, data, by_hand, tmp_path / "alone", replace(config, influence_checkpoints=1))
+    manifest = run_score(data, sur, tmp_path / "avg", config, progress=False)
+    scores = pq.read_table(tmp_path / "avg" / "scores.parquet").column("influence").to_numpy()
+    np.testing.assert_array_equal(scores, alone)
+    best = influence_of(run_score, data, sur, tmp_path / "best", replace(config, influence_checkpoints=1))
+    assert not np.allclose(scores, best)   # the mean weights really score otherwise than the best epoch
+    record = manifest["phases"]["checkpoints"]
+    assert record["epochs"] == ["epoch-003", "epoch-004"] and record["mean"] == "weights" and record["used"] == 3
+    assert record["sha256"] == sha256_file(tmp_path / "avg" / "work" / "checkpoints" / "weights-mean" / "surrogate"
+                                           / "model.safetensors")
+    assert "epoch-003" not in record and not (tmp_path / "avg" / "work" / "capture").exists()   # scored once
+    again = run_score(data, sur, tmp_path / "avg", config, progress=False)
+    assert again["phases"]["capture"]["ran"] == 0 and again["phases"]["influence"]["ran"] == 0
+    np.testing.assert_array_equal(pq.read_table(tmp_path / "avg" / "scores.parquet").column("influence").to_numpy(),
+                                  alone)
+
+    other = build_surrogate("sasrec", **{**shape, "hidden": 12, "ffn_hidden": 24}, seed=4)
+    save_surrogate(other, sur / "checkpoints" / "epoch-004")
+    with pytest.raises(DealrecError, match=r"epoch-004/model.safetensors: not the same model"):
+        run_score(data, sur, tmp_path / "bad", config, progress=False)
+    with pytest.raises(DealrecError, match="unknown --checkpoint-mean 'median'"):
+        replace(config, checkpoint_mean="median").check()
 
 
 def influence_of(run, data, surrogate, out, config):
