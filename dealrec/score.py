@@ -72,11 +72,11 @@ class ScoreConfig:
                                      # the paper's, against the mean training gradient measured at the weights
     v_weighting: str = "training"  # measured: the risk whose gradient is v: the one the surrogate was trained on
                                    # ("training"), or explicitly "position" / "sample" (docs/engine.md)
-    influence_checkpoints: int = 1   # stationary: the influence as the mean over this many epochs of the surrogate,
-                                   # its best and the ones it kept before it (train-surrogate --checkpoints); 1: the
-                                   # best alone (the default: docs/selection.md, "Averaged over the last epochs")
-    checkpoint_mean: str = "influence"   # influence: each epoch scored, the influences averaged; weights: the
-                                   # epochs' weights averaged, then scored once (docs/engine.md)
+    influence_checkpoints: int = 3   # stationary: the influence over this many epochs of the surrogate, its best and
+                                   # the ones it kept before it (train-surrogate --checkpoints); 1: the best alone
+    checkpoint_mean: str = "weights"   # weights (the default): the epochs' weights averaged, scored once; influence:
+                                   # each epoch scored, the influences averaged (docs/selection.md, "The influence at
+                                   # the last epochs' mean weights")
     llm: str | None = None
     adapter: str | None = None
     target_init: str | None = None
@@ -436,8 +436,11 @@ def influence_over_checkpoints(job: ScoreJob, config: ScoreConfig, executor, pha
     folders = influence_checkpoints(job.surrogate, config)
     if len(folders) + 1 < config.influence_checkpoints:
         what = "weights" if config.checkpoint_mean == "weights" else "influences"
-        click.echo(f"note: {job.surrogate} kept {len(folders)} epoch(s) before its best: the {what} of "
-                   f"{len(folders) + 1} epochs are averaged, not of {config.influence_checkpoints}", err=True)
+        got = (f"the {what} of {len(folders) + 1} epochs are averaged" if folders else
+               "the influence is taken at the best epoch alone")
+        click.echo(f"note: {job.surrogate} kept {len(folders)} epoch(s) before its best ('train-surrogate "
+                   f"--checkpoints {config.influence_checkpoints}' keeps them): {got}, not over "
+                   f"{config.influence_checkpoints}", err=True)
     record = {"epochs": [f.name for f in folders], "mean": config.checkpoint_mean, "seconds": 0.0,
               "asked": config.influence_checkpoints, "used": len(folders) + 1}
     if config.influence_checkpoints > 1:
@@ -753,16 +756,16 @@ def _score_options(f):
                           "curvature are kept exactly, the others count at the damping (0: damping only)."),
         click.option("--influence-checkpoints", "influence_checkpoints", type=click.IntRange(min=1),
                      default=ScoreConfig.influence_checkpoints, show_default=True,
-                     help="--influence-v stationary: average the influence over this many epochs of the surrogate, "
+                     help="--influence-v stationary: take the influence over this many epochs of the surrogate, "
                           "its best and the ones it kept before it ('train-surrogate --checkpoints K'; prune and "
-                          "compare train theirs keeping K); 1: the best epoch alone. Each extra epoch costs a "
-                          "capture, a solve and an influence pass; on Games it narrowed, not removed, the coreset's "
-                          "dependence on the surrogate's draw, so it is not the default (docs/selection.md)."),
+                          "compare train theirs keeping K), as --checkpoint-mean says; 1: the best epoch alone. "
+                          "On Games the mean of the last three epochs' weights made the coreset depend far less on "
+                          "the surrogate's draw (docs/selection.md)."),
         click.option("--checkpoint-mean", "checkpoint_mean", type=click.Choice(CHECKPOINT_MEANS),
                      default=ScoreConfig.checkpoint_mean, show_default=True,
-                     help="What --influence-checkpoints K > 1 averages: 'influence' scores each epoch (K captures, "
-                          "solves and influence passes) and averages the influences; 'weights' averages the "
-                          "epochs' weights and scores that model once (no extra scoring)."),
+                     help="What --influence-checkpoints K > 1 averages: 'weights' averages the epochs' weights and "
+                          "scores that model once (no extra scoring); 'influence' scores each epoch (K captures, "
+                          "solves and influence passes) and averages the influences."),
         click.option("--v-weighting", type=click.Choice(V_WEIGHTINGS), default=ScoreConfig.v_weighting,
                      show_default=True,
                      help="Whose gradient v is: the risk the surrogate was trained on ('training', read from its "

@@ -98,8 +98,8 @@ class ModelOptionsCommand(click.Command):
                    "A number other than 0: models with a full-softmax loss only.")
 @click.option("--checkpoints", type=click.IntRange(min=1), default=TrainConfig.checkpoints, show_default=True,
               help="Keep the weights of this many validated epochs ending at the best one: the best's as the model, "
-                   "the ones before it in OUT/checkpoints/ ('dealrec score --influence-checkpoints K' averages the "
-                   "stationary influence over them; 1: the best alone).")
+                   "the ones before it in OUT/checkpoints/ ('dealrec score' takes the stationary influence at the "
+                   "mean weights of the best and these; 1: the best alone).")
 @click.option("--seed", type=SEED, default=TrainConfig.seed, show_default=True)
 @click.option("--threads", type=int, default=TrainConfig.threads,
               help=f"Torch threads [{DEFAULT_THREADS}, whatever the machine: the weights depend on the thread count].")

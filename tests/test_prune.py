@@ -155,15 +155,15 @@ def test_prune_scores_effort_only_where_it_weighs(raw_and_tiger, tmp_path):
 
 
 def test_prune_with_influence_checkpoints_trains_a_surrogate_that_keeps_them(raw_and_tiger, tmp_path):
-    """``--influence-checkpoints K``: prune trains its surrogate keeping the epochs before the best, the scores
-    average over them (what that surrogate kept), and a surrogate left by a default prune, which kept none,
-    is trained again, saying why."""
+    """By default (``--influence-checkpoints 3``) prune trains its surrogate keeping the epochs before the best and
+    the scores are taken at their mean weights (what that surrogate kept); a surrogate left by a prune that asked
+    for the best epoch alone, which kept none, is trained again, saying why."""
     from surrogates.base import kept_checkpoints
 
     raw, tiger = raw_and_tiger
     out = tmp_path / "run"
-    _prune(raw, tiger, out, "--surrogate-epochs", "4")
-    manifest = _prune(raw, tiger, out, "--surrogate-epochs", "4", "--influence-checkpoints", "3")
+    _prune(raw, tiger, out, "--surrogate-epochs", "4", "--influence-checkpoints", "1")
+    manifest = _prune(raw, tiger, out, "--surrogate-epochs", "4")
     phases = manifest["prune"]["phases"]
     assert phases["train_surrogate"]["redone"] == \
         "the surrogate there kept 1 epoch(s), and the influence asks for 3"
@@ -173,4 +173,5 @@ def test_prune_with_influence_checkpoints_trains_a_surrogate_that_keeps_them(raw
     assert kept == [f"epoch-{e:03d}" for e in metrics["checkpoints"]]
     assert len(kept) == min(2, metrics["best_epoch"] - 1)
     assert phases["score"]["checkpoints"]["epochs"] == kept
+    assert phases["score"]["checkpoints"]["mean"] == "weights"
     assert manifest["parameters"]["influence_checkpoints"] == 3

@@ -51,9 +51,10 @@ def test_the_phases_by_hand_give_what_run_score_gives(tmp_path):
 
 
 def test_the_influence_is_the_mean_over_the_kept_checkpoints(tmp_path):
-    """A surrogate with kept epochs (``checkpoints/``): by default the influence is the best epoch's alone; with
-    ``influence_checkpoints`` N it is the mean of what the best and the N - 1 latest kept give alone, in epoch
-    order; a rerun resumes every checkpoint's phases; the measured influence refuses more than one."""
+    """A surrogate with kept epochs (``checkpoints/``), ``checkpoint_mean`` "influence": with
+    ``influence_checkpoints`` 1 the influence is the best epoch's alone; with N it is the mean of what the best and
+    the N - 1 latest kept give alone, in epoch order; a rerun resumes every checkpoint's phases; the measured
+    influence refuses more than one."""
     data = write_tiny_prepared(tmp_path / "data", tiny_samples(40, N_ITEMS, seed=5), N_ITEMS, shard_size=16)
     folders = {}
     for name, seed in (("epoch-003", 1), ("epoch-004", 2), ("best", 3)):
@@ -66,7 +67,8 @@ def test_the_influence_is_the_mean_over_the_kept_checkpoints(tmp_path):
     for name in ("epoch-003", "epoch-004"):
         shutil.copytree(folders[name], sur / "checkpoints" / name)
     config = ScoreConfig(hvp=HvpConfig(damping=0.1, scale=10.0, hessian_samples=32, hvp_batch=8),
-                         target="none", batch_size=8, effort_batch_size=8, shard_size=16, workers=0)
+                         target="none", batch_size=8, effort_batch_size=8, shard_size=16, workers=0,
+                         influence_checkpoints=1, checkpoint_mean="influence")
 
     def influence(out):
         return pq.read_table(out / "scores.parquet").column("influence").to_numpy()
@@ -74,9 +76,9 @@ def test_the_influence_is_the_mean_over_the_kept_checkpoints(tmp_path):
     alone = {name: influence_of(run_score, data, folder, tmp_path / "runs" / name, config)
              for name, folder in folders.items()}
     assert not np.allclose(alone["best"], alone["epoch-004"])   # the three really differ
-    default = run_score(data, sur, tmp_path / "default", config, progress=False)   # the best epoch alone
-    np.testing.assert_array_equal(influence(tmp_path / "default"), alone["best"])
-    assert "checkpoints" not in default["phases"] and default["inputs"]["surrogate_checkpoints_sha256"] == {}
+    one = run_score(data, sur, tmp_path / "one", config, progress=False)   # the best epoch alone
+    np.testing.assert_array_equal(influence(tmp_path / "one"), alone["best"])
+    assert "checkpoints" not in one["phases"] and one["inputs"]["surrogate_checkpoints_sha256"] == {}
     config = replace(config, influence_checkpoints=3)
     manifest = run_score(data, sur, tmp_path / "avg", config, progress=False)
     np.testing.assert_array_equal(influence(tmp_path / "avg"),
@@ -104,8 +106,8 @@ def test_the_influence_is_the_mean_over_the_kept_checkpoints(tmp_path):
 
 
 def test_the_influence_at_the_kept_checkpoints_mean_weights(tmp_path):
-    """``checkpoint_mean`` "weights": the influence is what a surrogate holding the uniform mean of the best's and
-    the latest kept epochs' weights gives alone, scored once (no checkpoint's own phases); a rerun resumes it; a
+    """The default (``checkpoint_mean`` "weights", three epochs): the influence is what a surrogate holding the
+    uniform mean of the best's and the two latest kept epochs' weights gives alone, scored once (no checkpoint's own phases); a rerun resumes it; a
     kept epoch of another model is refused with its file named."""
     data = write_tiny_prepared(tmp_path / "data", tiny_samples(40, N_ITEMS, seed=5), N_ITEMS, shard_size=16)
     shape = dict(n_items=N_ITEMS, hidden=8, n_blocks=1, n_heads=2, ffn_hidden=16, max_len=10, dropout=0.0,
@@ -124,8 +126,7 @@ def test_the_influence_at_the_kept_checkpoints_mean_weights(tmp_path):
     mean = {k: (states[0][k].double() + states[1][k].double() + states[2][k].double()) / 3 for k in states[0]}
     save_surrogate(models["best"], by_hand, state={k: v.float() for k, v in mean.items()})
     config = ScoreConfig(hvp=HvpConfig(damping=0.1, scale=10.0, hessian_samples=32, hvp_batch=8),
-                         target="none", batch_size=8, effort_batch_size=8, shard_size=16, workers=0,
-                         influence_checkpoints=3, checkpoint_mean="weights")
+                         target="none", batch_size=8, effort_batch_size=8, shard_size=16, workers=0)
     alone = influence_of(run_score, data, by_hand, tmp_path / "alone", replace(config, influence_checkpoints=1))
     manifest = run_score(data, sur, tmp_path / "avg", config, progress=False)
     scores = pq.read_table(tmp_path / "avg" / "scores.parquet").column("influence").to_numpy()

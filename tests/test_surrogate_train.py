@@ -373,6 +373,8 @@ def test_prune_retrains_a_surrogate_of_other_batching_or_blocks(prepared, tmp_pa
                           if stale else None)
     no_field = {**recorded, "train_config": {k: v for k, v in recorded["train_config"].items() if k != "checkpoints"}}
     (folder / "metrics.json").write_text(json.dumps(no_field))
-    assert _stale_surrogate(folder, PreparedData(prepared), cfg) is None
+    assert _stale_surrogate(folder, PreparedData(prepared), TrainConfig(max_epochs=1, seed=0, progress=False,
+                                                                        checkpoints=1)) is None
     assert "kept 1 epoch(s)" in _stale_surrogate(folder, PreparedData(prepared),
                                                  TrainConfig(max_epochs=1, seed=0, progress=False, checkpoints=2))
+    assert "kept 1 epoch(s)" in _stale_surrogate(folder, PreparedData(prepared), cfg)   # the default keeps 3
