@@ -73,7 +73,8 @@ class ScoreConfig:
     v_weighting: str = "training"  # measured: the risk whose gradient is v: the one the surrogate was trained on
                                    # ("training"), or explicitly "position" / "sample" (docs/engine.md)
     influence_checkpoints: int = 3   # stationary: the influence over this many epochs of the surrogate, its best and
-                                   # the ones it kept before it (train-surrogate --checkpoints); 1: the best alone
+                                   # the ones it kept before it (train-surrogate --checkpoints); 1: the best alone;
+                                   # the measured influence is always the best epoch's
     checkpoint_mean: str = "weights"   # weights (the default): the epochs' weights averaged, scored once; influence:
                                    # each epoch scored, the influences averaged (docs/selection.md, "The influence at
                                    # the last epochs' mean weights")
@@ -112,9 +113,6 @@ class ScoreConfig:
         if self.checkpoint_mean not in CHECKPOINT_MEANS:
             raise DealrecError(f"unknown --checkpoint-mean {self.checkpoint_mean!r} "
                                f"(choose from {', '.join(CHECKPOINT_MEANS)})")
-        if self.influence_v != "stationary" and self.influence_checkpoints > 1:
-            raise DealrecError("--influence-checkpoints above 1 needs --influence-v stationary (the measured "
-                               "influence is taken at the best epoch's weights alone)")
         if self.target != NO_TARGET:
             EFFORT_TARGETS.get(self.target).check_config(self)
         if self.chunk_tokens < 0:
@@ -434,6 +432,8 @@ def influence_over_checkpoints(job: ScoreJob, config: ScoreConfig, executor, pha
     each epoch and averages the influences; "weights" averages the epochs' weights and scores that once.
     ``phases["checkpoints"]`` records which epochs, how, and (influence) each one's phases."""
     folders = influence_checkpoints(job.surrogate, config)
+    if config.influence_v != "stationary":   # the measured influence: the best epoch's weights and its own v
+        return influence_phase(job, config, executor, phases, progress, device)
     if len(folders) + 1 < config.influence_checkpoints:
         what = "weights" if config.checkpoint_mean == "weights" else "influences"
         got = (f"the {what} of {len(folders) + 1} epochs are averaged" if folders else
@@ -760,7 +760,8 @@ def _score_options(f):
                           "its best and the ones it kept before it ('train-surrogate --checkpoints K'; prune and "
                           "compare train theirs keeping K), as --checkpoint-mean says; 1: the best epoch alone. "
                           "On Games the mean of the last three epochs' weights made the coreset depend far less on "
-                          "the surrogate's draw (docs/selection.md)."),
+                          "the surrogate's draw (docs/selection.md). --influence-v measured: the best epoch alone, "
+                          "whatever this says."),
         click.option("--checkpoint-mean", "checkpoint_mean", type=click.Choice(CHECKPOINT_MEANS),
                      default=ScoreConfig.checkpoint_mean, show_default=True,
                      help="What --influence-checkpoints K > 1 averages: 'weights' averages the epochs' weights and "
