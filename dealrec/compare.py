@@ -889,8 +889,14 @@ def _duration(seconds: float) -> str:
 
 
 def _influence_v(report: dict) -> str:
-    """The score run's ``--influence-v`` (runs scored before the option had the paper's, measured)."""
-    return (report.get("score_options") or {}).get("influence_v", "measured")
+    """The score run's ``--influence-v`` (runs scored before the option had the paper's, measured), and for the
+    stationary influence the epochs it was taken over (``phases.score.checkpoints``: how many were used, and how)."""
+    influence_v = (report.get("score_options") or {}).get("influence_v", "measured")
+    record = ((report.get("phases") or {}).get("score") or {}).get("checkpoints") or {}
+    if influence_v != "stationary" or record.get("used", 1) < 2:
+        return influence_v
+    how = "mean weights" if record.get("mean") == "weights" else "mean influence"
+    return f"{influence_v}, at the {how} of the surrogate's last {record['used']} epochs"
 
 
 def _run_status(name: str, run: dict) -> str:

@@ -132,8 +132,11 @@ def test_report_has_every_method_seed_and_reference(compared):
     assert not report["missing"] and not report["failed"]
 
     md = (out / "report.md").read_text()
+    used = report["phases"]["score"]["checkpoints"]["used"]   # the default: the mean weights of what it kept
+    said = "influence stationary." if used < 2 else \
+        f"influence stationary, at the mean weights of the surrogate's last {used} epochs."
     for heading in ("## Test", "## Valid", "Paired against random", "## Composition", "## Runs", "## Machine",
-                    "did not early-stop the runs", "influence stationary."):
+                    "did not early-stop the runs", said):
         assert heading in md
     for label in METHODS + ["all data (reference)", "most popular (reference)"]:
         assert f"| {label} |" in md
@@ -308,3 +311,16 @@ def test_bigrec_target_scores_effort_with_the_llm_and_trains_with_run_bigrec(wor
         metrics = json.loads((out / "runs" / name / "bigrec" / "metrics.json").read_text())
         assert metrics["eval_users"] == {"valid": 10, "test": 10}
         assert json.loads((out / "runs" / name / "result.json").read_text())["test"] == metrics["test"]
+
+
+def test_the_report_says_where_the_influence_was_taken():
+    from dealrec.compare import _influence_v
+
+    assert _influence_v({}) == "measured"   # a report from before the option: the paper's influence
+    stationary = {"score_options": {"influence_v": "stationary"}}
+    assert _influence_v(stationary) == "stationary"   # before the kept epochs: the best epoch
+    for used, mean, said in ((1, "weights", "stationary"),
+                             (3, "weights", "stationary, at the mean weights of the surrogate's last 3 epochs"),
+                             (2, "influence", "stationary, at the mean influence of the surrogate's last 2 epochs")):
+        report = {**stationary, "phases": {"score": {"checkpoints": {"used": used, "mean": mean}}}}
+        assert _influence_v(report) == said
