@@ -157,3 +157,22 @@ def test_the_influence_at_the_kept_checkpoints_mean_weights(tmp_path):
 def influence_of(run, data, surrogate, out, config):
     run(data, surrogate, out, config, progress=False)
     return pq.read_table(out / "scores.parquet").column("influence").to_numpy()
+
+
+def test_a_surrogate_trained_with_the_sampled_loss_gets_a_note(tmp_path, capsys):
+    """The bce surrogate's coresets lost far to random on Games (docs/selection.md): score says so, once, and
+    says nothing for the default loss."""
+    data = write_tiny_prepared(tmp_path / "data", tiny_samples(24, N_ITEMS, seed=2), N_ITEMS, shard_size=16)
+    config = ScoreConfig(hvp=HvpConfig(solver="cg", damping=0.1, scale=10.0, hessian_samples=16, hvp_batch=8),
+                         target="none", batch_size=8, shard_size=16, workers=0, influence_checkpoints=1)
+    for loss in ("ce", "bce"):
+        sur = tmp_path / f"sur-{loss}"
+        sur.mkdir()
+        save_surrogate(build_surrogate("sasrec", n_items=N_ITEMS, hidden=8, n_blocks=1, n_heads=2, ffn_hidden=16,
+                                       max_len=10, dropout=0.0, init_std=0.3, seed=1, loss=loss), sur)
+        capsys.readouterr()
+        run_score(data, sur, tmp_path / f"run-{loss}", config, progress=False)
+        err = capsys.readouterr().err
+        assert err.count("--loss bce") == (loss == "bce"), err
+        if loss == "bce":
+            assert f"note: {sur} was trained with --loss bce" in err and "Ablations on TIGER" in err
