@@ -40,7 +40,7 @@ from dealrec.prune import prune_command, prune_target, run_prune
 from dealrec.runconfig import check_options, option_flags, python_name, recording, run_folder
 from dealrec.score import SCORES_FILE, ScoreConfig, config_from_options, run_score, score_command
 from dealrec.select import CORESET_FILE, SelectionConfig, run_select, select_command
-from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N
+from dealrec.strata import DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N
 from dealrec_core import storage
 from dealrec_core.errors import DealrecError
 from surrogates import train as surrogate_training
@@ -223,7 +223,7 @@ def score(data, surrogate, out, *, hvp=HvpConfig.solver, damping=HvpConfig.dampi
 
 
 def select(run=None, *, method=SelectionConfig.method, n=DEFAULT_N, lambda_=DEFAULT_LAMBDA, k=DEFAULT_K,
-           hard_prune=DEFAULT_HARD_PRUNE, seed=SelectionConfig.seed, data=None, surrogate=None, out=None,
+           hard_prune=None, seed=SelectionConfig.seed, data=None, surrogate=None, out=None,
            no_plot: bool = False) -> SelectResult:
     """``dealrec select RUN``: a coreset of ``n`` samples from ``run/scores.parquet`` by ``method`` (DEALRec's
     coverage-enhanced selection by default), written with the scores, the manifest and a plot into ``run``
@@ -273,7 +273,7 @@ def compare(data, out, *, n=DEFAULT_N, methods=",".join(DEFAULT_METHODS), full: 
             target=DEFAULT_TARGET, llm=None, seeds=",".join(map(str, DEFAULT_SEEDS)), workers=None,
             ray_address=None, surrogate=None, surrogate_model=None, surrogate_epochs=SurrogateTrainConfig.max_epochs,
             surrogate_minutes=SurrogateTrainConfig.max_minutes, threads=SurrogateTrainConfig.threads,
-            lambda_=DEFAULT_LAMBDA, k=DEFAULT_K, hard_prune=DEFAULT_HARD_PRUNE, score_args="", finetune_args="",
+            lambda_=DEFAULT_LAMBDA, k=DEFAULT_K, hard_prune=None, score_args="", finetune_args="",
             quiet: bool = False) -> CompareResult:
     """``dealrec compare DATA --out OUT``: a coreset of ``n`` samples by every method and seed, the downstream
     model (``target``) trained on each, and the report side by side. ``methods`` and ``seeds`` are lists or

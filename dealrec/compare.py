@@ -54,10 +54,10 @@ from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED_MAX
 from dealrec_core.paths import check_output
 from dealrec.manifest import MANIFEST_FILE, RunManifest
-from dealrec.methods import BASELINES, METHODS, REGISTRY
+from dealrec.methods import BASELINES, METHODS, REGISTRY, hard_prune_help
 from dealrec.runconfig import with_config
 from dealrec.select import CORESET_FILE, run_select
-from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_LAMBDA, n_hard_pruned
+from dealrec.strata import DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_LAMBDA, n_hard_pruned
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
 
@@ -519,7 +519,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                 surrogate_epochs: int = SurrogateTrainConfig.max_epochs,
                 surrogate_minutes: float | None = SurrogateTrainConfig.max_minutes,
                 threads: int | None = SurrogateTrainConfig.threads, lam: float = DEFAULT_LAMBDA, k: int = DEFAULT_K,
-                hard_prune: float = DEFAULT_HARD_PRUNE, score_args: str = "", finetune_args: str = "",
+                hard_prune: float | None = None, score_args: str = "", finetune_args: str = "",
                 progress: bool = True, log=None) -> dict:
     """Score once, run every (method, seed) not done yet, write the report; returns report.json's content.
 
@@ -543,7 +543,10 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         raise DealrecError(f"the number of strata --k must be at least 1, got {k}")
     if not np.isfinite(lam):
         raise DealrecError(f"--lambda must be a finite number, got {lam}")
-    n_hard_pruned(0, hard_prune)  # refuses a share outside [0, 1)
+    if hard_prune is not None:
+        n_hard_pruned(0, hard_prune)  # refuses a share outside [0, 1)
+    # None: each stratified method's own default share (dealrec.methods)
+    shares = {m: REGISTRY[m].resolve_hard_prune(hard_prune) for m in methods if REGISTRY[m].stratified}
     if workers is not None and workers < 0:
         raise DealrecError(f"--workers must be 0 or more, got {workers}")
     if workers == 0 and ray_address:
@@ -577,11 +580,11 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         prepared = PreparedData(prepared_dir)
         phases["prepare"] = {"seconds": round(time.perf_counter() - t0, 3), **prep_info}
         n_samples = len(read_table(prepared.samples_dir, required=("sample_id",), what="samples table"))
-        available = n_samples - (n_hard_pruned(n_samples, hard_prune)
-                                 if any(REGISTRY[m].stratified for m in methods) else 0)
+        largest = max(shares.values(), default=0.0)
+        available = n_samples - n_hard_pruned(n_samples, largest)
         if n > available:
             raise DealrecError(f"--n {n} exceeds the {available} samples that can be selected ({n_samples} samples"
-                               + (f" less the hard prune of {hard_prune}" if available < n_samples else "") + ")")
+                               + (f" less the hard prune of {largest}" if available < n_samples else "") + ")")
 
         surrogate_dir = None
         if needs:   # every method but random ranks by something the surrogate gives
@@ -628,7 +631,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                 if REGISTRY[method].uses_lambda:
                     inputs["lambda"] = lam
                 if REGISTRY[method].stratified:
-                    inputs.update(k=k, hard_prune=hard_prune)
+                    inputs.update(k=k, hard_prune=shares[method])
                 inputs["scores"] = columns_digest(base / "scores.parquet", REGISTRY[method].columns)
             if target == "bigrec":
                 inputs["llm"] = _llm_fingerprint(llm)
@@ -641,7 +644,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                     trained.setdefault(key, done)
                 continue
             todo.append({"name": name, "folder": str(folder), "method": method, "seed": seed, "n": n, "lam": lam,
-                         "k": k, "hard_prune": hard_prune, "base": str(base), "data": str(prepared.root),
+                         "k": k, "hard_prune": shares.get(method, 0.0), "base": str(base), "data": str(prepared.root),
                          "surrogate": None if surrogate_dir is None else str(surrogate_dir), "target": target,
                          "finetune": train_options, "llm": llm, "inputs": inputs,
                          "progress": progress and workers == 0})
@@ -696,7 +699,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                 + (f", {shared} more trained already on the same samples" if shared else "")
                 + f"; {len(tasks)} to train" + (f", {len(failed)} failed to select" if failed else ""))
         context = {"out": out, "data": data, "prepared": prepared, "n": n, "methods": methods, "seeds": seeds,
-                   "target": target, "full": full, "lam": lam, "k": k, "hard_prune": hard_prune,
+                   "target": target, "full": full, "lam": lam, "k": k, "hard_prune": shares,
                    "train_options": train_options, "score_config": config.to_dict(), "phases": phases,
                    "plan": plan, "executor": executor, "t_all": t_all}
         from dealrec_core.evaluate import stopping_split   # torch: not on the --help path
@@ -906,12 +909,22 @@ def _run_status(name: str, run: dict) -> str:
     return "reused" if run["reused"] else "ran now"
 
 
+def _hard_prune_text(shares) -> str:
+    """The report's hard prune: one share for every stratified method, or each method's (reports before session 16
+    hold a single number)."""
+    if not isinstance(shares, dict):
+        return str(shares)
+    if len(set(shares.values())) == 1:
+        return f"{next(iter(shares.values())):g}"
+    return ", ".join(f"{share:g} ({method})" for method, share in shares.items()) or "none (no stratified method)"
+
+
 def report_markdown(report: dict) -> str:
     lines = [f"# dealrec compare: {report['target']} on {report['n']}-sample coresets",
              "",
              f"Data `{report['data']}`; methods {', '.join(report['methods'])}; seeds "
              f"{', '.join(map(str, report['seeds']))}; lambda {report['selection']['lambda']}, k "
-             f"{report['selection']['k']}, hard prune {report['selection']['hard_prune']}; influence "
+             f"{report['selection']['k']}, hard prune {_hard_prune_text(report['selection']['hard_prune'])}; influence "
              f"{_influence_v(report)}. Each cell: mean "
              f"(sd over seeds) and every seed's value in seed order. Choose on valid, report on test.",
              ""]
@@ -1112,8 +1125,8 @@ def _make_command():
                   help=f"Weight of the effort score in dealrec and greedy (0: the influence alone, chosen on "
                        f"validation, docs/selection.md; the paper's is {PAPER_LAMBDA}).")
     @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Strata (stratified methods).")
-    @click.option("--hard-prune", type=float, default=DEFAULT_HARD_PRUNE, show_default=True,
-                  help="Share of top scores dropped (stratified methods).")
+    @click.option("--hard-prune", type=float, default=None,
+                  help=f"Share of top scores dropped (stratified methods) [each method's: {hard_prune_help()}].")
     @click.option("--score-args", default="",
                   help="Options of 'dealrec score' for the scoring, as one string, e.g. \"--hvp lissa --seed 1\".")
     @click.option("--finetune-args", default="",

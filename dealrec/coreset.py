@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from dealrec_core.errors import DealrecError, InputError
 from dealrec.methods import METHODS, REGISTRY
-from dealrec.strata import (DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, Strata, random_select,
-                            stratified_select, top_n_select)
+from dealrec.strata import (DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, Strata, random_select, stratified_select,
+                            top_n_select)
 
 
 @dataclass
@@ -28,12 +28,13 @@ class SelectionConfig:
     n: int = DEFAULT_N
     lam: float = DEFAULT_LAMBDA
     k: int = DEFAULT_K
-    hard_prune: float = DEFAULT_HARD_PRUNE
+    hard_prune: float | None = None   # None: the method's default share (dealrec.methods)
     seed: int = 0
 
     def __post_init__(self):
         if self.method not in REGISTRY:
             raise DealrecError(f"unknown selection method {self.method!r} (choose from {', '.join(METHODS)})")
+        self.hard_prune = REGISTRY[self.method].resolve_hard_prune(self.hard_prune)
         # every parameter is checked here, before any file is read (the algorithms check them again)
         if self.n < 1:
             raise DealrecError(f"--n must be at least 1, got {self.n}")
@@ -86,7 +87,7 @@ def _float_column(table: pa.Table, col: str, source: str) -> np.ndarray:
 
 
 def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: int = DEFAULT_N,
-                   lam: float = DEFAULT_LAMBDA, k: int = DEFAULT_K, hard_prune: float = DEFAULT_HARD_PRUNE,
+                   lam: float = DEFAULT_LAMBDA, k: int = DEFAULT_K, hard_prune: float | None = None,
                    seed: int = 0, source: str = "scores table") -> SelectionResult:
     """Select a coreset; ``samples`` is a samples ``pa.Table``, :class:`dealrec_core.data.Samples` or
     :class:`dealrec_core.data.SampleRows` (the table on disk: only its ``sample_id`` column and the selected
@@ -96,7 +97,8 @@ def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: 
     (``random`` needs only ``sample_id``). Every sample of the samples table must have a
     score and vice versa: a coreset drawn from a partial scoring would be silently biased.
     """
-    cfg = SelectionConfig(method, int(n), float(lam), int(k), float(hard_prune), int(seed))
+    cfg = SelectionConfig(method, int(n), float(lam), int(k), None if hard_prune is None else float(hard_prune),
+                          int(seed))
     if "sample_id" not in scores_table.column_names:
         raise InputError(source, "missing column sample_id "
                                  f"(has: {', '.join(scores_table.column_names)})", field="sample_id")

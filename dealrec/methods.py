@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from dealrec.strata import combine_scores, minmax, uniform_keys
+from dealrec.strata import PAPER_HARD_PRUNE, combine_scores, minmax, uniform_keys
 
 RULES = ("stratified", "top_n", "random")
 FAMILIES = {"dealrec": "", "ablation": "ablations ", "baseline": "baselines "}  # family -> --help label
@@ -71,6 +71,7 @@ class Method:
     score: Score
     rule: str          # RULES
     description: str   # one line, for --help and docs/selection.md
+    hard_prune: float = 0.0   # stratified: the share of the highest scores dropped by default (resolve_hard_prune)
 
     def __post_init__(self):
         if self.family not in FAMILIES or self.rule not in RULES:
@@ -95,14 +96,19 @@ class Method:
         """Hard prune, then ``k`` strata: the method uses ``--k`` and ``--hard-prune``."""
         return self.rule == "stratified"
 
+    def resolve_hard_prune(self, hard_prune: float | None) -> float:
+        """``--hard-prune`` as given, or this method's default share when it is left out (None)."""
+        return self.hard_prune if hard_prune is None else float(hard_prune)
+
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
+    # the stationary influence's highest scores are its easiest samples: nothing hard to drop at the top
     Method("dealrec", "dealrec", COMBINED, "stratified",
            "DEALRec: minmax(influence) + lambda * minmax(effort); hard prune, then k strata (coverage)"),
     Method("influence", "ablation", _minmax_of("influence"), "stratified",
            "w/o effort: minmax(influence); hard prune, then k strata"),
     Method("effort", "ablation", _minmax_of("effort"), "stratified",
-           "w/o influence: minmax(effort); hard prune, then k strata"),
+           "w/o influence: minmax(effort); hard prune, then k strata", hard_prune=PAPER_HARD_PRUNE),
     Method("greedy", "ablation", COMBINED, "top_n",
            "w/o coverage: the top n of the dealrec score"),
     Method("random", "baseline", RANDOM_KEY, "random",
@@ -112,9 +118,18 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("el2n", "baseline", _column_of(EL2N), "top_n",
            "EL2N: the top n by the mean norm of softmax minus one-hot (surrogate)"),
     Method("ccs", "baseline", _column_of(EL2N), "stratified",
-           "CCS: EL2N; hard prune, then k strata (coverage-centric coreset selection)"),
+           "CCS: EL2N; hard prune, then k strata (coverage-centric coreset selection)", hard_prune=PAPER_HARD_PRUNE),
 )}
 METHODS = tuple(REGISTRY)
+
+
+def hard_prune_help() -> str:
+    """What ``--hard-prune`` left out means, from the registry: each stratified method's default share."""
+    by_share: dict[float, list[str]] = {}
+    for m in REGISTRY.values():
+        if m.stratified:
+            by_share.setdefault(m.hard_prune, []).append(m.name)
+    return ", ".join(f"{share:g} for {' and '.join(names)}" for share, names in by_share.items())
 
 
 def method_help() -> str:

@@ -37,7 +37,8 @@ from dealrec.prepare import prepare
 from dealrec.runconfig import with_config
 from dealrec.score import RUN_WRITES, ScoreConfig, _score_options, config_from_options, model_locations, \
     run_score
-from dealrec.select import CORESET_FILE, DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PLOT_FILE, run_select
+from dealrec.methods import REGISTRY
+from dealrec.select import CORESET_FILE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PLOT_FILE, run_select
 from dealrec.strata import PAPER_LAMBDA
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
@@ -246,7 +247,7 @@ def _run_prune(data: Path, out: Path, n: int, surrogate: str | None, config: Sco
     lam = DEFAULT_LAMBDA if lam is None else lam
     method = "dealrec" if config.target != "none" else "influence"
     selection = run_select(out, method=method, n=n, lam=lam, k=DEFAULT_K if k is None else k,
-                           hard_prune=DEFAULT_HARD_PRUNE if hard_prune is None else hard_prune, seed=config.seed,
+                           hard_prune=hard_prune, seed=config.seed,   # None: the method's default share
                            data=str(prepared), surrogate=str(surrogate_dir), progress=progress)
     phases["select"] = {"seconds": round(time.perf_counter() - t0, 3), "method": method}
 
@@ -285,7 +286,9 @@ def _make_command():
                   help=f"Weight of the effort score [{DEFAULT_LAMBDA}: the influence alone, chosen on validation, "
                        f"docs/selection.md; the paper's is {PAPER_LAMBDA}].")
     @click.option("--k", "k", type=int, default=None, help=f"Strata [{DEFAULT_K}].")
-    @click.option("--hard-prune", type=float, default=None, help=f"Share of top scores dropped [{DEFAULT_HARD_PRUNE}].")
+    @click.option("--hard-prune", type=float, default=None,
+                  help=f"Share of top scores dropped [{REGISTRY['dealrec'].hard_prune:g}: the highest scores of the "
+                       f"stationary influence are its easiest samples; the paper's is 0.1].")
     @_score_options
     def prune_command(data, n, out, surrogate, surrogate_model, surrogate_minutes, surrogate_epochs, threads, lam, k,
                       hard_prune, quiet, **options):

@@ -40,8 +40,10 @@ CONFIG_COMMANDS = ("score", "select", "prune", "compare")   # the commands that 
 # replayed from an older record gets that value, not today's default
 LEGACY_VALUES = {"score": {"influence-v": "measured"}, "prune": {"influence-v": "measured"}}
 # prune's selection options default to "not set" (None) and take the selection's defaults, which change (lambda:
-# 0.3 until 2026-11-27, 0 since): a prune run's config gives the value its selection used, from the manifest
-RESOLVED_BY_SELECTION = {"prune": {"lambda": "lambda", "k": "k", "hard-prune": "hard_prune"}}
+# 0.3 until 2026-11-27, 0 since; the hard prune of dealrec and influence 0.1 until session 16, 0 since), and so does
+# select's --hard-prune (the method's share): a run's config gives the value its selection used, from the manifest
+RESOLVED_BY_SELECTION = {"prune": {"lambda": "lambda", "k": "k", "hard-prune": "hard_prune"},
+                         "select": {"hard-prune": "hard_prune"}}
 OPTIONS_KEY = "options"        # the manifest's section: {command: {flag: value}}
 NOT_RECORDED = ("out",)        # where the run went is not an option of the run
 

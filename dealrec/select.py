@@ -17,9 +17,9 @@ from dealrec_core.errors import DealrecError, InputError
 from dealrec_core.options import SEED
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec.coreset import SelectionConfig, select_coreset
-from dealrec.methods import METHODS, REGISTRY, method_help, method_list
+from dealrec.methods import METHODS, REGISTRY, hard_prune_help, method_help, method_list
 from dealrec.runconfig import with_config
-from dealrec.strata import DEFAULT_HARD_PRUNE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_LAMBDA
+from dealrec.strata import DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_HARD_PRUNE, PAPER_LAMBDA
 # the algorithm's names that tests and scripts import from here
 from dealrec.strata import (PRUNED, allocate_budget, combine_scores, minmax, n_hard_pruned,  # noqa: F401
                             random_select, sample_keys, stratified_select, stratify, top_n_select)
@@ -32,7 +32,7 @@ PLOT_FILE = "selection.png"
 
 
 def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_N, lam: float = DEFAULT_LAMBDA,
-               k: int = DEFAULT_K, hard_prune: float = DEFAULT_HARD_PRUNE, seed: int = SelectionConfig.seed, data=None,
+               k: int = DEFAULT_K, hard_prune: float | None = None, seed: int = SelectionConfig.seed, data=None,
                surrogate=None, out=None, plot: bool = True, progress: bool = True) -> dict:
     """``dealrec select``: read RUN's scores (and samples), select, write scores/coreset/manifest/plot.
 
@@ -41,7 +41,8 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
     from dealrec_core.data import PreparedData, SampleRows, read_table, sha256_file, write_parquet_atomic
 
     t0 = time.time()
-    SelectionConfig(method, n, lam, k, hard_prune, seed)  # a bad method or parameter: one line before any work
+    # a bad method or parameter: one line before any work; None: the method's default share
+    hard_prune = SelectionConfig(method, n, lam, k, hard_prune, seed).hard_prune
     spec = REGISTRY[method]
     if run is None and out is None:
         raise DealrecError("give a RUN folder (or --out for a fresh run)")
@@ -125,8 +126,9 @@ def _select_command():
                   help=f"Weight of the effort score (0: the influence alone, chosen on validation, "
                        f"docs/selection.md; the paper's is {PAPER_LAMBDA}).")
     @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Number of strata.")
-    @click.option("--hard-prune", type=float, default=DEFAULT_HARD_PRUNE, show_default=True,
-                  help="Share of the highest scores dropped before stratifying.")
+    @click.option("--hard-prune", type=float, default=None,
+                  help=f"Share of the highest scores dropped before stratifying [the method's: {hard_prune_help()}; "
+                       f"the paper's is {PAPER_HARD_PRUNE}].")
     @click.option("--seed", type=SEED, default=SelectionConfig.seed, show_default=True)
     @click.option("--data", type=click.Path(file_okay=False), default=None,
                   help="Prepared data folder (default: the one RUN/manifest.json names).")

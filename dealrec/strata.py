@@ -34,7 +34,10 @@ DEFAULT_N = 1024
 PAPER_LAMBDA = 0.3
 DEFAULT_LAMBDA = 0.0
 DEFAULT_K = 50
-DEFAULT_HARD_PRUNE = 0.1
+# The paper's hard prune drops the 10% highest scores, its hardest samples. With the stationary influence the highest
+# minmax scores are the easiest samples, so the methods ranked by it (dealrec, influence) drop nothing by default:
+# each method's default share is its entry's in dealrec.methods (docs/selection.md, "Ablations on TIGER").
+PAPER_HARD_PRUNE = 0.1
 
 
 # ----------------------------------------------------------------------------- scores
@@ -107,7 +110,7 @@ def n_hard_pruned(n_samples: int, hard_prune: float) -> int:
 
 
 def stratify(sample_id: Sequence[int], score: Sequence[float], k: int = DEFAULT_K,
-             hard_prune: float = DEFAULT_HARD_PRUNE) -> Strata:
+             hard_prune: float = PAPER_HARD_PRUNE) -> Strata:
     """Hard-prune the top scores and cut what remains into ``k`` equal-width strata."""
     sample_id = np.asarray(sample_id, dtype=np.int64)
     score = np.asarray(score, dtype=np.float64)
@@ -164,7 +167,7 @@ def allocate_budget(counts: Sequence[int], n: int) -> np.ndarray:
 
 
 def stratified_select(sample_id: Sequence[int], score: Sequence[float], n: int, k: int = DEFAULT_K,
-                      hard_prune: float = DEFAULT_HARD_PRUNE, seed: int = 0,
+                      hard_prune: float = PAPER_HARD_PRUNE, seed: int = 0,
                       return_strata: bool = False):
     """Coverage-enhanced selection of ``n`` samples.
 
@@ -174,8 +177,8 @@ def stratified_select(sample_id: Sequence[int], score: Sequence[float], n: int, 
     sample_id = np.asarray(sample_id, dtype=np.int64)
     strata = stratify(sample_id, score, k, hard_prune)
     available = len(sample_id) - strata.n_pruned
-    _check_budget(n, available, f"{len(sample_id)} samples less {strata.n_pruned} hard-pruned "
-                                f"(hard prune {hard_prune})")
+    _check_budget(n, available, f"{len(sample_id)} samples" + (f" less {strata.n_pruned} hard-pruned (hard prune "
+                                                               f"{hard_prune})" if strata.n_pruned else ""))
     strata.budgets = allocate_budget(strata.counts, n)
     chosen = []
     order = _random_order(sample_id, seed)  # one global random order, then filtered per stratum

@@ -324,3 +324,27 @@ def test_the_report_says_where_the_influence_was_taken():
                              (2, "influence", "stationary, at the mean influence of the surrogate's last 2 epochs")):
         report = {**stationary, "phases": {"score": {"checkpoints": {"used": used, "mean": mean}}}}
         assert _influence_v(report) == said
+
+
+def test_the_report_says_each_method_s_hard_prune():
+    """Left out, --hard-prune is each method's own share (0 for dealrec, the paper's 0.1 for CCS): the report says
+    which method dropped what; one share for all is said once; a report from before says its single number."""
+    from dealrec.compare import _hard_prune_text
+
+    assert _hard_prune_text({"dealrec": 0.0, "ccs": 0.1}) == "0 (dealrec), 0.1 (ccs)"
+    assert _hard_prune_text({"dealrec": 0.2, "ccs": 0.2}) == "0.2"
+    assert _hard_prune_text({}) == "none (no stratified method)"
+    assert _hard_prune_text(0.1) == "0.1"
+
+
+def test_each_stratified_method_ran_with_its_own_hard_prune(compared):
+    out, report = compared["out"], compared["report"]
+    assert report["selection"]["hard_prune"] == {"dealrec": 0.0, "ccs": 0.1}
+    results = _results(out)
+    for s in SEEDS:
+        assert results[f"dealrec-seed{s}"]["inputs"]["hard_prune"] == 0.0
+        assert results[f"ccs-seed{s}"]["inputs"]["hard_prune"] == 0.1
+        assert "hard_prune" not in results[f"el2n-seed{s}"]["inputs"]
+        selection = json.loads((out / "runs" / f"ccs-seed{s}" / "manifest.json").read_text())["selection"]
+        assert selection["hard_prune"] == 0.1 and selection["n_hard_pruned"] > 0
+    assert "hard prune 0 (dealrec), 0.1 (ccs);" in (out / "report.md").read_text()

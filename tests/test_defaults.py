@@ -39,6 +39,7 @@ import surrogates.config as surrogate_config
 import surrogates.train as surrogate_train
 from dealrec.cli import main
 from dealrec.hvp import HvpConfig
+from dealrec.methods import REGISTRY
 from dealrec.score import ScoreConfig
 from dealrec.select import SelectionConfig
 from finetune.bigrec import BigrecConfig
@@ -180,7 +181,8 @@ COUNTERPARTS = {
         # None: run_prune uses select's default
         "lam": Default(prune.run_prune, "lam", says=Default(select, "DEFAULT_LAMBDA")),
         "k": Default(prune.run_prune, "k", says=Default(select, "DEFAULT_K")),
-        "hard_prune": Default(prune.run_prune, "hard_prune", says=Default(select, "DEFAULT_HARD_PRUNE")),
+        # None: the method's default share; prune's methods (dealrec, influence) drop nothing
+        "hard_prune": Default(prune.run_prune, "hard_prune", says=Default(REGISTRY["dealrec"], "hard_prune")),
         # None: prune_target decides (none at lambda 0, else TIGER)
         "target": Default(prune.prune_target, "target"),
     },
@@ -194,7 +196,7 @@ COUNTERPARTS = {
         "surrogate_model": _run_compare("surrogate_model", says=Default(surrogate_config, "DEFAULT_MODEL")),
         "surrogate_minutes": Default(SurrogateTrainConfig, "max_minutes"), "threads": SURROGATE_THREADS,
         "lam": Default(select, "DEFAULT_LAMBDA"), "k": Default(select, "DEFAULT_K"),
-        "hard_prune": Default(select, "DEFAULT_HARD_PRUNE"), "score_args": _run_compare("score_args"),
+        "hard_prune": _run_compare("hard_prune"), "score_args": _run_compare("score_args"),
         "finetune_args": _run_compare("finetune_args"), "config": CLI_ONLY,
     },
     "config-from-run": {"run": CLI_ONLY, "command": Default(runconfig.config_from_run, "command")},

@@ -76,3 +76,18 @@ def test_docs_table_of_methods_is_the_registry():
     section = text.split("\n## Methods\n", 1)[1].split("\n## ", 1)[0]
     table = [line for line in section.splitlines() if line.startswith("|")]
     assert table == expected_table(), "docs/selection.md, '## Methods', should read:\n" + "\n".join(expected_table())
+
+
+def test_each_stratified_method_has_its_own_default_hard_prune():
+    """The paper's hard prune drops the highest scores, its hardest samples; the stationary influence's highest
+    are its easiest, so dealrec and influence drop nothing unless asked, while effort and CCS (high = hard) keep
+    the paper's 10%. An explicit share wins for every method."""
+    from dealrec.coreset import SelectionConfig
+    from dealrec.methods import hard_prune_help
+    from dealrec.strata import PAPER_HARD_PRUNE
+
+    assert {m: REGISTRY[m].hard_prune for m in METHODS if REGISTRY[m].stratified} == \
+        {"dealrec": 0.0, "influence": 0.0, "effort": PAPER_HARD_PRUNE, "ccs": PAPER_HARD_PRUNE}
+    assert SelectionConfig().hard_prune == 0.0 and SelectionConfig("ccs").hard_prune == PAPER_HARD_PRUNE
+    assert SelectionConfig("dealrec", hard_prune=0.2).hard_prune == 0.2 == SelectionConfig("ccs", hard_prune=0.2).hard_prune
+    assert hard_prune_help() == "0 for dealrec and influence, 0.1 for effort and ccs"

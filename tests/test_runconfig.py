@@ -216,3 +216,14 @@ def test_a_prune_records_selection_options_it_left_unset_as_the_values_its_selec
     config.write_text(config_from_run(run))
     assert read_config(config, _command("prune")) == {"n": 10, "lam": 0.3, "k": 50, "hard_prune": 0.2,
                                                       "influence_v": "stationary"}
+
+
+def test_a_select_that_left_the_hard_prune_to_its_method_records_the_share_it_used(tmp_path):
+    """select's --hard-prune left out is the method's share (0.1 for dealrec until session 16, 0 since): the
+    config of such a run gives the share its selection used, so it selects the same again."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({
+        "options": {"select": {"method": "dealrec", "n": 10, "hard-prune": None}},
+        "selection": {"method": "dealrec", "lambda": 0.0, "k": 50, "hard_prune": 0.1}}))
+    assert tomllib.loads(config_from_run(run)) == {"select": {"method": "dealrec", "n": 10, "hard-prune": 0.1}}

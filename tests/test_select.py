@@ -161,7 +161,7 @@ def test_every_method_selects_n_with_its_own_rule():
     assert picked["el2n"] == set(sid[np.argsort(-table.column("el2n").to_numpy())[:200]])
     assert picked["grand"] == set(sid[np.argsort(-table.column("grand").to_numpy())[:200]])
     # the influence ablation is dealrec with lambda 0
-    lam0 = select_coreset(table, samples, "dealrec", 200, lam=0.0, k=20, seed=0)
+    lam0 = select_coreset(table, samples, "dealrec", 200, lam=0.0, k=20, hard_prune=0.1, seed=0)
     assert picked["influence"] == set(lam0.coreset.column("sample_id").to_numpy())
     assert len({frozenset(v) for v in picked.values()}) == len(METHODS)
 
@@ -206,8 +206,8 @@ def test_select_command_writes_scores_coreset_manifest_and_plot(tmp_path):
     assert manifest["score"] == {"phase": "kept"}  # other sections are left alone
     sel = manifest["selection"]
     assert (sel["method"], sel["n"], sel["k"], sel["seed"], sel["lambda"], sel["hard_prune"]) == \
-        ("dealrec", 64, 10, 5, DEFAULT_LAMBDA, 0.1)
-    assert sum(sel["strata_budgets"]) == 64 and sel["n_hard_pruned"] == 30
+        ("dealrec", 64, 10, 5, DEFAULT_LAMBDA, 0.0)   # the stationary influence's top is its easiest: none dropped
+    assert sum(sel["strata_budgets"]) == 64 and sel["n_hard_pruned"] == 0
     assert (run / "selection.png").stat().st_size > 1000
     # the same command again gives the same coreset (its own output columns are replaced, not mixed)
     assert CliRunner().invoke(main, ["select", str(run), "--n", "64", "--k", "10", "--seed", "5"]).exit_code == 0
@@ -246,10 +246,13 @@ def test_bad_input_gives_one_line_errors(tmp_path):
 
     pq.write_table(pa.table({"sample_id": sid, "influence": np.arange(len(sid), dtype=float),
                              "effort": np.ones(len(sid))}), run / "scores.parquet")
-    res = CliRunner().invoke(main, ["select", str(run), "--n", "271", "--no-plot"])
+    res = CliRunner().invoke(main, ["select", str(run), "--n", "271", "--hard-prune", "0.1", "--no-plot"])
     assert res.exit_code == 2
     assert res.output.strip() == ("error: --n 271 exceeds the 270 samples that can be selected "
                                   "(300 samples less 30 hard-pruned (hard prune 0.1))")
+    res = CliRunner().invoke(main, ["select", str(run), "--n", "301", "--no-plot"])   # dealrec: no hard prune
+    assert res.exit_code == 2
+    assert res.output.strip() == "error: --n 301 exceeds the 300 samples that can be selected (300 samples)"
 
     (tmp_path / "empty").mkdir()   # a run folder whose manifest names no data
     res = CliRunner().invoke(main, ["select", str(tmp_path / "empty"), "--no-plot"])
