@@ -32,22 +32,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.stats import rankdata
 
-from dealrec.coreset import select_coreset
-from dealrec_core.data import PreparedData
-from dealrec_core.errors import DealrecError
+from dealrec.coreset import check_same_samples, select_coreset
+from dealrec_core.data import PreparedData, Samples, read_table
+from dealrec_core.errors import DealrecError, InputError
 from surrogates.registry import load_surrogate
+from surrogates.train import risk_weights
 
 VARIANTS = ("position", "short-zero", "rank")
 SHORT = 1   # short-zero: histories of at most this many items
-
-
-def position_weights(surrogate, samples, chunk: int = 4096) -> np.ndarray:
-    """Each sample's weight in the position-weighted training risk, in ``samples``' order."""
-    out = np.empty(len(samples), dtype=np.float64)
-    for lo in range(0, len(samples), chunk):
-        part = samples.subset(np.arange(lo, min(lo + chunk, len(samples))))
-        out[lo:lo + len(part)] = surrogate.sample_weights(surrogate.collate(part)).numpy()
-    return out
 
 
 def variant_column(name: str, influence: np.ndarray, history_lengths: np.ndarray,
@@ -65,30 +57,29 @@ def variant_column(name: str, influence: np.ndarray, history_lengths: np.ndarray
     raise DealrecError(f"unknown variant {name!r} (choose from {', '.join(VARIANTS)})")
 
 
-def write_variants(run: Path, data: PreparedData, surrogate: str | Path | None, out: Path,
+def write_variants(run: Path, samples: Samples, surrogate: str | Path | None, out: Path,
                    variants=VARIANTS) -> dict[str, Path]:
-    """Write every variant's scores and manifest under ``out``; returns the folders by variant."""
+    """Write every variant's scores and manifest under ``out`` (``samples``: the run's prepared samples); returns
+    the folders by variant."""
     for name in variants:
         variant_column(name, np.zeros(1), np.zeros(1), np.ones(1))   # an unknown name: refused before any work
-    scores = pq.read_table(run / "scores.parquet")
-    for col in ("sample_id", "influence"):
-        if col not in scores.column_names:
-            raise DealrecError(f"{run / 'scores.parquet'}: missing column {col}")
+    scores = read_table(run / "scores.parquet", required=("sample_id", "influence"), what="scores table")
+    if not (run / "manifest.json").is_file():
+        raise DealrecError(f"{run / 'manifest.json'}: missing (is {run} a dealrec score run?)")
     manifest = json.loads((run / "manifest.json").read_text())
-    samples = data.samples()
     ids = np.asarray(samples.sample_id, dtype=np.int64)
     sid = scores.column("sample_id").to_numpy().astype(np.int64)
+    if len(np.unique(sid)) != len(sid):
+        raise InputError(run / "scores.parquet", "sample_id values are not unique", field="sample_id")
+    check_same_samples(sid, ids, str(run / "scores.parquet"))
     order = np.argsort(ids, kind="stable")
-    at = np.searchsorted(ids, sid, sorter=order).clip(max=len(ids) - 1)
-    rows = order[at]
-    if len(sid) != len(ids) or not np.array_equal(ids[rows], sid):
-        raise DealrecError(f"{run / 'scores.parquet'} does not score exactly the samples of {data.root}")
+    rows = order[np.searchsorted(ids, sid, sorter=order)]   # the samples' row of every scored row
     lengths = np.array([len(h) for h in samples.history])[rows]
     weights = None
     if "position" in variants:
         if surrogate is None:
             raise DealrecError("the position variant needs --surrogate (the samples' weights)")
-        weights = position_weights(load_surrogate(surrogate).eval(), samples)[rows]
+        weights = risk_weights(load_surrogate(surrogate).eval(), samples, "position")[rows]
     influence = scores.column("influence").to_numpy().astype(np.float64)
     folders = {}
     for name in variants:
@@ -119,9 +110,11 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--n", type=int, default=1024, help="coreset size of the printed composition")
     args = ap.parse_args()
-    data = PreparedData(args.data)
-    folders = write_variants(args.run, data, args.surrogate, args.out, tuple(args.variants.split(",")))
-    samples = data.samples()
+    try:
+        samples = PreparedData(args.data).samples()
+        folders = write_variants(args.run, samples, args.surrogate, args.out, tuple(args.variants.split(",")))
+    except DealrecError as e:   # bad input: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
     print(f"as scored: {composition(select_coreset(pq.read_table(args.run / 'scores.parquet'), samples, 'influence', args.n).coreset)}")
     for name, folder in folders.items():
         coreset = select_coreset(pq.read_table(folder / "scores.parquet"), samples, "influence", args.n).coreset

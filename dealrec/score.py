@@ -44,6 +44,7 @@ from dealrec_core.devices import DEVICE_AUTO, DEVICE_HELP, DTYPE_CHOICES, float_
 from dealrec_core.errors import DealrecError
 from dealrec.hvp import HessianPool, HvpConfig, LowRankInverse, SOLVERS, lanczos_inverse, solve
 from dealrec.influence import capture_ce_chunk
+from surrogates.base import read_surrogate_config
 from surrogates.softmax import softmax_by_blocks
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec_core.options import SEED
@@ -425,16 +426,6 @@ def influence_checkpoints(surrogate: Path, config: ScoreConfig) -> list[Path]:
     return kept_checkpoints(surrogate)[-(config.influence_checkpoints - 1):]   # the latest ones (all if fewer)
 
 
-def recorded_loss(surrogate_dir: Path) -> str | None:
-    """The training loss a surrogate's ``config.json`` records (SASRec's ``ce`` or ``bce``), None when it
-    records none."""
-    try:
-        config = json.loads((Path(surrogate_dir) / "config.json").read_text()).get("config") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
-    return config.get("loss") if isinstance(config, dict) else None
-
-
 SAMPLED_LOSS_NOTE = ("was trained with --loss bce (one sampled negative a position): on Games the coresets its "
                      "influence selects trained a TIGER far below a random subset's (the default stationary "
                      "influence; docs/selection.md, \"Ablations on TIGER\"); the defaults were "
@@ -447,7 +438,7 @@ def influence_over_checkpoints(job: ScoreJob, config: ScoreConfig, executor, pha
     K - 1 epochs the surrogate kept before it (``influence_checkpoints``): ``checkpoint_mean`` "influence" scores
     each epoch and averages the influences; "weights" averages the epochs' weights and scores that once.
     ``phases["checkpoints"]`` records which epochs, how, and (influence) each one's phases."""
-    if recorded_loss(job.surrogate) == "bce":
+    if read_surrogate_config(job.surrogate)[1].get("loss") == "bce":   # SASRec's sampled loss
         click.echo(f"note: {job.surrogate} {SAMPLED_LOSS_NOTE}", err=True)
     folders = influence_checkpoints(job.surrogate, config)
     if config.influence_v != "stationary":   # the measured influence: the best epoch's weights and its own v

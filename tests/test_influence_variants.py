@@ -57,7 +57,7 @@ def scored(tmp_path_factory):
 
 def test_each_variant_is_its_transform_of_the_scored_column(scored):
     root, data, sur, run = scored
-    folders = iv.write_variants(run, PreparedData(data), sur, root / "out")
+    folders = iv.write_variants(run, PreparedData(data).samples(), sur, root / "out")
     assert sorted(folders) == sorted(iv.VARIANTS)
     base = pq.read_table(run / "scores.parquet")
     sid, inf = base.column("sample_id").to_numpy(), base.column("influence").to_numpy()
@@ -92,7 +92,7 @@ def test_each_variant_is_its_transform_of_the_scored_column(scored):
 
 def test_dealrec_select_reads_a_variant_folder(scored):
     root, data, sur, run = scored
-    folder = iv.write_variants(run, PreparedData(data), None, root / "cli", ("short-zero",))["short-zero"]
+    folder = iv.write_variants(run, PreparedData(data).samples(), None, root / "cli", ("short-zero",))["short-zero"]
     out = root / "sel"
     r = CliRunner().invoke(main, ["select", str(folder), "--method", "influence", "--n", "12", "--k", "3",
                                   "--seed", "1", "--data", str(data), "--out", str(out), "--no-plot"])
@@ -106,13 +106,13 @@ def test_dealrec_select_reads_a_variant_folder(scored):
 def test_bad_requests_are_refused(scored):
     root, data, sur, run = scored
     with pytest.raises(DealrecError, match="unknown variant 'sqrt'"):
-        iv.write_variants(run, PreparedData(data), sur, root / "bad", ("sqrt",))
+        iv.write_variants(run, PreparedData(data).samples(), sur, root / "bad", ("sqrt",))
     with pytest.raises(DealrecError, match="needs --surrogate"):
-        iv.write_variants(run, PreparedData(data), None, root / "bad", ("position",))
+        iv.write_variants(run, PreparedData(data).samples(), None, root / "bad", ("position",))
     partial = root / "partial"
     partial.mkdir()
     (partial / "manifest.json").write_text((run / "manifest.json").read_text())
     pq.write_table(pq.read_table(run / "scores.parquet").slice(0, 10), partial / "scores.parquet")
-    with pytest.raises(DealrecError, match="does not score exactly the samples"):
-        iv.write_variants(partial, PreparedData(data), sur, root / "bad", ("rank",))
+    with pytest.raises(DealrecError, match=r"partial/scores.parquet.*50 samples of the samples table have no score"):
+        iv.write_variants(partial, PreparedData(data).samples(), sur, root / "bad", ("rank",))
     assert not (root / "bad").exists()
