@@ -1,0 +1,108 @@
+"""benchmarks/dense_subset.py: the cut keeps the right items, renumbers them by popularity, filters every sequence
+and evaluation row to them, and refuses what it cannot cut without leaving a folder behind."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dealrec_core.data import EvalSplit, PreparedData, samples_table, write_samples
+from dealrec_core.errors import DealrecError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("dense_subset", ROOT / "benchmarks" / "dense_subset.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ds = _load()
+
+# items 1..6; odd ones are "pads" (category P), even ones "games" (G); item 6 has no categories at all
+CATEGORIES = {1: ["V", "P"], 2: ["V", "G"], 3: ["V", "P"], 4: ["V", "G"], 5: ["V", "P"], 6: None}
+SEQUENCES = {   # user -> training sequence (history + target)
+    10: [1, 2, 3],
+    11: [3, 3, 5, 2],
+    12: [2, 4],          # no P item: dropped by the P cut
+    13: [5],
+    14: [6, 3, 1],
+}
+VALID = {10: ([1, 2, 3], [5, 2]), 12: ([2, 4], [1]), 13: ([5], [4]), 14: ([6, 3, 1], [3, 6])}
+
+
+@pytest.fixture()
+def prepared(tmp_path):
+    root = tmp_path / "data"
+    users = sorted(SEQUENCES)
+    write_samples(samples_table(np.arange(len(users)) + 100, np.array(users),
+                                [np.array(SEQUENCES[u][:-1], dtype=np.int32) for u in users],
+                                np.array([SEQUENCES[u][-1] for u in users], dtype=np.int32)),
+                  root / "samples", shard_size=2)
+    pq.write_table(pa.table({"item": pa.array(np.arange(1, 7, dtype=np.int32)),
+                             "title": [f"title {i}" for i in range(1, 7)],
+                             "categories": pa.array([CATEGORIES[i] for i in range(1, 7)], type=pa.list_(pa.string()))}),
+                   root / "items.parquet")
+    (root / "eval").mkdir()
+    for split in ("valid", "test"):
+        rows = sorted(VALID.items())
+        pq.write_table(EvalSplit(np.array([u for u, _ in rows], dtype=np.int64),
+                                 [np.array(h, dtype=np.int32) for _, (h, _) in rows],
+                                 [np.array(t, dtype=np.int32) for _, (_, t) in rows]).to_table(),
+                       root / "eval" / f"{split}.parquet")
+    return root
+
+
+def _sequences(data: PreparedData) -> dict:
+    s = data.samples()
+    return {int(u): [int(i) for i in seq] for u, seq in zip(s.user, s.sequences())}
+
+
+def test_category_cut_keeps_its_items_by_popularity_and_filters_every_row(prepared, tmp_path):
+    counts = ds.cut(prepared, tmp_path / "cut", items=100, samples=100, category="P")
+    out = PreparedData(tmp_path / "cut")
+    # P items by training popularity: 3 (4 times), 1 (2), 5 (2; ties keep id order): new ids 1, 2, 3
+    assert out.items.column("title").to_pylist() == ["title 3", "title 1", "title 5"]
+    assert out.items.column("item").to_pylist() == [1, 2, 3]
+    assert out.items.column("categories").to_pylist() == [["V", "P"]] * 3
+    assert _sequences(out) == {10: [2, 1], 11: [1, 1, 3], 13: [3], 14: [1, 2]}
+    valid = out.eval_split("valid")
+    # user 12 has no sample left; 13's only target (4) is outside the cut; 14 keeps the target 3
+    assert valid.user.tolist() == [10, 14]
+    assert [t.tolist() for t in valid.targets] == [[3], [1]]
+    assert [h.tolist() for h in valid.history] == [[2, 1], [1, 2]]
+    assert counts == {"samples": 4, "items": 3, "valid_users": 2, "test_users": 2}
+
+
+def test_top_items_and_sample_cap(prepared, tmp_path):
+    ds.cut(prepared, tmp_path / "cut", items=2, samples=2)
+    out = PreparedData(tmp_path / "cut")
+    # all items by popularity: 3 (4), 2 (3) ...: the two kept
+    assert out.items.column("title").to_pylist() == ["title 3", "title 2"]
+    assert _sequences(out) == {10: [2, 1], 11: [1, 1, 2]}   # the first two samples that keep an item
+
+
+def test_refusals_name_the_cause_and_write_nothing(prepared, tmp_path):
+    with pytest.raises(DealrecError, match="no item has the category 'Q'"):
+        ds.cut(prepared, tmp_path / "cut", items=10, samples=10, category="Q")
+    assert not (tmp_path / "cut").exists()
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(DealrecError, match="already exists"):
+        ds.cut(prepared, tmp_path / "taken", items=10, samples=10)
+    table = pq.read_table(prepared / "items.parquet").drop(["categories"])
+    pq.write_table(table, prepared / "items.parquet")
+    with pytest.raises(DealrecError, match="items.parquet: no 'categories' column"):
+        ds.cut(prepared, tmp_path / "cut", items=10, samples=10, category="P")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("cut") or ".cut" in p.name] == []
+
+
+def test_command_line_refusal_is_one_line(prepared, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        ds.main(["--data", str(prepared), "--out", str(tmp_path / "cut"), "--category", "Q"])
+    assert str(exc.value).startswith("dense_subset: ") and "\n" not in str(exc.value)
