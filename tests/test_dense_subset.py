@@ -2,9 +2,6 @@
 and evaluation row to them, and refuses what it cannot cut without leaving a folder behind."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,18 +9,9 @@ import pytest
 
 from dealrec_core.data import EvalSplit, PreparedData, samples_table, write_samples
 from dealrec_core.errors import DealrecError
+from benchmark_module import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("dense_subset", ROOT / "benchmarks" / "dense_subset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ds = _load()
+ds = load_benchmark("dense_subset")
 
 # items 1..6; odd ones are "pads" (category P), even ones "games" (G); item 6 has no categories at all
 CATEGORIES = {1: ["V", "P"], 2: ["V", "G"], 3: ["V", "P"], 4: ["V", "G"], 5: ["V", "P"], 6: None}

@@ -2,9 +2,7 @@
 ``dealrec select`` reads their folders as it reads a score run."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,20 +19,13 @@ from dealrec_core.data import PreparedData
 from dealrec_core.errors import DealrecError
 from surrogates.base import save_surrogate
 from surrogates.registry import build_surrogate
+from benchmark_module import load_benchmark
 from tiny_surrogate import tiny_samples, write_tiny_prepared
 
-ROOT = Path(__file__).resolve().parents[1]
 N_ITEMS, MAX_LEN = 30, 6
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("influence_variants", ROOT / "benchmarks" / "influence_variants.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-iv = _load()
+iv = load_benchmark("influence_variants")
 
 
 @pytest.fixture(scope="module")

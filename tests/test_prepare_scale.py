@@ -3,7 +3,6 @@ path (``dealrec.prepare.stream`` + ``split``) checked byte for byte against an i
 docs/data.md's steps, with chunks small enough that every log here spans many of them."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
@@ -23,18 +22,12 @@ import dealrec.prepare.split as split
 import dealrec.prepare.stream as stream
 from dealrec.cli import main
 from dealrec.prepare import PreparedInMemory, PrepareOptions, prepare, write_prepared
+from benchmark_module import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-synth = _load("synth_log")
+synth = load_benchmark("synth_log")
 
 
 @pytest.fixture
