@@ -87,6 +87,9 @@ def test_refusals_name_the_cause_and_write_nothing(prepared, tmp_path):
     pq.write_table(table, prepared / "items.parquet")
     with pytest.raises(DealrecError, match="items.parquet: no 'categories' column"):
         ds.cut(prepared, tmp_path / "cut", items=10, samples=10, category="P")
+    (prepared / "eval" / "test.parquet").unlink()   # fails while the cut is being written, after its samples
+    with pytest.raises(DealrecError, match=r"eval/test.parquet: no such file"):
+        ds.cut(prepared, tmp_path / "cut", items=10, samples=10)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("cut") or ".cut" in p.name] == []
 
 
