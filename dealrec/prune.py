@@ -39,7 +39,7 @@ from dealrec.score import RUN_WRITES, ScoreConfig, _score_options, config_from_o
     run_score
 from dealrec.methods import REGISTRY
 from dealrec.select import CORESET_FILE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PLOT_FILE, run_select
-from dealrec.strata import PAPER_LAMBDA
+from dealrec.strata import PAPER_HARD_PRUNE, PAPER_LAMBDA
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
 from surrogates.base import read_surrogate_config
@@ -288,7 +288,7 @@ def _make_command():
     @click.option("--k", "k", type=int, default=None, help=f"Strata [{DEFAULT_K}].")
     @click.option("--hard-prune", type=float, default=None,
                   help=f"Share of top scores dropped [{REGISTRY['dealrec'].hard_prune:g}: the highest scores of the "
-                       f"stationary influence are its easiest samples; the paper's is 0.1].")
+                       f"stationary influence are its easiest samples; the paper's is {PAPER_HARD_PRUNE}].")
     @_score_options
     def prune_command(data, n, out, surrogate, surrogate_model, surrogate_minutes, surrogate_epochs, threads, lam, k,
                       hard_prune, quiet, **options):
