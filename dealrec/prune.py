@@ -125,9 +125,9 @@ def surrogate_phase(data: Path, out: Path, surrogate: str | None, seed: int, max
     return target, info
 
 
-_SURROGATE_KEY_FIELDS = ("seed", "max_epochs", "max_minutes", "batching", "ce_chunk")
+_SURROGATE_KEY_FIELDS = ("seed", "max_epochs", "max_minutes", "batching", "ce_chunk", "patience")
 # what a surrogate trained before an option existed was trained with (metrics.json has no such field)
-_SURROGATE_KEY_LEGACY = {"batching": "random", "ce_chunk": 0}
+_SURROGATE_KEY_LEGACY = {"batching": "random", "ce_chunk": 0, "patience": 3}
 
 
 def _stale_surrogate(folder: Path, data: PreparedData, cfg, model: str = SURROGATE_MODEL) -> str | None:
@@ -150,7 +150,8 @@ def _stale_surrogate(folder: Path, data: PreparedData, cfg, model: str = SURROGA
     from surrogates.registry import surrogate_class
     from surrogates.train import resolved_config
 
-    wanted = resolved_config(cfg, surrogate_class(model), pick_device(cfg.device))   # what training would use
+    wanted = resolved_config(cfg, surrogate_class(model), pick_device(cfg.device),   # what training would use
+                             data.n_samples())
     for field in _SURROGATE_KEY_FIELDS:
         value = trained.get(field, _SURROGATE_KEY_LEGACY.get(field))
         if value != getattr(wanted, field):

@@ -16,7 +16,8 @@ from dealrec_core.devices import DEVICE_HELP
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
 from surrogates import train as training
-from surrogates.config import BATCHINGS, DEFAULT_MODEL, DEFAULT_THREADS, WEIGHTINGS, TrainConfig
+from surrogates.config import (BATCHINGS, DEFAULT_MODEL, DEFAULT_THREADS, PATIENCE_CEILING, PATIENCE_FLOOR,
+                               PATIENCE_UPDATES, WEIGHTINGS, TrainConfig, floor_patience_samples)
 from surrogates.registry import SURROGATES, model_names, surrogate_class
 from surrogates.softmax import CE_CHUNK_CPU
 
@@ -82,8 +83,12 @@ class ModelOptionsCommand(click.Command):
 @click.option("--weight-decay", type=float, default=TrainConfig.weight_decay, show_default=True)
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
 @click.option("--max-epochs", type=int, default=TrainConfig.max_epochs, show_default=True)
-@click.option("--patience", type=int, default=TrainConfig.patience, show_default=True,
-              help="Stop after this many epochs without a better validation NDCG@10.")
+@click.option("--patience", type=click.IntRange(min=1), default=TrainConfig.patience,
+              help=f"Stop after this many epochs without a better validation NDCG@10 [auto: "
+                   f"{PATIENCE_UPDATES:,} updates' worth of epochs, at least {PATIENCE_FLOOR} and at most "
+                   f"{PATIENCE_CEILING}; {PATIENCE_FLOOR} on every log of "
+                   f"{floor_patience_samples(TrainConfig.batch_size):,} samples or more at batch "
+                   f"{TrainConfig.batch_size}].")
 @click.option("--max-minutes", type=float, default=TrainConfig.max_minutes,
               help="Stop after the epoch that passes this budget.")
 @click.option("--weighting", type=click.Choice(WEIGHTINGS), default=TrainConfig.weighting,

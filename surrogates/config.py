@@ -20,6 +20,28 @@ DEFAULT_MODEL = "sasrec"   # the surrogate that train-surrogate, prune and compa
 # validated epochs; prune and compare train their surrogate keeping as many as their scoring asks. Chosen on held-out
 # validation over three surrogate draws (docs/selection.md, "The influence at the last epochs' mean weights").
 DEFAULT_CHECKPOINTS = 3
+# Early stopping's patience, when none is given, counts updates, not passes: an epoch of a small log holds few
+# optimizer steps, and its validation split is small and noisy, so three epochs of it are little learning and a
+# plateau there is often noise (PC, a 16,720-sample cut of Games, stopped at epoch 2 of a curve that went on
+# rising to epoch 28). The default waits PATIENCE_UPDATES updates' worth of epochs, at least PATIENCE_FLOOR (the
+# fixed default before, which every log of 42,625 samples or more at batch 128 keeps: Games does) and at most
+# PATIENCE_CEILING (a tiny log's epochs are a handful of steps; max_epochs bounds the rest). More patience never
+# keeps a surrogate with a lower validation NDCG@10: the best epoch so far is what is kept.
+# docs/surrogates.md, "Patience in updates".
+PATIENCE_FLOOR = 3
+PATIENCE_CEILING = 10
+PATIENCE_UPDATES = 1000
+
+
+def auto_patience(n_samples: int, batch_size: int) -> int:
+    """The default patience (epochs) for ``n_samples`` training samples in batches of ``batch_size``."""
+    batches = max(1, -(-int(n_samples) // int(batch_size)))
+    return max(PATIENCE_FLOOR, min(PATIENCE_CEILING, -(-PATIENCE_UPDATES // batches)))
+
+
+def floor_patience_samples(batch_size: int) -> int:
+    """The fewest samples whose default patience is PATIENCE_FLOOR (42,625 at batch 128)."""
+    return (-(-PATIENCE_UPDATES // PATIENCE_FLOOR) - 1) * batch_size + 1
 
 
 @dataclass
@@ -28,7 +50,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 100
-    patience: int = 3                 # epochs without a better validation NDCG@10 before stopping
+    patience: int | None = None       # epochs without a better validation NDCG@10 before stopping; None (auto):
+    #                                   auto_patience of the log's size (3 on logs of 42,625 samples or more)
     seed: int = 0
     weighting: str = "position"       # "position": every predicted item weighs the same; "sample": every sample
     batching: str | None = None       # "random" or "bucketed" (BATCHINGS), the same risk either way; None: the
@@ -51,7 +74,8 @@ class TrainConfig:
             raise DealrecError(f"unknown batching {self.batching!r} (choose from {', '.join(BATCHINGS)})")
         if self.ce_chunk is not None and self.ce_chunk < 0:
             raise DealrecError(f"ce_chunk must be 0 (one product) or a number of items, got {self.ce_chunk}")
-        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1 or self.checkpoints < 1:
+        if self.batch_size < 1 or self.max_epochs < 1 or self.checkpoints < 1 or \
+                (self.patience is not None and self.patience < 1):
             raise DealrecError("batch_size, max_epochs, patience and checkpoints must be at least 1")
         if not self.lr > 0:
             raise DealrecError("lr must be positive")

@@ -29,7 +29,7 @@ from dealrec_core.training import MAX_EPOCHS, PATIENCE, TIME_BUDGET, train_with_
 from dealrec_core.evaluate import evaluate_scorer, format_metrics
 from surrogates.base import CHECKPOINTS_DIR, Surrogate, checkpoint_name, save_surrogate
 from surrogates.registry import surrogate_class
-from surrogates.config import BUCKET_POOL_BATCHES, DEFAULT_THREADS, TrainConfig
+from surrogates.config import BUCKET_POOL_BATCHES, DEFAULT_THREADS, TrainConfig, auto_patience
 from surrogates.softmax import default_ce_chunk, softmax_by_blocks
 
 # metrics.json's stopped_by for each way the loop ends
@@ -120,17 +120,19 @@ def _train(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainCon
            kept: list | None = None) -> dict[str, Any]:
     if cfg.ce_chunk and not model.supports_ce_chunk():
         raise DealrecError(f"--ce-chunk: {type(model).__name__}'s training loss is not a full softmax over the items")
-    cfg = resolved_config(cfg, model, next(model.parameters()).device)   # metrics.json records what ran
+    cfg = resolved_config(cfg, model, next(model.parameters()).device, len(samples))   # metrics.json: what ran
     with softmax_by_blocks(model, cfg.ce_chunk):   # training only: the trained model is handed back as it was
         return _train_loop(model, samples, data, cfg, kept)
 
 
-def resolved_config(cfg: TrainConfig, model, device) -> TrainConfig:
+def resolved_config(cfg: TrainConfig, model, device, n_samples: int) -> TrainConfig:
     """``cfg`` with batching and ce_chunk left at None (the defaults) set to ``model``'s (a Surrogate, or its
-    class with its default options) on ``device``."""
+    class with its default options) on ``device``, and patience left at None to ``auto_patience`` of
+    ``n_samples`` training samples."""
     return dataclasses.replace(
         cfg, batching=cfg.batching or model.default_batching,
-        ce_chunk=default_ce_chunk(device, model) if cfg.ce_chunk is None else cfg.ce_chunk)
+        ce_chunk=default_ce_chunk(device, model) if cfg.ce_chunk is None else cfg.ce_chunk,
+        patience=auto_patience(n_samples, cfg.batch_size) if cfg.patience is None else cfg.patience)
 
 
 def _train_loop(model: Surrogate, samples: Samples, data: PreparedData, cfg: TrainConfig,

@@ -353,13 +353,14 @@ def test_prune_retrains_a_surrogate_of_other_batching_or_blocks(prepared, tmp_pa
     (folder / "metrics.json").write_text(json.dumps(recorded))
     cfg = TrainConfig(max_epochs=1, seed=0, progress=False)
     assert _stale_surrogate(folder, PreparedData(prepared), cfg) is None
-    for field, old, wanted in (("batching", "random", "bucketed"), ("ce_chunk", 0, CE_CHUNK_CPU)):
+    for field, old, wanted in (("batching", "random", "bucketed"), ("ce_chunk", 0, CE_CHUNK_CPU),
+                               ("patience", 3, 10)):   # 80 samples: the default patience is the ceiling
         changed = {**recorded, "train_config": {**recorded["train_config"], field: old}}
         (folder / "metrics.json").write_text(json.dumps(changed))
         assert _stale_surrogate(folder, PreparedData(prepared), cfg) == \
             f"the surrogate there was trained with {field}={old}, not {wanted}"
     legacy = {**recorded, "train_config": {k: v for k, v in recorded["train_config"].items()
-                                           if k not in ("batching", "ce_chunk")}}
+                                           if k not in ("batching", "ce_chunk", "patience")}}
     (folder / "metrics.json").write_text(json.dumps(legacy))   # trained before the options: random, one product
     assert "batching=random" in _stale_surrogate(folder, PreparedData(prepared), cfg)
     # the kept epochs: a surrogate that kept fewer than the influence asks for is trained again; more is fine,
@@ -378,3 +379,27 @@ def test_prune_retrains_a_surrogate_of_other_batching_or_blocks(prepared, tmp_pa
     assert "kept 1 epoch(s)" in _stale_surrogate(folder, PreparedData(prepared),
                                                  TrainConfig(max_epochs=1, seed=0, progress=False, checkpoints=2))
     assert "kept 1 epoch(s)" in _stale_surrogate(folder, PreparedData(prepared), cfg)   # the default keeps 3
+
+
+def test_the_default_patience_counts_updates_and_keeps_three_epochs_on_large_logs():
+    from surrogates.config import PATIENCE_CEILING, PATIENCE_FLOOR, auto_patience, floor_patience_samples
+
+    # Games (49,156 samples) and the dense cut of docs/selection.md keep the fixed default of before; the
+    # short-history cuts wait longer; a tiny log waits the ceiling, never more
+    assert [auto_patience(n, 128) for n in (49_156, 45_754, 25_921, 16_720, 80)] == [3, 3, 5, 8, 10]
+    floor = floor_patience_samples(128)
+    assert floor == 42_625 and auto_patience(floor, 128) == PATIENCE_FLOOR and auto_patience(floor - 1, 128) == 4
+    assert auto_patience(10**9, 128) == PATIENCE_FLOOR and auto_patience(1, 1) == PATIENCE_CEILING
+    # a larger batch is fewer updates an epoch: more epochs of patience for the same log
+    assert auto_patience(20_000, 64) < auto_patience(20_000, 128) < auto_patience(20_000, 256)
+    with pytest.raises(DealrecError, match="patience"):
+        TrainConfig(patience=0)
+
+
+def test_training_records_the_patience_it_ran_with(prepared, tmp_path):
+    ran = {}
+    for name, asked in (("auto", None), ("given", 2)):
+        cfg = TrainConfig(lr=5e-3, batch_size=16, max_epochs=1, patience=asked, seed=3, threads=1, progress=False)
+        ran[name] = train_surrogate(prepared, "sasrec", tmp_path / name, TINY_MODEL, cfg)["train_config"]["patience"]
+    assert ran == {"auto": 10, "given": 2}   # 80 samples in batches of 16: 5 updates an epoch, the ceiling
+    assert PreparedData(prepared).n_samples() == 80
