@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.stats import spearmanr
 
-from dealrec.compare import item_popularity, target_popularity_recall
+from dealrec.composition import item_popularity, target_popularity_recall
 from dealrec.coreset import select_coreset
 from dealrec_core.data import PreparedData
 from dealrec_core.evaluate import stopping_split

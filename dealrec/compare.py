@@ -54,6 +54,7 @@ from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED_MAX
 from dealrec_core.paths import check_output
 from dealrec.manifest import MANIFEST_FILE, RunManifest
+from dealrec.composition import composition, item_popularity, target_popularity_recall
 from dealrec.methods import BASELINES, METHODS, REGISTRY, hard_prune_help
 from dealrec.runconfig import with_config
 from dealrec.select import CORESET_FILE, run_select
@@ -193,32 +194,6 @@ def _llm_fingerprint(llm: str) -> dict:
 
 # ----------------------------------------------------------------------------- composition
 
-def composition(lengths: np.ndarray, targets: np.ndarray, popularity: np.ndarray) -> dict:
-    """What a training set looks like: how many empty histories, how long, how popular its targets.
-
-    ``popularity[i]`` is item i's count of interactions over every training sequence (history and
-    target) of all samples, the counts most-popular ranks by.
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    targets = np.asarray(targets, dtype=np.int64)
-    return {"samples": int(len(targets)),
-            "empty_history_share": float(np.mean(lengths == 0)) if len(lengths) else 0.0,
-            "mean_history_length": float(np.mean(lengths)) if len(lengths) else 0.0,
-            "median_target_popularity": float(np.median(popularity[targets])) if len(targets) else 0.0,
-            "distinct_targets": int(len(np.unique(targets)))}
-
-
-def target_popularity_recall(targets: np.ndarray, n_items: int, eval_users: dict) -> dict:
-    """Recall@10 on each split of ``eval_users`` of ranking items by how often they are one of ``targets``
-    (a training set's targets): the popularity a model trained on that set could learn without learning
-    anything else. A downstream model near this figure has learnt little beyond its training targets'
-    popularity (TIGER on 1,024 Games samples is: docs/selection.md)."""
-    from dealrec_core.evaluate import evaluate_scorer, popularity_scorer
-
-    score = popularity_scorer([np.asarray(targets, dtype=np.int64)], n_items)
-    return {split: evaluate_scorer(score, users, n_items)["recall@10"] for split, users in eval_users.items()}
-
-
 def _composition_of(path: Path, context: dict, popularity: np.ndarray) -> dict:
     """A training set's composition plus its targets' popularity Recall@10 on valid and test; read and
     computed once per file and driver (the report is rewritten after every run)."""
@@ -234,14 +209,6 @@ def _composition_of(path: Path, context: dict, popularity: np.ndarray) -> dict:
         cache[key] = {**composition(lengths, targets, popularity),
                       **{f"target_popularity_recall@10_{k}": v for k, v in recall.items()}}
     return cache[key]
-
-
-def item_popularity(prepared: PreparedData) -> np.ndarray:
-    """Interactions per item over all samples' sequences (history + target), indexed by item id."""
-    samples = prepared.samples()
-    seqs = samples.sequences()
-    items = np.concatenate(seqs).astype(np.int64) if seqs else np.zeros(0, np.int64)
-    return np.bincount(items, minlength=prepared.n_items + 1)
 
 
 # ----------------------------------------------------------------------------- one run (a task)
@@ -974,7 +941,8 @@ def report_markdown(report: dict) -> str:
     lines += ["## Composition of the coresets", "",
               f"Popularity of an item: {comp['popularity']}. Coreset rows: mean over seeds [per seed].", "",
               "Targets' popularity R@10: Recall@10 of ranking items by how often they are a target of the "
-              "training set, valid / test; a downstream model near it has learnt little beyond that popularity.", "",
+              "training set (items tied at the tenth place share its slots, in expectation), valid / test; a "
+              "downstream model near it has learnt little beyond that popularity.", "",
               "| training set | samples | empty histories | mean history length | median target popularity | "
               "distinct targets | targets' popularity R@10 (valid / test) |", "| --- |" + " --- |" * 6]
 

@@ -31,6 +31,7 @@ from dealrec_core.data import PreparedData, sha256_file
 from dealrec_core.devices import pick_device
 from dealrec_core.errors import DealrecError, InputError
 from dealrec_core.paths import check_output
+from dealrec.composition import check_note
 from dealrec.export import RUN_WRITES as EXPORT_WRITES, run_export
 from dealrec.manifest import RunManifest, update_manifest
 from dealrec.prepare import prepare
@@ -302,6 +303,9 @@ def _make_command():
         times = ", ".join(f"{name} {v['seconds']:.0f}s" for name, v in p["phases"].items())
         click.echo(f"coreset of {p['n_selected']} samples -> {storage.join(out, CORESET_FILE)} "
                    f"({times}; total {p['seconds']:.0f}s)")
+        note = check_note(manifest.get("selection", {}).get("check"), data)
+        if note:
+            click.echo(note, err=True)
     target = next(p for p in prune_command.params if p.name == "target")
     target.default, target.show_default = None, False
     target.help = ("Target model of the effort score ('none': influence only) [left out: none at --lambda 0, the "

@@ -105,6 +105,13 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
     section = {**result.summary, "inputs": inputs,
                "outputs": {"scores": SCORES_FILE, "coreset": CORESET_FILE},
                "seconds": None}
+    if method != "random" and (prepared.root / "eval" / "valid.parquet").exists():
+        from dealrec.composition import popularity_check   # pyarrow's readers: not on the --help path
+
+        # a check that costs no training: the coreset's targets' popularity against random draws'
+        section["check"] = popularity_check(result.coreset.column("target").to_numpy(),
+                                            samples.column("target").to_numpy(), prepared.n_items,
+                                            prepared.eval_split("valid"), seed=seed)
     if plot:
         from dealrec.plots import plot_selection
 
@@ -143,6 +150,11 @@ def _select_command():
         where = out or run
         click.echo(f"selected {section['n_selected']} of {section['n_samples']} samples "
                    f"(method {method}, seed {seed}) -> {where}/{CORESET_FILE}")
+        from dealrec.composition import check_note   # likewise
+
+        note = check_note(section.get("check"), data or RunManifest.read(Path(run or out)).data_folder())
+        if note:
+            click.echo(note, err=True)
 
     return select_cmd
 
