@@ -112,7 +112,6 @@ def item_popularity(prepared: PreparedData) -> np.ndarray:
     return np.bincount(items, minlength=prepared.n_items + 1)
 
 
-
 def popularity_check(targets: np.ndarray, all_targets: np.ndarray, n_items: int, valid: EvalSplit,
                      seed: int = 0, draws: int = CHECK_DRAWS) -> dict | None:
     """The coreset's targets' popularity Recall@10 on ``valid`` against random draws of as many of
