@@ -23,7 +23,7 @@ for RUN in a b; do
   sha256sum "$OUT/run-$RUN"/surrogate/model.safetensors "$OUT/run-$RUN"/scores.parquet \
     "$OUT/run-$RUN"/coreset.parquet 2>/dev/null | cut -c1-16,65-
 done
-python3 benchmarks/prune_phases.py "$OUT/run-a" "$OUT/run-b"   # the phases side by side, and the bytes
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/prune_phases.py "$OUT/run-a" "$OUT/run-b"   # phases, bytes
 for F in scores.parquet coreset.parquet; do
   if [ ! -f "$OUT/run-a/$F" ] || [ ! -f "$OUT/run-b/$F" ]; then echo "$F: missing (a run failed: see its log)"
   elif cmp -s "$OUT/run-a/$F" "$OUT/run-b/$F"; then echo "$F: the same bytes"; else echo "$F: DIFFERENT"; fi

@@ -8,10 +8,11 @@ table of repeated runs shows at a glance whether they gave the same bytes.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
+
+from dealrec_core.data import sha256_file
 
 SCORE_PARTS = ("capture", "solve", "influence", "effort")
 
@@ -19,7 +20,7 @@ SCORE_PARTS = ("capture", "solve", "influence", "effort")
 def _digest(path: Path) -> str:
     if not path.exists():
         return "missing"
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return sha256_file(path)[:12]
 
 
 def _seconds(entry) -> str:

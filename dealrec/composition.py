@@ -77,10 +77,9 @@ def global_ranking_recall(scores: np.ndarray, split: EvalSplit, k: int = 10) -> 
     total = 0.0
     common = []   # users whose history leaves the threshold where it is
     for u in users:
-        history = np.asarray(split.history[u], dtype=np.int64)
+        history = np.unique(np.asarray(split.history[u], dtype=np.int64))
         history = history[history > 0]
-        if len(history) and (n_ranked - len(np.unique(history)) <= k or scores[history].max() >= level):
-            history = np.unique(history)
+        if len(history) and (n_ranked - len(history) <= k or scores[history].max() >= level):
             truth = np.unique(np.asarray(split.targets[u], dtype=np.int64))
             truth = truth[truth > 0]
             reachable = scores[truth[~np.isin(truth, history)]]      # a history item is never ranked

@@ -27,7 +27,7 @@ import click
 import torch
 
 from dealrec_core import storage
-from dealrec_core.data import PreparedData, sha256_file
+from dealrec_core.data import PreparedData, SampleRows, sha256_file
 from dealrec_core.devices import pick_device
 from dealrec_core.errors import DealrecError, InputError
 from dealrec_core.paths import check_output
@@ -152,7 +152,7 @@ def _stale_surrogate(folder: Path, data: PreparedData, cfg, model: str = SURROGA
     from surrogates.train import resolved_config
 
     wanted = resolved_config(cfg, surrogate_class(model), pick_device(cfg.device),   # what training would use
-                             data.n_samples())
+                             len(SampleRows(data.samples_dir)))
     for field in _SURROGATE_KEY_FIELDS:
         value = trained.get(field, _SURROGATE_KEY_LEGACY.get(field))
         if value != getattr(wanted, field):

@@ -152,7 +152,7 @@ def _select_command():
                    f"(method {method}, seed {seed}) -> {where}/{CORESET_FILE}")
         from dealrec.composition import check_note   # likewise
 
-        note = check_note(section.get("check"), data or RunManifest.read(Path(run or out)).data_folder())
+        note = check_note(section.get("check"), section["inputs"]["data"])
         if note:
             click.echo(note, err=True)
 

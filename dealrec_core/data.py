@@ -473,10 +473,6 @@ class PreparedData:
     def samples(self) -> Samples:
         return load_samples(self.samples_dir)
 
-    def n_samples(self) -> int:
-        """The number of training samples, from the shards' Parquet footers (no rows are read)."""
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.shard_paths())
-
     @property
     def items(self) -> pa.Table:
         if self._items is None:

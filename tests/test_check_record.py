@@ -1,7 +1,7 @@
 """benchmarks/check_record.py: the check's record, read and drawn."""
 from __future__ import annotations
 
-from tests.benchmark_module import load_benchmark
+from benchmark_module import load_benchmark
 
 record = load_benchmark("check_record")
 

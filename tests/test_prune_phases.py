@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.benchmark_module import load_benchmark
+from benchmark_module import load_benchmark
 
 phases = load_benchmark("prune_phases")
 

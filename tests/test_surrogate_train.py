@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from dealrec.cli import main
-from dealrec_core.data import EvalSplit, PreparedData, samples_table, write_parquet_atomic, write_samples
+from dealrec_core.data import EvalSplit, PreparedData, SampleRows, samples_table, write_parquet_atomic, write_samples
 from dealrec_core.errors import DealrecError
 from dealrec_core.evaluate import evaluate_scorer, popularity_scorer
 from surrogates.registry import load_surrogate
@@ -402,4 +402,4 @@ def test_training_records_the_patience_it_ran_with(prepared, tmp_path):
         cfg = TrainConfig(lr=5e-3, batch_size=16, max_epochs=1, patience=asked, seed=3, threads=1, progress=False)
         ran[name] = train_surrogate(prepared, "sasrec", tmp_path / name, TINY_MODEL, cfg)["train_config"]["patience"]
     assert ran == {"auto": 10, "given": 2}   # 80 samples in batches of 16: 5 updates an epoch, the ceiling
-    assert PreparedData(prepared).n_samples() == 80
+    assert len(SampleRows(PreparedData(prepared).samples_dir)) == 80
