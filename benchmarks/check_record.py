@@ -1,4 +1,5 @@
-"""The check's record (docs/selection.md, "A check before any training") as a picture: every default coreset's
+"""The check's record (docs/selection.md, "A check before any training") as a picture: every equal-budget coreset's
+(the default until session 19; what ``--allocation auto`` checks)
 targets' popularity Recall@10 over random draws' (the check; below 1: select and prune print a note) against its
 TIGER's validation Recall@10 over random's mean. A point in the upper right or lower left is a call the check got
 right.
@@ -45,7 +46,8 @@ def plot(rows: list[dict], out: Path) -> None:
     right = sum(r["right"] for r in rows)
     ax.set_xlabel("check: coreset's targets' popularity R@10 / random draws' (below 1: a note)")
     ax.set_ylabel("TIGER valid R@10 / random's mean")
-    ax.set_title(f"the check against TIGER, default coresets: {right} of {len(rows)} on the same side", fontsize=10)
+    ax.set_title(f"the check against TIGER, the paper's equal-budget coresets: {right} of {len(rows)} on the same side",
+                 fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

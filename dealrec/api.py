@@ -224,7 +224,7 @@ def score(data, surrogate, out, *, hvp=HvpConfig.solver, damping=HvpConfig.dampi
 
 def select(run=None, *, method=SelectionConfig.method, n=DEFAULT_N, lambda_=DEFAULT_LAMBDA, k=DEFAULT_K,
            hard_prune=None, seed=SelectionConfig.seed, data=None, surrogate=None, out=None,
-           no_plot: bool = False) -> SelectResult:
+           no_plot: bool = False, allocation=None) -> SelectResult:
     """``dealrec select RUN``: a coreset of ``n`` samples from ``run/scores.parquet`` by ``method`` (DEALRec's
     coverage-enhanced selection by default), written with the scores, the manifest and a plot into ``run``
     (or ``out``)."""
@@ -232,7 +232,7 @@ def select(run=None, *, method=SelectionConfig.method, n=DEFAULT_N, lambda_=DEFA
     folder = run_folder({"out": out, "run": run})
     with recording(folder, "select", recorded):
         section = run_select(run, a["method"], a["n"], a["lambda_"], a["k"], a["hard_prune"], a["seed"],
-                             a["data"], a["surrogate"], a["out"], plot=not a["no_plot"])
+                             a["data"], a["surrogate"], a["out"], plot=not a["no_plot"], allocation=a["allocation"])
     plot = folder / section["outputs"]["plot"] if "plot" in section["outputs"] else None
     return SelectResult(folder, folder / CORESET_FILE, folder / section["outputs"]["scores"], plot, section,
                         RunManifest.read(folder))
@@ -251,7 +251,7 @@ def export(run, *, format=DEFAULT_FORMAT, data=None, template=None) -> ExportRes
 def prune(data, out, *, n=DEFAULT_N, surrogate=None, surrogate_model=None,
           surrogate_minutes=SurrogateTrainConfig.max_minutes,
           surrogate_epochs=SurrogateTrainConfig.max_epochs, threads=SurrogateTrainConfig.threads, lambda_=None,
-          k=None, hard_prune=None, target=None, quiet: bool = False, **score_options) -> PruneResult:
+          k=None, hard_prune=None, target=None, quiet: bool = False, allocation=None, **score_options) -> PruneResult:
     """``dealrec prune DATA --out OUT``: prepare ``data`` if it is raw, train the surrogate (or use
     ``surrogate``), score, select ``n`` samples and export them into ``out``. Takes every option of
     ``score`` too (``workers``, ``hvp`` ...). ``lambda_``, ``k`` and ``hard_prune`` left at None
@@ -263,7 +263,7 @@ def prune(data, out, *, n=DEFAULT_N, surrogate=None, surrogate_model=None,
     with recording(a["out"], "prune", recorded):
         run_prune(a["data"], a["out"], a["n"], a["surrogate"], config, a["lambda_"], a["k"], a["hard_prune"],
                   a["surrogate_minutes"], a["surrogate_epochs"], progress=not a["quiet"], threads=a["threads"],
-                  surrogate_model=a["surrogate_model"])
+                  surrogate_model=a["surrogate_model"], allocation=a["allocation"])
     out = storage.local_copy(out)
     return PruneResult(out, out / CORESET_FILE, out / SCORES_FILE, out / BIGREC_FILE, out / TIGER_DIR,
                        RunManifest.read(out))
@@ -274,7 +274,7 @@ def compare(data, out, *, n=DEFAULT_N, methods=",".join(DEFAULT_METHODS), full: 
             ray_address=None, surrogate=None, surrogate_model=None, surrogate_epochs=SurrogateTrainConfig.max_epochs,
             surrogate_minutes=SurrogateTrainConfig.max_minutes, threads=SurrogateTrainConfig.threads,
             lambda_=DEFAULT_LAMBDA, k=DEFAULT_K, hard_prune=None, score_args="", finetune_args="",
-            quiet: bool = False) -> CompareResult:
+            quiet: bool = False, allocation=None) -> CompareResult:
     """``dealrec compare DATA --out OUT``: a coreset of ``n`` samples by every method and seed, the downstream
     model (``target``) trained on each, and the report side by side. ``methods`` and ``seeds`` are lists or
     their comma-separated text; ``score_args`` and ``finetune_args`` are the other commands' options as one
@@ -291,6 +291,7 @@ def compare(data, out, *, n=DEFAULT_N, methods=",".join(DEFAULT_METHODS), full: 
                              surrogate_model=a["surrogate_model"], surrogate_epochs=a["surrogate_epochs"], surrogate_minutes=a["surrogate_minutes"],
                              threads=a["threads"], lam=a["lambda_"], k=a["k"], hard_prune=a["hard_prune"],
                              score_args=a["score_args"], finetune_args=a["finetune_args"], progress=not a["quiet"],
+                             allocation=a["allocation"],
                              log=None if a["quiet"] else _say)
     out = Path(out)
     return CompareResult(out, report, out / "report.json", out / "report.md")

@@ -55,10 +55,11 @@ from dealrec_core.options import SEED_MAX
 from dealrec_core.paths import check_output
 from dealrec.manifest import MANIFEST_FILE, RunManifest
 from dealrec.composition import composition, item_popularity, target_popularity_recall
-from dealrec.methods import BASELINES, METHODS, REGISTRY, hard_prune_help
+from dealrec.methods import BASELINES, METHODS, REGISTRY, allocation_help, hard_prune_help
 from dealrec.runconfig import with_config
 from dealrec.select import CORESET_FILE, run_select
-from dealrec.strata import DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_LAMBDA, n_hard_pruned
+from dealrec.strata import (ALLOCATIONS, AUTO_ALLOCATION, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_LAMBDA,
+                            n_hard_pruned)
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
 
@@ -248,7 +249,8 @@ def _select_run(task: dict) -> None:
     else:
         selection = run_select(task["base"], method=task["method"], n=task["n"], lam=task["lam"], k=task["k"],
                                hard_prune=task["hard_prune"], seed=task["seed"], data=task["data"],
-                               surrogate=task["surrogate"], out=folder, plot=True, progress=False)
+                               surrogate=task["surrogate"], out=folder, plot=True, progress=False,
+                               allocation=task.get("allocation"))
         task["train"] = str(folder / CORESET_FILE)
         digest = training_set_digest(folder / CORESET_FILE)
     task["selection_fields"] = _selection_fields(selection)
@@ -295,7 +297,8 @@ def _run_one(task: dict) -> dict:
 
 def _selection_fields(selection: dict | None) -> dict:
     return {"selection": None if selection is None else {
-                k: selection.get(k) for k in ("n_samples", "n_selected", "n_hard_pruned", "seconds")},
+                k: selection.get(k) for k in ("n_samples", "n_selected", "n_hard_pruned", "allocation_used",
+                                              "seconds")},
             "baseline_reused": None if selection is None else selection["inputs"].get("baseline_reused")}
 
 
@@ -487,7 +490,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                 surrogate_minutes: float | None = SurrogateTrainConfig.max_minutes,
                 threads: int | None = SurrogateTrainConfig.threads, lam: float = DEFAULT_LAMBDA, k: int = DEFAULT_K,
                 hard_prune: float | None = None, score_args: str = "", finetune_args: str = "",
-                progress: bool = True, log=None) -> dict:
+                progress: bool = True, log=None, allocation: str | None = None) -> dict:
     """Score once, run every (method, seed) not done yet, write the report; returns report.json's content.
 
     ``log(line)`` receives one line per finished run (the command prints them on stderr).
@@ -514,6 +517,10 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         n_hard_pruned(0, hard_prune)  # refuses a share outside [0, 1)
     # None: each stratified method's own default share (dealrec.methods)
     shares = {m: REGISTRY[m].resolve_hard_prune(hard_prune) for m in methods if REGISTRY[m].stratified}
+    if allocation is not None and allocation not in ALLOCATIONS + (AUTO_ALLOCATION,):
+        raise DealrecError(f"unknown --allocation {allocation!r} (choose from "
+                           f"{', '.join(ALLOCATIONS + (AUTO_ALLOCATION,))})")
+    allocations = {m: REGISTRY[m].resolve_allocation(allocation) for m in methods if REGISTRY[m].stratified}
     if workers is not None and workers < 0:
         raise DealrecError(f"--workers must be 0 or more, got {workers}")
     if workers == 0 and ray_address:
@@ -599,6 +606,8 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                     inputs["lambda"] = lam
                 if REGISTRY[method].stratified:
                     inputs.update(k=k, hard_prune=shares[method])
+                    if allocations[method] != "equal":   # the only allocation before it was an option: old keys hold
+                        inputs["allocation"] = allocations[method]
                 inputs["scores"] = columns_digest(base / "scores.parquet", REGISTRY[method].columns)
             if target == "bigrec":
                 inputs["llm"] = _llm_fingerprint(llm)
@@ -611,7 +620,8 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                     trained.setdefault(key, done)
                 continue
             todo.append({"name": name, "folder": str(folder), "method": method, "seed": seed, "n": n, "lam": lam,
-                         "k": k, "hard_prune": shares.get(method, 0.0), "base": str(base), "data": str(prepared.root),
+                         "k": k, "hard_prune": shares.get(method, 0.0), "allocation": allocations.get(method),
+                         "base": str(base), "data": str(prepared.root),
                          "surrogate": None if surrogate_dir is None else str(surrogate_dir), "target": target,
                          "finetune": train_options, "llm": llm, "inputs": inputs,
                          "progress": progress and workers == 0})
@@ -667,6 +677,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                 + f"; {len(tasks)} to train" + (f", {len(failed)} failed to select" if failed else ""))
         context = {"out": out, "data": data, "prepared": prepared, "n": n, "methods": methods, "seeds": seeds,
                    "target": target, "full": full, "lam": lam, "k": k, "hard_prune": shares,
+                   "allocation": allocations,
                    "train_options": train_options, "score_config": config.to_dict(), "phases": phases,
                    "plan": plan, "executor": executor, "t_all": t_all}
         from dealrec_core.evaluate import stopping_split   # torch: not on the --help path
@@ -813,7 +824,10 @@ def build_report(context: dict, results: dict, popularity: np.ndarray, reference
         "data": str(context["data"]), "prepared": str(prepared.root),
         "n": context["n"], "methods": context["methods"], "seeds": context["seeds"], "target": context["target"],
         "full": context["full"], "metrics": list(METRICS),
-        "selection": {"lambda": context["lam"], "k": context["k"], "hard_prune": context["hard_prune"]},
+        "selection": {"lambda": context["lam"], "k": context["k"], "hard_prune": context["hard_prune"],
+                      "allocation": context["allocation"],
+                      "allocation_used": {name: r["selection"]["allocation_used"] for name, r in sorted(results.items())
+                                          if (r.get("selection") or {}).get("allocation_used")}},
         "finetune_options": context["train_options"], "score_options": context["score_config"],
         "rows": rows,
         "composition": {"all_samples": context["all_samples"], "coresets": compositions,
@@ -886,12 +900,30 @@ def _hard_prune_text(shares) -> str:
     return ", ".join(f"{share:g} ({method})" for method, share in shares.items()) or "none (no stratified method)"
 
 
+def _allocation_text(selection: dict) -> str:
+    """The report's budget allocation: each stratified method's, and the runs where "auto" took square-root budgets
+    (reports before the option hold none: the paper's equal budgets)."""
+    allocations = selection.get("allocation")
+    if not allocations:
+        return ""
+    if len(set(allocations.values())) == 1:
+        text = next(iter(allocations.values()))
+    else:
+        text = ", ".join(f"{how} ({method})" for method, how in allocations.items())
+    switched = [name for name, how in (selection.get("allocation_used") or {}).items()
+                if how == "sqrt" and allocations.get(name.rsplit("-seed", 1)[0]) == AUTO_ALLOCATION]
+    if switched:
+        text += f"; auto took square-root budgets in {', '.join(switched)} (their equal budgets' check was below random)"
+    return f", allocation {text}"
+
+
 def report_markdown(report: dict) -> str:
     lines = [f"# dealrec compare: {report['target']} on {report['n']}-sample coresets",
              "",
              f"Data `{report['data']}`; methods {', '.join(report['methods'])}; seeds "
              f"{', '.join(map(str, report['seeds']))}; lambda {report['selection']['lambda']}, k "
-             f"{report['selection']['k']}, hard prune {_hard_prune_text(report['selection']['hard_prune'])}; influence "
+             f"{report['selection']['k']}, hard prune {_hard_prune_text(report['selection']['hard_prune'])}"
+             f"{_allocation_text(report['selection'])}; influence "
              f"{_influence_v(report)}. Each cell: mean "
              f"(sd over seeds) and every seed's value in seed order. Choose on valid, report on test.",
              ""]
@@ -1095,6 +1127,9 @@ def _make_command():
     @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Strata (stratified methods).")
     @click.option("--hard-prune", type=float, default=None,
                   help=f"Share of top scores dropped (stratified methods) [each method's: {hard_prune_help()}].")
+    @click.option("--allocation", type=click.Choice(ALLOCATIONS + (AUTO_ALLOCATION,)), default=None,
+                  help=f"How a budget is split over the strata (stratified methods) [each method's: "
+                       f"{allocation_help()}]; see 'dealrec select --help'.")
     @click.option("--score-args", default="",
                   help="Options of 'dealrec score' for the scoring, as one string, e.g. \"--hvp lissa --seed 1\".")
     @click.option("--finetune-args", default="",
@@ -1102,14 +1137,14 @@ def _make_command():
                        "\"--max-epochs 40 --valid-users 3000\".")
     @click.option("--quiet", is_flag=True, help="No progress bars and no line per finished run.")
     def compare_command(data, n, methods, full, target, llm, seeds, out, workers, ray_address, surrogate,
-                        surrogate_model, surrogate_epochs, surrogate_minutes, threads, lam, k, hard_prune, score_args,
-                        finetune_args, quiet):
+                        surrogate_model, surrogate_epochs, surrogate_minutes, threads, lam, k, hard_prune, allocation,
+                        score_args, finetune_args, quiet):
         """Select N samples with every method and seed, train TARGET on each, report them side by side."""
         report = run_compare(data, out, n=n, methods=methods, seeds=seeds, target=target, full=full, llm=llm,
                              workers=workers, ray_address=ray_address, surrogate=surrogate,
                              surrogate_model=surrogate_model, surrogate_epochs=surrogate_epochs,
                              surrogate_minutes=surrogate_minutes, threads=threads, lam=lam, k=k, hard_prune=hard_prune, score_args=score_args,
-                             finetune_args=finetune_args, progress=not quiet,
+                             finetune_args=finetune_args, progress=not quiet, allocation=allocation,
                              log=None if quiet else (lambda line: click.echo(line, err=True)))
         reused = sum(1 for r in report["runs"].values() if r["reused"])
         click.echo(f"compared {len(report['runs'])} runs ({reused} reused) in {_duration(report['seconds'])} "

@@ -130,6 +130,17 @@ def popularity_check(targets: np.ndarray, all_targets: np.ndarray, n_items: int,
             "random_mean": mean, "below_random": bool(mine < mean)}
 
 
+def allocation_note(selection: dict) -> str | None:
+    """The line ``select`` and ``prune`` print when ``--allocation auto`` took square-root budgets."""
+    if selection.get("allocation") != "auto" or selection.get("allocation_used") != "sqrt":
+        return None
+    figures, check = selection["allocation_checks"], selection["check"]
+    return (f"note: the paper's equal budgets gave a coreset whose targets' popularity Recall@10 on validation, "
+            f"{figures['equal']:.4f}, is below random draws' {check['random_mean']:.4f}; --allocation auto took "
+            f"budgets by the square root of each stratum's count instead ({figures['sqrt']:.4f}; docs/selection.md, "
+            f"\"Square-root budgets where the check predicts a loss\")")
+
+
 def check_note(check: dict | None, data) -> str | None:
     """The line ``select`` and ``prune`` print when the coreset's figure is below random draws'."""
     if not check or not check["below_random"]:

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 
 from dealrec_core.errors import DealrecError, InputError
 from dealrec.methods import METHODS, REGISTRY
-from dealrec.strata import (DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, Strata, random_select, stratified_select,
-                            top_n_select)
+from dealrec.strata import (ALLOCATIONS, AUTO_ALLOCATION, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, Strata,
+                            random_select, stratified_select, top_n_select)
+
+# the check's figure that "auto" records for each coreset it builds (dealrec.composition.popularity_check)
+CHECK_FIGURE = "targets_popularity_recall@10"
 
 
 @dataclass
@@ -30,11 +34,22 @@ class SelectionConfig:
     k: int = DEFAULT_K
     hard_prune: float | None = None   # None: the method's default share (dealrec.methods)
     seed: int = 0
+    allocation: str | None = None      # None: the method's default (dealrec.methods); stays None unless stratified
 
     def __post_init__(self):
         if self.method not in REGISTRY:
             raise DealrecError(f"unknown selection method {self.method!r} (choose from {', '.join(METHODS)})")
-        self.hard_prune = REGISTRY[self.method].resolve_hard_prune(self.hard_prune)
+        spec = REGISTRY[self.method]
+        self.hard_prune = spec.resolve_hard_prune(self.hard_prune)
+        if self.allocation is not None:
+            if self.allocation not in ALLOCATIONS + (AUTO_ALLOCATION,):
+                raise DealrecError(f"unknown --allocation {self.allocation!r} (choose from "
+                                   f"{', '.join(ALLOCATIONS + (AUTO_ALLOCATION,))})")
+            if not spec.stratified:
+                stratified = ", ".join(m for m in METHODS if REGISTRY[m].stratified)
+                raise DealrecError(f"--allocation splits a budget over strata: --method {self.method} does not "
+                                   f"stratify (the methods that do: {stratified})")
+        self.allocation = spec.resolve_allocation(self.allocation)
         # every parameter is checked here, before any file is read (the algorithms check them again)
         if self.n < 1:
             raise DealrecError(f"--n must be at least 1, got {self.n}")
@@ -57,6 +72,7 @@ class SelectionResult:
     coreset: pa.Table         # selected rows of the samples table + their score columns, by sample_id
     summary: dict             # parameters, counts and budgets per stratum, edges: for the manifest
     strata: Strata | None = None
+    check: dict | None = None  # the check of the coreset taken, where "auto" computed it (judge)
 
 
 def method_score(table: pa.Table, method: str, lam: float, seed: int, source: str = "scores table") -> np.ndarray:
@@ -88,7 +104,8 @@ def _float_column(table: pa.Table, col: str, source: str) -> np.ndarray:
 
 def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: int = DEFAULT_N,
                    lam: float = DEFAULT_LAMBDA, k: int = DEFAULT_K, hard_prune: float | None = None,
-                   seed: int = 0, source: str = "scores table") -> SelectionResult:
+                   seed: int = 0, source: str = "scores table", allocation: str | None = None,
+                   judge: Callable[[np.ndarray], dict | None] | None = None) -> SelectionResult:
     """Select a coreset; ``samples`` is a samples ``pa.Table``, :class:`dealrec_core.data.Samples` or
     :class:`dealrec_core.data.SampleRows` (the table on disk: only its ``sample_id`` column and the selected
     rows are read, so selection needs the per-sample columns and nothing more).
@@ -96,9 +113,14 @@ def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: 
     ``scores_table`` needs ``sample_id`` plus the columns ``REGISTRY[method].columns``
     (``random`` needs only ``sample_id``). Every sample of the samples table must have a
     score and vice versa: a coreset drawn from a partial scoring would be silently biased.
+
+    ``allocation`` (stratified methods; None: the method's default) splits the budget over the strata.
+    "auto" takes the paper's equal shares unless ``judge`` (selected sample_ids -> the check of
+    ``dealrec.composition.popularity_check``) puts that coreset below random draws'; then the square-root
+    shares; without a judge (no validation split) it is "equal".
     """
     cfg = SelectionConfig(method, int(n), float(lam), int(k), None if hard_prune is None else float(hard_prune),
-                          int(seed))
+                          int(seed), allocation)
     if "sample_id" not in scores_table.column_names:
         raise InputError(source, "missing column sample_id "
                                  f"(has: {', '.join(scores_table.column_names)})", field="sample_id")
@@ -118,11 +140,18 @@ def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: 
     check_same_samples(sid, sample_ids, source)
 
     score = method_score(scores_table, method, cfg.lam, cfg.seed, source)
-    strata = None
+    strata, check, allocation_record = None, None, {}
     rule = REGISTRY[method].rule
     if rule == "stratified":
-        selected, strata = stratified_select(sid, score, cfg.n, cfg.k, cfg.hard_prune, cfg.seed,
-                                             return_strata=True)
+        def select(how):
+            return stratified_select(sid, score, cfg.n, cfg.k, cfg.hard_prune, cfg.seed, return_strata=True,
+                                     allocation=how)
+
+        if cfg.allocation == AUTO_ALLOCATION:
+            selected, strata, check, allocation_record = _auto_allocation(select, judge)
+        else:
+            selected, strata = select(cfg.allocation)
+            allocation_record = {"allocation_used": cfg.allocation}
         stratum = strata.stratum
     elif rule == "top_n":
         selected, stratum = top_n_select(sid, score, cfg.n), np.zeros(len(sid), np.int64)
@@ -147,10 +176,30 @@ def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: 
             "strata_edges": [float(e) for e in strata.edges],
             "strata_counts": [int(c) for c in strata.counts],
             "strata_budgets": [int(b) for b in strata.budgets],
+            **allocation_record,
         })
     else:
         summary.update({"n_hard_pruned": 0})
-    return SelectionResult(out, coreset, summary, strata)
+    return SelectionResult(out, coreset, summary, strata, check)
+
+
+def _auto_allocation(select, judge):
+    """"auto": the paper's equal shares, unless the check puts their coreset below random draws'; then the
+    square-root shares (their check is computed for the record, not compared: the check has told the side of random
+    a coreset falls on, not how far). Returns (selected, strata, the taken coreset's check, the manifest's record:
+    which allocation was used and each computed coreset's check figure)."""
+    selected, strata = select("equal")
+    if judge is None:
+        return selected, strata, None, {"allocation_used": "equal",
+                                        "allocation_reason": "no validation split to check against"}
+    check = judge(selected)
+    figures = {"equal": None if check is None else check[CHECK_FIGURE]}
+    if check is None or not check["below_random"]:
+        return selected, strata, check, {"allocation_used": "equal", "allocation_checks": figures}
+    other, other_strata = select("sqrt")
+    other_check = judge(other)
+    figures["sqrt"] = None if other_check is None else other_check[CHECK_FIGURE]
+    return other, other_strata, other_check, {"allocation_used": "sqrt", "allocation_checks": figures}
 
 
 def check_same_samples(score_ids: np.ndarray, sample_ids: np.ndarray, source: str) -> None:

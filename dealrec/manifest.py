@@ -62,6 +62,9 @@ class SelectionInputs(TypedDict, total=False):
 SelectionSection = TypedDict("SelectionSection", {
     "method": str, "n": int, "k": int, "hard_prune": float, "seed": int, "lambda": float,
     "n_samples": int, "n_selected": int, "n_hard_pruned": int,
+    # stratified methods: the allocation asked for (equal, sqrt, auto), the one used, and under auto the
+    # check's figure of each coreset it computed (dealrec.coreset); "check": composition.popularity_check's
+    "allocation": str, "allocation_used": str, "allocation_checks": dict[str, float], "check": dict,
     "inputs": SelectionInputs, "outputs": dict[str, str], "seconds": float}, total=False)
 
 

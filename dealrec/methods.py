@@ -72,6 +72,7 @@ class Method:
     rule: str          # RULES
     description: str   # one line, for --help and docs/selection.md
     hard_prune: float = 0.0   # stratified: the share of the highest scores dropped by default (resolve_hard_prune)
+    allocation: str = "equal"  # stratified: how the budget is split over the strata by default (resolve_allocation)
 
     def __post_init__(self):
         if self.family not in FAMILIES or self.rule not in RULES:
@@ -100,13 +101,22 @@ class Method:
         """``--hard-prune`` as given, or this method's default share when it is left out (None)."""
         return self.hard_prune if hard_prune is None else float(hard_prune)
 
+    def resolve_allocation(self, allocation: str | None) -> str | None:
+        """``--allocation`` as given, or this method's default when left out (None); None for a method that does
+        not stratify (it has no strata to split a budget over: giving one is refused by SelectionConfig)."""
+        if not self.stratified:
+            return None
+        return self.allocation if allocation is None else allocation
+
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
-    # the stationary influence's highest scores are its easiest samples: nothing hard to drop at the top
+    # the stationary influence's highest scores are its easiest samples: nothing hard to drop at the top; the
+    # paper's equal budgets unless the check puts their coreset below random draws' (docs/selection.md, session 19)
     Method("dealrec", "dealrec", COMBINED, "stratified",
-           "DEALRec: minmax(influence) + lambda * minmax(effort); hard prune, then k strata (coverage)"),
+           "DEALRec: minmax(influence) + lambda * minmax(effort); hard prune, then k strata (coverage)",
+           allocation="auto"),
     Method("influence", "ablation", _minmax_of("influence"), "stratified",
-           "w/o effort: minmax(influence); hard prune, then k strata"),
+           "w/o effort: minmax(influence); hard prune, then k strata", allocation="auto"),
     Method("effort", "ablation", _minmax_of("effort"), "stratified",
            "w/o influence: minmax(effort); hard prune, then k strata", hard_prune=PAPER_HARD_PRUNE),
     Method("greedy", "ablation", COMBINED, "top_n",
@@ -130,6 +140,15 @@ def hard_prune_help() -> str:
         if m.stratified:
             by_share.setdefault(m.hard_prune, []).append(m.name)
     return ", ".join(f"{share:g} for {' and '.join(names)}" for share, names in by_share.items())
+
+
+def allocation_help() -> str:
+    """What ``--allocation`` left out means, from the registry: each stratified method's default."""
+    by_default: dict[str, list[str]] = {}
+    for m in REGISTRY.values():
+        if m.stratified:
+            by_default.setdefault(m.allocation, []).append(m.name)
+    return "; ".join(f"{how} for {', '.join(names)}" for how, names in by_default.items())
 
 
 def method_help() -> str:

@@ -31,16 +31,17 @@ from dealrec_core.data import PreparedData, SampleRows, sha256_file
 from dealrec_core.devices import pick_device
 from dealrec_core.errors import DealrecError, InputError
 from dealrec_core.paths import check_output
-from dealrec.composition import check_note
+from dealrec.composition import allocation_note, check_note
 from dealrec.export import RUN_WRITES as EXPORT_WRITES, run_export
 from dealrec.manifest import RunManifest, update_manifest
 from dealrec.prepare import prepare
 from dealrec.runconfig import with_config
 from dealrec.score import RUN_WRITES, ScoreConfig, _score_options, config_from_options, model_locations, \
     run_score
+from dealrec.coreset import SelectionConfig
 from dealrec.methods import REGISTRY
 from dealrec.select import CORESET_FILE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PLOT_FILE, run_select
-from dealrec.strata import PAPER_HARD_PRUNE, PAPER_LAMBDA
+from dealrec.strata import ALLOCATIONS, AUTO_ALLOCATION, PAPER_HARD_PRUNE, PAPER_LAMBDA
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
 from surrogates.base import read_surrogate_config
@@ -197,7 +198,8 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
               lam: float | None = None, k: int | None = None, hard_prune: float | None = None,
               surrogate_minutes: float | None = SurrogateTrainConfig.max_minutes,
               surrogate_epochs: int = SurrogateTrainConfig.max_epochs, progress: bool = True,
-              threads: int | None = SurrogateTrainConfig.threads, surrogate_model: str | None = None) -> dict:
+              threads: int | None = SurrogateTrainConfig.threads, surrogate_model: str | None = None,
+              allocation: str | None = None) -> dict:
     config = config or ScoreConfig()
     config.check()
     # DATA, --surrogate and --out may be URIs (s3://...): the work is done on this node's mirror of them
@@ -207,16 +209,18 @@ def run_prune(data, out, n: int = DEFAULT_N, surrogate: str | None = None, confi
             model_locations(config) as config:
         return _run_prune(data, out, n, None if surrogate is None else str(surrogate), config, lam, k, hard_prune,
                           surrogate_minutes, surrogate_epochs, progress, threads, surrogate_model,
-                          storage.display(given))
+                          storage.display(given), allocation)
 
 
 def _run_prune(data: Path, out: Path, n: int, surrogate: str | None, config: ScoreConfig, lam, k, hard_prune,
-               surrogate_minutes, surrogate_epochs, progress: bool, threads, surrogate_model, given: str) -> dict:
+               surrogate_minutes, surrogate_epochs, progress: bool, threads, surrogate_model, given: str,
+               allocation: str | None = None) -> dict:
     if threads:
         torch.set_num_threads(threads)  # the driver's phases; Ray actors size their own
     data, out = Path(data), Path(out)
     if n < 1:
         raise DealrecError("--n must be at least 1")
+    SelectionConfig("dealrec", n, allocation=allocation)   # a bad --allocation: refused before any work
     check_output(out, {"DATA": data, "--surrogate": surrogate, "--llm": config.llm, "--adapter": config.adapter,
                        "--target-init": config.target_init}, writes=run_writes(data, surrogate))
     if not data.exists():
@@ -250,7 +254,8 @@ def _run_prune(data: Path, out: Path, n: int, surrogate: str | None, config: Sco
     method = "dealrec" if config.target != "none" else "influence"
     selection = run_select(out, method=method, n=n, lam=lam, k=DEFAULT_K if k is None else k,
                            hard_prune=hard_prune, seed=config.seed,   # None: the method's default share
-                           data=str(prepared), surrogate=str(surrogate_dir), progress=progress)
+                           data=str(prepared), surrogate=str(surrogate_dir), progress=progress,
+                           allocation=allocation)   # None: the method's default
     phases["select"] = {"seconds": round(time.perf_counter() - t0, 3), "method": method}
 
     t0 = time.perf_counter()
@@ -291,21 +296,25 @@ def _make_command():
     @click.option("--hard-prune", type=float, default=None,
                   help=f"Share of top scores dropped [{REGISTRY['dealrec'].hard_prune:g}: the highest scores of the "
                        f"stationary influence are its easiest samples; the paper's is {PAPER_HARD_PRUNE}].")
+    @click.option("--allocation", type=click.Choice(ALLOCATIONS + (AUTO_ALLOCATION,)), default=None,
+                  help=f"How the budget is split over the strata [{REGISTRY['dealrec'].allocation}]: equal (the "
+                       f"paper's), sqrt, or auto; see 'dealrec select --help'.")
     @_score_options
     def prune_command(data, n, out, surrogate, surrogate_model, surrogate_minutes, surrogate_epochs, threads, lam, k,
-                      hard_prune, quiet, **options):
+                      hard_prune, allocation, quiet, **options):
         """Prepare DATA if raw, train the surrogate, score, select N samples and export them to OUT."""
         options["target"] = prune_target(options["target"], lam, options["target_init"], options["llm"])
         manifest = run_prune(data, out, n, surrogate, config_from_options(**options), lam, k, hard_prune,
                              surrogate_minutes, surrogate_epochs, progress=not quiet, threads=threads,
-                             surrogate_model=surrogate_model)
+                             surrogate_model=surrogate_model, allocation=allocation)
         p = manifest["prune"]
         times = ", ".join(f"{name} {v['seconds']:.0f}s" for name, v in p["phases"].items())
         click.echo(f"coreset of {p['n_selected']} samples -> {storage.join(out, CORESET_FILE)} "
                    f"({times}; total {p['seconds']:.0f}s)")
-        note = check_note(manifest.get("selection", {}).get("check"), data)
-        if note:
-            click.echo(note, err=True)
+        selection = manifest.get("selection", {})
+        for note in (allocation_note(selection), check_note(selection.get("check"), data)):
+            if note:
+                click.echo(note, err=True)
     target = next(p for p in prune_command.params if p.name == "target")
     target.default, target.show_default = None, False
     target.help = ("Target model of the effort score ('none': influence only) [left out: none at --lambda 0, the "

@@ -11,15 +11,17 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 import pyarrow as pa
 
 from dealrec_core.errors import DealrecError, InputError
 from dealrec_core.options import SEED
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec.coreset import SelectionConfig, select_coreset
-from dealrec.methods import METHODS, REGISTRY, hard_prune_help, method_help, method_list
+from dealrec.methods import METHODS, REGISTRY, allocation_help, hard_prune_help, method_help, method_list
 from dealrec.runconfig import with_config
-from dealrec.strata import DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_HARD_PRUNE, PAPER_LAMBDA
+from dealrec.strata import (ALLOCATIONS, AUTO_ALLOCATION, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_HARD_PRUNE,
+                            PAPER_LAMBDA)
 # the algorithm's names that tests and scripts import from here
 from dealrec.strata import (PRUNED, allocate_budget, combine_scores, minmax, n_hard_pruned,  # noqa: F401
                             random_select, sample_keys, stratified_select, stratify, top_n_select)
@@ -33,7 +35,7 @@ PLOT_FILE = "selection.png"
 
 def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_N, lam: float = DEFAULT_LAMBDA,
                k: int = DEFAULT_K, hard_prune: float | None = None, seed: int = SelectionConfig.seed, data=None,
-               surrogate=None, out=None, plot: bool = True, progress: bool = True) -> dict:
+               surrogate=None, out=None, plot: bool = True, progress: bool = True, allocation: str | None = None) -> dict:
     """``dealrec select``: read RUN's scores (and samples), select, write scores/coreset/manifest/plot.
 
     Returns the manifest's ``selection`` section.
@@ -42,7 +44,7 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
 
     t0 = time.time()
     # a bad method or parameter: one line before any work; None: the method's default share
-    hard_prune = SelectionConfig(method, n, lam, k, hard_prune, seed).hard_prune
+    hard_prune = SelectionConfig(method, n, lam, k, hard_prune, seed, allocation).hard_prune
     spec = REGISTRY[method]
     if run is None and out is None:
         raise DealrecError("give a RUN folder (or --out for a fresh run)")
@@ -98,20 +100,18 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
     if known:
         inputs["baseline_columns"] = known
 
-    result = select_coreset(scores, samples, method, n, lam, k, hard_prune, seed, source=str(scores_path))
+    judge = _check_judge(samples, prepared, seed) if method != "random" else None
+    result = select_coreset(scores, samples, method, n, lam, k, hard_prune, seed, source=str(scores_path),
+                            allocation=allocation, judge=judge)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(result.scores, out / SCORES_FILE)
     write_parquet_atomic(result.coreset, out / CORESET_FILE)
     section = {**result.summary, "inputs": inputs,
                "outputs": {"scores": SCORES_FILE, "coreset": CORESET_FILE},
                "seconds": None}
-    if method != "random" and (prepared.root / "eval" / "valid.parquet").exists():
-        from dealrec.composition import popularity_check   # pyarrow's readers: not on the --help path
-
+    if judge is not None:
         # a check that costs no training: the coreset's targets' popularity against random draws'
-        section["check"] = popularity_check(result.coreset.column("target").to_numpy(),
-                                            samples.column("target").to_numpy(), prepared.n_items,
-                                            prepared.eval_split("valid"), seed=seed)
+        section["check"] = result.check if result.check is not None else judge(result.coreset.column("sample_id").to_numpy())
     if plot:
         from dealrec.plots import plot_selection
 
@@ -121,6 +121,25 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
     # only our section changes; a fresh --out starts from RUN's manifest
     update_manifest(out, {"selection": section}, start_from=run)
     return section
+
+
+def _check_judge(samples, prepared, seed: int):
+    """selected sample_ids -> their check (``dealrec.composition.popularity_check``) on the validation split;
+    None when the data has no validation split."""
+    if not (prepared.root / "eval" / "valid.parquet").exists():
+        return None
+    from dealrec.composition import popularity_check   # pyarrow's readers: not on the --help path
+
+    ids = samples.column("sample_id").to_numpy().astype(np.int64)
+    targets = samples.column("target").to_numpy()
+    order = np.argsort(ids)
+    valid = prepared.eval_split("valid")
+
+    def judge(selected) -> dict | None:
+        rows = order[np.searchsorted(ids[order], np.asarray(selected, dtype=np.int64))]
+        return popularity_check(targets[rows], targets, prepared.n_items, valid, seed=seed)
+
+    return judge
 
 
 def _select_command():
@@ -136,6 +155,11 @@ def _select_command():
     @click.option("--hard-prune", type=float, default=None,
                   help=f"Share of the highest scores dropped before stratifying [the method's: {hard_prune_help()}; "
                        f"the paper's is {PAPER_HARD_PRUNE}].")
+    @click.option("--allocation", type=click.Choice(ALLOCATIONS + (AUTO_ALLOCATION,)), default=None,
+                  help=f"How the budget is split over the strata (stratified methods) [the method's: "
+                       f"{allocation_help()}]: equal (the paper's), sqrt (by the square root of each stratum's "
+                       f"count), auto (equal unless the check puts that coreset below random draws', then sqrt; "
+                       f"docs/selection.md).")
     @click.option("--seed", type=SEED, default=SelectionConfig.seed, show_default=True)
     @click.option("--data", type=click.Path(file_okay=False), default=None,
                   help="Prepared data folder (default: the one RUN/manifest.json names).")
@@ -144,17 +168,18 @@ def _select_command():
     @click.option("--out", type=click.Path(file_okay=False), default=None,
                   help="Write here instead of RUN (e.g. --method random --data DATA --out RUN).")
     @click.option("--no-plot", is_flag=True, help="Skip RUN/selection.png.")
-    def select_cmd(run, method, n, lam, k, hard_prune, seed, data, surrogate, out, no_plot):
+    def select_cmd(run, method, n, lam, k, hard_prune, allocation, seed, data, surrogate, out, no_plot):
         """Select a coreset from RUN/scores.parquet; write scores, coreset, manifest and a plot."""
-        section = run_select(run, method, n, lam, k, hard_prune, seed, data, surrogate, out, plot=not no_plot)
+        section = run_select(run, method, n, lam, k, hard_prune, seed, data, surrogate, out, plot=not no_plot,
+                             allocation=allocation)
         where = out or run
         click.echo(f"selected {section['n_selected']} of {section['n_samples']} samples "
                    f"(method {method}, seed {seed}) -> {where}/{CORESET_FILE}")
-        from dealrec.composition import check_note   # likewise
+        from dealrec.composition import allocation_note, check_note   # likewise
 
-        note = check_note(section.get("check"), section["inputs"]["data"])
-        if note:
-            click.echo(note, err=True)
+        for note in (allocation_note(section), check_note(section.get("check"), section["inputs"]["data"])):
+            if note:
+                click.echo(note, err=True)
 
     return select_cmd
 

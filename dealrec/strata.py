@@ -4,7 +4,8 @@
 - ``stratified_select`` drops the top ``hard_prune`` share of scores (ties: the smaller
   ``sample_id`` counts as the higher score), cuts the remaining score range into ``k``
   equal-width strata and fills the budget stratum by stratum, fewest-first, each stratum
-  taking at most ``remaining budget // remaining strata``;
+  taking at most ``remaining budget // remaining strata`` (the paper's equal shares; or, with
+  ``allocation="sqrt"``, shares in proportion to the square root of each stratum's count);
 - inside a stratum the samples are drawn at random, where "random" means: ordered by a
   64-bit hash of ``(seed, sample_id)`` (``dealrec_core.hashing``). No global random state is
   used, so the result depends neither on the order of the rows, nor on how the scores were
@@ -38,6 +39,13 @@ DEFAULT_K = 50
 # minmax scores are the easiest samples, so the methods ranked by it (dealrec, influence) drop nothing by default:
 # each method's default share is its entry's in dealrec.methods (docs/selection.md, "Ablations on TIGER").
 PAPER_HARD_PRUNE = 0.1
+# How a budget is split over the strata: the paper's equal shares ("equal", ``allocate_budget``), or shares in
+# proportion to the square root of each stratum's count ("sqrt", ``allocate_budget_sqrt``): between the paper's
+# coverage of the sparse strata and a uniform draw's proportional shares. "auto" (dealrec.coreset) takes the
+# paper's unless the check puts its coreset below random draws', then the square-root shares (docs/selection.md,
+# "Square-root budgets where the check predicts a loss").
+ALLOCATIONS = ("equal", "sqrt")
+AUTO_ALLOCATION = "auto"
 
 
 # ----------------------------------------------------------------------------- scores
@@ -166,20 +174,57 @@ def allocate_budget(counts: Sequence[int], n: int) -> np.ndarray:
     return budgets
 
 
+def allocate_budget_sqrt(counts: Sequence[int], n: int) -> np.ndarray:
+    """Split a budget of ``n`` over strata in proportion to the square root of their counts, capped at the counts.
+
+    The real shares are water-filled: ``min(count, t * sqrt(count))`` with ``t`` such that they sum to ``n`` (a
+    stratum too small for its share takes all it has, the rest is shared again among the others). The integer
+    budgets are their floors plus one for the strata with the largest fractional parts (ties: the lower index)
+    until ``n`` is spent: each within one sample of its real share. Spends exactly ``n`` whenever
+    ``sum(counts) >= n``.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if n < 0:
+        raise DealrecError(f"budget must be non-negative, got {n}")
+    if n > counts.sum():
+        raise DealrecError(f"budget {n} exceeds the {int(counts.sum())} samples in the strata")
+    root = np.sqrt(counts.astype(np.float64))
+    full = counts == 0
+    while True:
+        weight = np.where(full, 0.0, root)
+        free = n - int(counts[full].sum())
+        share = free * weight / weight.sum() if weight.sum() > 0 else np.zeros(len(counts))
+        over = ~full & (share >= counts)
+        if not over.any():
+            break
+        full |= over
+    ideal = np.where(full, counts, share)
+    budgets = np.minimum(np.floor(ideal + 1e-9).astype(np.int64), counts)
+    left = int(n - budgets.sum())
+    fraction = np.where(budgets < counts, ideal - budgets, -np.inf)
+    budgets[np.argsort(-fraction, kind="stable")[:left]] += 1
+    if budgets.sum() != n or np.any(budgets > counts):
+        raise AssertionError(f"square-root allocation of {n} over {counts.tolist()} gave {budgets.tolist()}")
+    return budgets
+
+
 def stratified_select(sample_id: Sequence[int], score: Sequence[float], n: int, k: int = DEFAULT_K,
                       hard_prune: float = PAPER_HARD_PRUNE, seed: int = 0,
-                      return_strata: bool = False):
-    """Coverage-enhanced selection of ``n`` samples.
+                      return_strata: bool = False, allocation: str = "equal"):
+    """Coverage-enhanced selection of ``n`` samples; ``allocation`` splits the budget over the strata
+    (``ALLOCATIONS``: the paper's equal shares, or by the square root of their counts).
 
     Returns ``(selected sample_ids sorted ascending, stratum per input row)``; with
     ``return_strata=True`` the second item is the full :class:`Strata` (edges, counts, budgets).
     """
+    if allocation not in ALLOCATIONS:
+        raise DealrecError(f"unknown allocation {allocation!r} (choose from {', '.join(ALLOCATIONS)})")
     sample_id = np.asarray(sample_id, dtype=np.int64)
     strata = stratify(sample_id, score, k, hard_prune)
     available = len(sample_id) - strata.n_pruned
     _check_budget(n, available, f"{len(sample_id)} samples" + (f" less {strata.n_pruned} hard-pruned (hard prune "
                                                                f"{hard_prune})" if strata.n_pruned else ""))
-    strata.budgets = allocate_budget(strata.counts, n)
+    strata.budgets = (allocate_budget if allocation == "equal" else allocate_budget_sqrt)(strata.counts, n)
     chosen = []
     order = _random_order(sample_id, seed)  # one global random order, then filtered per stratum
     ordered_stratum = strata.stratum[order]

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from dealrec.cli import main
 from dealrec.compare import METRICS, SPLITS
 from dealrec.composition import global_ranking_recall
+from dealrec.methods import REGISTRY
 from test_prune import raw_release_and_tiny_tiger
 
 N = 12
@@ -242,6 +243,22 @@ def test_a_folder_that_selects_again_its_own_samples_shares_its_training_with_th
     assert not (runs / "dealrec-seed0" / "tiger").exists()   # the lambda-0.7 model would not match the result
 
 
+def test_another_allocation_selects_again_the_stratified_methods_only(compared, workdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
+    out = tmp_path / "rep"
+    shutil.copytree(compared["out"], out)
+    stamps = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*-seed0/result.json")}
+    _, report = _compare(workdir, out, ["dealrec", "random", "el2n"], [0], "--allocation", "sqrt")
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*-seed0/result.json")}
+    assert {name for name in stamps if after[name] != stamps[name]} == {"dealrec-seed0"}
+    run = json.loads((out / "runs" / "dealrec-seed0" / "result.json").read_text())
+    assert run["inputs"]["allocation"] == "sqrt" and run["selection"]["allocation_used"] == "sqrt"
+    selection = json.loads((out / "runs" / "dealrec-seed0" / "manifest.json").read_text())["selection"]
+    assert selection["allocation"] == "sqrt" and sum(selection["strata_budgets"]) == N
+    assert report["selection"]["allocation"] == {"dealrec": "sqrt"}
+    assert "allocation sqrt;" in (out / "report.md").read_text()
+
+
 def test_bad_requests_are_refused_up_front(workdir, tmp_path):
     cases = [
         (["--methods", "dealrec,bogus"], "unknown method 'bogus'", "choose from dealrec, influence"),
@@ -349,4 +366,10 @@ def test_each_stratified_method_ran_with_its_own_hard_prune(compared):
         assert "hard_prune" not in results[f"el2n-seed{s}"]["inputs"]
         selection = json.loads((out / "runs" / f"ccs-seed{s}" / "manifest.json").read_text())["selection"]
         assert selection["hard_prune"] == 0.1 and selection["n_hard_pruned"] > 0
-    assert "hard prune 0 (dealrec), 0.1 (ccs);" in (out / "report.md").read_text()
+    allocation = REGISTRY["dealrec"].allocation
+    assert report["selection"]["allocation"] == {"dealrec": allocation, "ccs": "equal"}
+    for s in SEEDS:   # the paper's budgets leave a run's inputs as they were before --allocation existed
+        assert "allocation" not in results[f"ccs-seed{s}"]["inputs"]
+        assert results[f"ccs-seed{s}"]["selection"]["allocation_used"] == "equal"
+    text = "allocation equal" if allocation == "equal" else f"allocation {allocation} (dealrec), equal (ccs)"
+    assert f"hard prune 0 (dealrec), 0.1 (ccs), {text}" in (out / "report.md").read_text()

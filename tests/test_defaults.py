@@ -164,6 +164,7 @@ COUNTERPARTS = {
         "run": CLI_ONLY, "method": Default(SelectionConfig, "method"), "n": Default(SelectionConfig, "n"),
         "lam": Default(SelectionConfig, "lam"), "k": Default(SelectionConfig, "k"),
         "hard_prune": Default(SelectionConfig, "hard_prune"), "seed": Default(SelectionConfig, "seed"),
+        "allocation": Default(SelectionConfig, "allocation"),
         "data": Default(select.run_select, "data"), "surrogate": Default(select.run_select, "surrogate"),
         "out": Default(select.run_select, "out"), "no_plot": CLI_ONLY, "config": CLI_ONLY,
     },
@@ -183,6 +184,8 @@ COUNTERPARTS = {
         "k": Default(prune.run_prune, "k", says=Default(select, "DEFAULT_K")),
         # None: the method's default share; prune's methods (dealrec, influence) drop nothing
         "hard_prune": Default(prune.run_prune, "hard_prune", says=Default(REGISTRY["dealrec"], "hard_prune")),
+        # None: the method's default (prune's methods, dealrec and influence, share it)
+        "allocation": Default(prune.run_prune, "allocation", says=Default(REGISTRY["dealrec"], "allocation")),
         # None: prune_target decides (none at lambda 0, else TIGER)
         "target": Default(prune.prune_target, "target"),
     },
@@ -196,7 +199,8 @@ COUNTERPARTS = {
         "surrogate_model": _run_compare("surrogate_model", says=Default(surrogate_config, "DEFAULT_MODEL")),
         "surrogate_minutes": Default(SurrogateTrainConfig, "max_minutes"), "threads": SURROGATE_THREADS,
         "lam": Default(select, "DEFAULT_LAMBDA"), "k": Default(select, "DEFAULT_K"),
-        "hard_prune": _run_compare("hard_prune"), "score_args": _run_compare("score_args"),
+        "hard_prune": _run_compare("hard_prune"), "allocation": _run_compare("allocation"),
+        "score_args": _run_compare("score_args"),
         "finetune_args": _run_compare("finetune_args"), "config": CLI_ONLY,
     },
     "config-from-run": {"run": CLI_ONLY, "command": Default(runconfig.config_from_run, "command")},

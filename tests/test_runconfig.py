@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from dealrec.cli import main
 from dealrec.manifest import RunManifest
+from dealrec.methods import REGISTRY
 from dealrec.runconfig import CONFIG_COMMANDS, config_from_run, option_flags, read_config, toml_value
 from dealrec_core.errors import DealrecError
 from test_prune import write_release
@@ -161,8 +162,9 @@ def test_a_run_replayed_from_its_config_makes_the_same_coreset(tmp_path):
     # the same options, except that the selection options the first run left unset now name the values its
     # selection used (they are the ones that the defaults may change)
     first_options = RunManifest.read(first).data["options"]["prune"]
-    assert first_options["lambda"] is None
-    assert RunManifest.read(again).data["options"] == {"prune": {**first_options, "lambda": 0.0}}
+    assert first_options["lambda"] is None and first_options["allocation"] is None
+    assert RunManifest.read(again).data["options"] == {
+        "prune": {**first_options, "lambda": 0.0, "allocation": REGISTRY["dealrec"].allocation}}
     # the options did the work: the same config with another seed (the command line wins; the surrogate
     # given, to save training one) picks other samples
     other = tmp_path / "other"
@@ -179,13 +181,15 @@ def test_config_from_run_writes_a_table_per_command_and_refuses_a_run_without_re
         "select": {"n": 10, "method": "influence", "data": None}}}))
     text = config_from_run(run)
     doc = tomllib.loads(text)
-    # a record from before --influence-v replays with the influence it was scored with, not today's default
+    # a record from before --influence-v (--allocation) replays with the influence it was scored with (the
+    # budgets it was selected with), not today's default
     assert doc == {"score": {"hvp": "cg", "seed": 1, "influence-v": "measured"},
-                   "select": {"n": 10, "method": "influence"}}
-    assert tomllib.loads(config_from_run(run, "select")) == {"select": {"n": 10, "method": "influence"}}
+                   "select": {"n": 10, "method": "influence", "allocation": "equal"}}
+    assert tomllib.loads(config_from_run(run, "select")) == {"select": {"n": 10, "method": "influence",
+                                                                        "allocation": "equal"}}
     config = tmp_path / "run.toml"
     config.write_text(text)   # select reads its table and skips score's
-    assert read_config(config, _command("select")) == {"n": 10, "method": "influence"}
+    assert read_config(config, _command("select")) == {"n": 10, "method": "influence", "allocation": "equal"}
     assert read_config(config, _command("score")) == {"hvp": "cg", "seed": 1, "influence_v": "measured"}
     (run / "manifest.json").write_text(json.dumps({"command": "dealrec score", "options": {
         "score": {"influence-v": "stationary", "seed": 1}}}))
@@ -211,11 +215,12 @@ def test_a_prune_records_selection_options_it_left_unset_as_the_values_its_selec
         "options": {"prune": {"n": 10, "lambda": None, "k": None, "hard-prune": 0.2, "influence-v": "stationary"}},
         "selection": {"method": "dealrec", "lambda": 0.3, "k": 50, "hard_prune": 0.2}}))
     doc = tomllib.loads(config_from_run(run))
-    assert doc == {"prune": {"n": 10, "lambda": 0.3, "k": 50, "hard-prune": 0.2, "influence-v": "stationary"}}
+    assert doc == {"prune": {"n": 10, "lambda": 0.3, "k": 50, "hard-prune": 0.2, "influence-v": "stationary",
+                             "allocation": "equal"}}
     config = tmp_path / "run.toml"
     config.write_text(config_from_run(run))
     assert read_config(config, _command("prune")) == {"n": 10, "lam": 0.3, "k": 50, "hard_prune": 0.2,
-                                                      "influence_v": "stationary"}
+                                                      "influence_v": "stationary", "allocation": "equal"}
 
 
 def test_a_select_that_left_the_hard_prune_to_its_method_records_the_share_it_used(tmp_path):
@@ -226,4 +231,20 @@ def test_a_select_that_left_the_hard_prune_to_its_method_records_the_share_it_us
     (run / "manifest.json").write_text(json.dumps({
         "options": {"select": {"method": "dealrec", "n": 10, "hard-prune": None}},
         "selection": {"method": "dealrec", "lambda": 0.0, "k": 50, "hard_prune": 0.1}}))
-    assert tomllib.loads(config_from_run(run)) == {"select": {"method": "dealrec", "n": 10, "hard-prune": 0.1}}
+    assert tomllib.loads(config_from_run(run)) == {"select": {"method": "dealrec", "n": 10, "hard-prune": 0.1,
+                                                              "allocation": "equal"}}
+
+
+def test_a_selection_that_left_the_allocation_to_its_method_records_the_one_it_was_given(tmp_path):
+    """--allocation left out is the method's default, which may change: the config gives the allocation the
+    selection was asked for (auto, not the budgets auto happened to take), so a replay decides again the same way."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({
+        "options": {"select": {"method": "dealrec", "n": 10, "allocation": None},
+                    "prune": {"n": 10, "allocation": None}},
+        "selection": {"method": "dealrec", "k": 50, "hard_prune": 0.0, "allocation": "auto",
+                      "allocation_used": "sqrt"}}))
+    doc = tomllib.loads(config_from_run(run))
+    assert doc["select"] == {"method": "dealrec", "n": 10, "allocation": "auto"}
+    assert doc["prune"]["allocation"] == "auto"
