@@ -133,22 +133,24 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
 METHODS = tuple(REGISTRY)
 
 
-def hard_prune_help() -> str:
-    """What ``--hard-prune`` left out means, from the registry: each stratified method's default share."""
-    by_share: dict[float, list[str]] = {}
+def _stratified_defaults(attribute: str) -> dict:
+    """Each default value of a stratified method's ``attribute``, with the methods that have it (registry order)."""
+    by_value: dict = {}
     for m in REGISTRY.values():
         if m.stratified:
-            by_share.setdefault(m.hard_prune, []).append(m.name)
-    return ", ".join(f"{share:g} for {' and '.join(names)}" for share, names in by_share.items())
+            by_value.setdefault(getattr(m, attribute), []).append(m.name)
+    return by_value
+
+
+def hard_prune_help() -> str:
+    """What ``--hard-prune`` left out means, from the registry: each stratified method's default share."""
+    return ", ".join(f"{share:g} for {' and '.join(names)}"
+                     for share, names in _stratified_defaults("hard_prune").items())
 
 
 def allocation_help() -> str:
     """What ``--allocation`` left out means, from the registry: each stratified method's default."""
-    by_default: dict[str, list[str]] = {}
-    for m in REGISTRY.values():
-        if m.stratified:
-            by_default.setdefault(m.allocation, []).append(m.name)
-    return "; ".join(f"{how} for {', '.join(names)}" for how, names in by_default.items())
+    return "; ".join(f"{how} for {', '.join(names)}" for how, names in _stratified_defaults("allocation").items())
 
 
 def method_help() -> str:
