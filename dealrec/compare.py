@@ -59,7 +59,7 @@ from dealrec.methods import BASELINES, METHODS, REGISTRY, allocation_help, hard_
 from dealrec.runconfig import with_config
 from dealrec.select import CORESET_FILE, run_select
 from dealrec.strata import (ALLOCATIONS, AUTO_ALLOCATION, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_LAMBDA,
-                            n_hard_pruned)
+                            check_allocation, n_hard_pruned)
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
 
@@ -517,9 +517,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         n_hard_pruned(0, hard_prune)  # refuses a share outside [0, 1)
     # None: each stratified method's own default share (dealrec.methods)
     shares = {m: REGISTRY[m].resolve_hard_prune(hard_prune) for m in methods if REGISTRY[m].stratified}
-    if allocation is not None and allocation not in ALLOCATIONS + (AUTO_ALLOCATION,):
-        raise DealrecError(f"unknown --allocation {allocation!r} (choose from "
-                           f"{', '.join(ALLOCATIONS + (AUTO_ALLOCATION,))})")
+    check_allocation(allocation)
     allocations = {m: REGISTRY[m].resolve_allocation(allocation) for m in methods if REGISTRY[m].stratified}
     if workers is not None and workers < 0:
         raise DealrecError(f"--workers must be 0 or more, got {workers}")

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from dealrec_core.errors import DealrecError, InputError
 from dealrec.methods import METHODS, REGISTRY
-from dealrec.strata import (ALLOCATIONS, AUTO_ALLOCATION, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, Strata,
+from dealrec.strata import (AUTO_ALLOCATION, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, Strata, check_allocation,
                             random_select, stratified_select, top_n_select)
 
 # the check's figure that "auto" records for each coreset it builds (dealrec.composition.popularity_check)
@@ -41,14 +41,11 @@ class SelectionConfig:
             raise DealrecError(f"unknown selection method {self.method!r} (choose from {', '.join(METHODS)})")
         spec = REGISTRY[self.method]
         self.hard_prune = spec.resolve_hard_prune(self.hard_prune)
-        if self.allocation is not None:
-            if self.allocation not in ALLOCATIONS + (AUTO_ALLOCATION,):
-                raise DealrecError(f"unknown --allocation {self.allocation!r} (choose from "
-                                   f"{', '.join(ALLOCATIONS + (AUTO_ALLOCATION,))})")
-            if not spec.stratified:
-                stratified = ", ".join(m for m in METHODS if REGISTRY[m].stratified)
-                raise DealrecError(f"--allocation splits a budget over strata: --method {self.method} does not "
-                                   f"stratify (the methods that do: {stratified})")
+        check_allocation(self.allocation)
+        if self.allocation is not None and not spec.stratified:
+            stratified = ", ".join(m for m in METHODS if REGISTRY[m].stratified)
+            raise DealrecError(f"--allocation splits a budget over strata: --method {self.method} does not "
+                               f"stratify (the methods that do: {stratified})")
         self.allocation = spec.resolve_allocation(self.allocation)
         # every parameter is checked here, before any file is read (the algorithms check them again)
         if self.n < 1:

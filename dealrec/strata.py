@@ -48,6 +48,13 @@ ALLOCATIONS = ("equal", "sqrt")
 AUTO_ALLOCATION = "auto"
 
 
+def check_allocation(allocation: str | None) -> None:
+    """Refuse an ``--allocation`` that is not one (None: the method's default)."""
+    if allocation is not None and allocation not in ALLOCATIONS + (AUTO_ALLOCATION,):
+        raise DealrecError(f"unknown --allocation {allocation!r} (choose from "
+                           f"{', '.join(ALLOCATIONS + (AUTO_ALLOCATION,))})")
+
+
 # ----------------------------------------------------------------------------- scores
 
 def minmax(x: Sequence[float], name: str = "score") -> np.ndarray:
