@@ -259,6 +259,24 @@ def test_another_allocation_selects_again_the_stratified_methods_only(compared, 
     assert "allocation sqrt;" in (out / "report.md").read_text()
 
 
+def test_a_dealrec_run_from_before_the_allocation_option_selects_again_and_keeps_its_training(
+        compared, workdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
+    out = tmp_path / "rep"
+    shutil.copytree(compared["out"], out)
+    run = out / "runs" / "dealrec-seed0"
+    before = json.loads((run / "result.json").read_text())
+    assert before["inputs"]["allocation"] == REGISTRY["dealrec"].allocation == "auto"
+    older = {**before, "inputs": {k: v for k, v in before["inputs"].items() if k != "allocation"}}
+    (run / "result.json").write_text(json.dumps(older))   # as a run recorded before --allocation existed
+    model_stamp = (run / "tiger" / "model.safetensors").stat().st_mtime_ns
+    _, report = _compare(workdir, out, ["dealrec"], [0])
+    again = json.loads((run / "result.json").read_text())
+    assert again["inputs"] == before["inputs"] and again["test"] == before["test"]
+    assert report["phases"]["runs"]["ran"] == 0 and report["phases"]["runs"]["shared_training"] == 1
+    assert (run / "tiger" / "model.safetensors").stat().st_mtime_ns == model_stamp
+
+
 def test_bad_requests_are_refused_up_front(workdir, tmp_path):
     cases = [
         (["--methods", "dealrec,bogus"], "unknown method 'bogus'", "choose from dealrec, influence"),
