@@ -911,7 +911,8 @@ def _allocation_text(selection: dict) -> str:
     switched = [name for name, how in (selection.get("allocation_used") or {}).items()
                 if how == "sqrt" and allocations.get(name.rsplit("-seed", 1)[0]) == AUTO_ALLOCATION]
     if switched:
-        text += f"; auto took square-root budgets in {', '.join(switched)} (their equal budgets' check was below random)"
+        text += (f"; auto took square-root budgets in {', '.join(switched)} (their equal budgets' check was below "
+                 f"random)")
     return f", allocation {text}"
 
 

@@ -42,8 +42,10 @@ LEGACY_VALUES = {"score": {"influence-v": "measured"}, "prune": {"influence-v": 
                  "select": {"allocation": "equal"}, "compare": {"allocation": "equal"}}
 # prune's selection options default to "not set" (None) and take the selection's defaults, which change (lambda:
 # 0.3 until 2026-11-27, 0 since; the hard prune of dealrec and influence 0.1 until session 16, 0 since), and so does
-# select's --hard-prune (the method's share): a run's config gives the value its selection used, from the manifest
-RESOLVED_BY_SELECTION = {"prune": {"lambda": "lambda", "k": "k", "hard-prune": "hard_prune", "allocation": "allocation"},
+# select's --hard-prune (the method's share) and --allocation (the method's: equal until session 19, auto for dealrec
+# and influence since): a run's config gives the value its selection used, from the manifest
+RESOLVED_BY_SELECTION = {"prune": {"lambda": "lambda", "k": "k", "hard-prune": "hard_prune",
+                                   "allocation": "allocation"},
                          "select": {"hard-prune": "hard_prune", "allocation": "allocation"}}
 OPTIONS_KEY = "options"        # the manifest's section: {command: {flag: value}}
 NOT_RECORDED = ("out",)        # where the run went is not an option of the run

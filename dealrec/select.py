@@ -35,7 +35,8 @@ PLOT_FILE = "selection.png"
 
 def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_N, lam: float = DEFAULT_LAMBDA,
                k: int = DEFAULT_K, hard_prune: float | None = None, seed: int = SelectionConfig.seed, data=None,
-               surrogate=None, out=None, plot: bool = True, progress: bool = True, allocation: str | None = None) -> dict:
+               surrogate=None, out=None, plot: bool = True, progress: bool = True,
+               allocation: str | None = None) -> dict:
     """``dealrec select``: read RUN's scores (and samples), select, write scores/coreset/manifest/plot.
 
     Returns the manifest's ``selection`` section.
@@ -111,7 +112,8 @@ def run_select(run=None, method: str = SelectionConfig.method, n: int = DEFAULT_
                "seconds": None}
     if judge is not None:
         # a check that costs no training: the coreset's targets' popularity against random draws'
-        section["check"] = result.check if result.check is not None else judge(result.coreset.column("sample_id").to_numpy())
+        section["check"] = (result.check if result.check is not None
+                             else judge(result.coreset.column("sample_id").to_numpy()))
     if plot:
         from dealrec.plots import plot_selection
 
