@@ -218,9 +218,10 @@ def _run_prune(data: Path, out: Path, n: int, surrogate: str | None, config: Sco
     if threads:
         torch.set_num_threads(threads)  # the driver's phases; Ray actors size their own
     data, out = Path(data), Path(out)
-    if n < 1:
-        raise DealrecError("--n must be at least 1")
-    SelectionConfig("dealrec", n, allocation=allocation)   # a bad --allocation: refused before any work
+    method = "dealrec" if config.target != "none" else "influence"
+    # every selection parameter is refused here, before the surrogate's minutes, not at the selection after them
+    params = SelectionConfig(method, n, DEFAULT_LAMBDA if lam is None else lam, DEFAULT_K if k is None else k,
+                             hard_prune, config.seed, allocation)
     check_output(out, {"DATA": data, "--surrogate": surrogate, "--llm": config.llm, "--adapter": config.adapter,
                        "--target-init": config.target_init}, writes=run_writes(data, surrogate))
     if not data.exists():
@@ -250,9 +251,7 @@ def _run_prune(data: Path, out: Path, n: int, surrogate: str | None, config: Sco
     phases["score"] = {"seconds": round(time.perf_counter() - t0, 3), **scored["phases"]}
 
     t0 = time.perf_counter()
-    lam = DEFAULT_LAMBDA if lam is None else lam
-    method = "dealrec" if config.target != "none" else "influence"
-    selection = run_select(out, method=method, n=n, lam=lam, k=DEFAULT_K if k is None else k,
+    selection = run_select(out, method=method, n=n, lam=params.lam, k=params.k,
                            hard_prune=hard_prune, seed=config.seed,   # None: the method's default share
                            data=str(prepared), surrogate=str(surrogate_dir), progress=progress,
                            allocation=allocation)   # None: the method's default

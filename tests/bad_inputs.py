@@ -297,6 +297,10 @@ def cases() -> list[Case]:
         # ---- prune and compare
         C("prune", "data does not exist", lambda d, f: ["prune", str(d / "nope"), "--out", str(d / "o")]),
         C("prune", "--n 0", lambda d, f: ["prune", str(f.prepared), "--n", "0", "--out", str(d / "o")]),
+        # the selection's parameters are refused before the surrogate's training, not at the selection after it
+        C("prune", "--k 0", lambda d, f: ["prune", str(f.prepared), "--k", "0", "--out", str(d / "o")]),
+        C("prune", "--hard-prune 1.5",
+          lambda d, f: ["prune", str(f.prepared), "--hard-prune", "1.5", "--out", str(d / "o")]),
         C("prune", "--seed 2**70", lambda d, f: ["prune", str(f.prepared), "--seed", SEED_HUGE, "--out", str(d / "o")]),
         C("prune", "--out is the raw data folder",
           lambda d, f: ["prune", str(_release(d, f)), "--n", "12", "--out", str(d / "release")]),
