@@ -58,7 +58,7 @@ from dealrec.composition import composition, item_popularity, target_popularity_
 from dealrec.methods import BASELINES, METHODS, REGISTRY, allocation_help, hard_prune_help
 from dealrec.runconfig import with_config
 from dealrec.select import CORESET_FILE, run_select
-from dealrec.strata import (ALLOCATIONS, AUTO_ALLOCATION, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_LAMBDA,
+from dealrec.strata import (ALLOCATION_WORDS, ALLOCATIONS, AUTO_ALLOCATION, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_LAMBDA,
                             check_allocation, n_hard_pruned)
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
@@ -899,8 +899,8 @@ def _hard_prune_text(shares) -> str:
 
 
 def _allocation_text(selection: dict) -> str:
-    """The report's budget allocation: each stratified method's, and the runs where "auto" took square-root budgets
-    (reports before the option hold none: the paper's equal budgets)."""
+    """The report's budget allocation: each stratified method's, and the runs where "auto" took other budgets than
+    the paper's (reports before the option hold none: the paper's equal budgets)."""
     allocations = selection.get("allocation")
     if not allocations:
         return ""
@@ -908,10 +908,12 @@ def _allocation_text(selection: dict) -> str:
         text = next(iter(allocations.values()))
     else:
         text = ", ".join(f"{how} ({method})" for method, how in allocations.items())
-    switched = [name for name, how in (selection.get("allocation_used") or {}).items()
-                if how == "sqrt" and allocations.get(name.rsplit("-seed", 1)[0]) == AUTO_ALLOCATION]
-    if switched:
-        text += (f"; auto took square-root budgets in {', '.join(switched)} (their equal budgets' check was below "
+    switched = {}
+    for name, how in (selection.get("allocation_used") or {}).items():
+        if how != "equal" and allocations.get(name.rsplit("-seed", 1)[0]) == AUTO_ALLOCATION:
+            switched.setdefault(how, []).append(name)
+    for how, names in switched.items():
+        text += (f"; auto took {ALLOCATION_WORDS[how]} in {', '.join(names)} (their equal budgets' check was below "
                  f"random)")
     return f", allocation {text}"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from dealrec_core.data import EvalSplit, PreparedData
+from dealrec.strata import ALLOCATION_WORDS
 
 CHECK_DRAWS = 5   # random draws the coreset's figure is set against (their mean)
 
@@ -131,13 +132,14 @@ def popularity_check(targets: np.ndarray, all_targets: np.ndarray, n_items: int,
 
 
 def allocation_note(selection: dict) -> str | None:
-    """The line ``select`` and ``prune`` print when ``--allocation auto`` took square-root budgets."""
-    if selection.get("allocation") != "auto" or selection.get("allocation_used") != "sqrt":
+    """The line ``select`` and ``prune`` print when ``--allocation auto`` took other budgets than the paper's."""
+    used = selection.get("allocation_used")
+    if selection.get("allocation") != "auto" or used in (None, "equal"):
         return None
     figures, check = selection["allocation_checks"], selection["check"]
     return (f"note: the paper's equal budgets gave a coreset whose targets' popularity Recall@10 on validation, "
             f"{figures['equal']:.4f}, is below random draws' {check['random_mean']:.4f}; --allocation auto took "
-            f"budgets by the square root of each stratum's count instead ({figures['sqrt']:.4f}; docs/selection.md, "
+            f"{ALLOCATION_WORDS[used]} instead ({figures[used]:.4f}; docs/selection.md, "
             f"\"Square-root budgets where the check predicts a loss\")")
 
 

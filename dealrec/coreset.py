@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from dealrec_core.errors import DealrecError, InputError
 from dealrec.methods import METHODS, REGISTRY
-from dealrec.strata import (AUTO_ALLOCATION, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, Strata, check_allocation,
+from dealrec.strata import (AUTO_ALLOCATION, AUTO_FALLBACK, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, Strata, check_allocation,
                             random_select, stratified_select, top_n_select)
 
 # the check's figure that "auto" records for each coreset it builds (dealrec.composition.popularity_check)
@@ -181,9 +181,9 @@ def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: 
 
 
 def _auto_allocation(select, judge):
-    """"auto": the paper's equal shares, unless the check puts their coreset below random draws'; then the
-    square-root shares (their check is computed for the record, not compared: the check has told the side of random
-    a coreset falls on, not how far). Returns (selected, strata, the taken coreset's check, the manifest's record:
+    """"auto": the paper's equal shares, unless the check puts their coreset below random draws'; then
+    ``AUTO_FALLBACK``'s shares (their check is computed for the record, not compared: the check has told the side of
+    random a coreset falls on, not how far). Returns (selected, strata, the taken coreset's check, the manifest's record:
     which allocation was used and each computed coreset's check figure)."""
     selected, strata = select("equal")
     if judge is None:
@@ -193,10 +193,10 @@ def _auto_allocation(select, judge):
     figures = {"equal": None if check is None else check[CHECK_FIGURE]}
     if check is None or not check["below_random"]:
         return selected, strata, check, {"allocation_used": "equal", "allocation_checks": figures}
-    other, other_strata = select("sqrt")
+    other, other_strata = select(AUTO_FALLBACK)
     other_check = judge(other)
-    figures["sqrt"] = None if other_check is None else other_check[CHECK_FIGURE]
-    return other, other_strata, other_check, {"allocation_used": "sqrt", "allocation_checks": figures}
+    figures[AUTO_FALLBACK] = None if other_check is None else other_check[CHECK_FIGURE]
+    return other, other_strata, other_check, {"allocation_used": AUTO_FALLBACK, "allocation_checks": figures}
 
 
 def check_same_samples(score_ids: np.ndarray, sample_ids: np.ndarray, source: str) -> None:

@@ -297,7 +297,7 @@ def _make_command():
                        f"stationary influence are its easiest samples; the paper's is {PAPER_HARD_PRUNE}].")
     @click.option("--allocation", type=click.Choice(ALLOCATIONS + (AUTO_ALLOCATION,)), default=None,
                   help=f"How the budget is split over the strata [{REGISTRY['dealrec'].allocation}]: equal (the "
-                       f"paper's), sqrt, or auto; see 'dealrec select --help'.")
+                       f"paper's), sqrt, proportional, or auto; see 'dealrec select --help'.")
     @_score_options
     def prune_command(data, n, out, surrogate, surrogate_model, surrogate_minutes, surrogate_epochs, threads, lam, k,
                       hard_prune, allocation, quiet, **options):

@@ -20,8 +20,8 @@ from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec.coreset import SelectionConfig, select_coreset
 from dealrec.methods import METHODS, REGISTRY, allocation_help, hard_prune_help, method_help, method_list
 from dealrec.runconfig import with_config
-from dealrec.strata import (ALLOCATIONS, AUTO_ALLOCATION, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_HARD_PRUNE,
-                            PAPER_LAMBDA)
+from dealrec.strata import (ALLOCATIONS, AUTO_ALLOCATION, AUTO_FALLBACK, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N,
+                            PAPER_HARD_PRUNE, PAPER_LAMBDA)
 # the algorithm's names that tests and scripts import from here
 from dealrec.strata import (PRUNED, allocate_budget, combine_scores, minmax, n_hard_pruned,  # noqa: F401
                             random_select, sample_keys, stratified_select, stratify, top_n_select)
@@ -160,8 +160,9 @@ def _select_command():
     @click.option("--allocation", type=click.Choice(ALLOCATIONS + (AUTO_ALLOCATION,)), default=None,
                   help=f"How the budget is split over the strata (stratified methods) [the method's: "
                        f"{allocation_help()}]: equal (the paper's), sqrt (by the square root of each stratum's "
-                       f"count), auto (equal unless the check puts that coreset below random draws', then sqrt; "
-                       f"docs/selection.md).")
+                       f"count), proportional (in proportion to each stratum's count: with no hard prune, a random "
+                       f"sample stratified by score), auto (equal unless the check puts that coreset below random "
+                       f"draws', then {AUTO_FALLBACK}; docs/selection.md).")
     @click.option("--seed", type=SEED, default=SelectionConfig.seed, show_default=True)
     @click.option("--data", type=click.Path(file_okay=False), default=None,
                   help="Prepared data folder (default: the one RUN/manifest.json names).")

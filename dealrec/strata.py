@@ -5,7 +5,8 @@
   ``sample_id`` counts as the higher score), cuts the remaining score range into ``k``
   equal-width strata and fills the budget stratum by stratum, fewest-first, each stratum
   taking at most ``remaining budget // remaining strata`` (the paper's equal shares; or, with
-  ``allocation="sqrt"``, shares in proportion to the square root of each stratum's count);
+  ``allocation="sqrt"``, shares in proportion to the square root of each stratum's count; with
+  ``"proportional"``, to the count itself);
 - inside a stratum the samples are drawn at random, where "random" means: ordered by a
   64-bit hash of ``(seed, sample_id)`` (``dealrec_core.hashing``). No global random state is
   used, so the result depends neither on the order of the rows, nor on how the scores were
@@ -44,8 +45,14 @@ PAPER_HARD_PRUNE = 0.1
 # coverage of the sparse strata and a uniform draw's proportional shares. "auto" (dealrec.coreset) takes the
 # paper's unless the check puts its coreset below random draws', then the square-root shares (docs/selection.md,
 # "Square-root budgets where the check predicts a loss").
-ALLOCATIONS = ("equal", "sqrt")
+# "proportional" (``allocate_budget_proportional``) gives each stratum a share in proportion to its count: with no hard
+# prune, a random sample stratified by score (the same law as a uniform draw, every stratum's coverage fixed).
+ALLOCATIONS = ("equal", "sqrt", "proportional")
 AUTO_ALLOCATION = "auto"
+AUTO_FALLBACK = "sqrt"   # what "auto" takes when the check puts the paper's coreset below random draws'
+# each allocation but the paper's in words (notes, reports and help)
+ALLOCATION_WORDS = {"sqrt": "budgets by the square root of each stratum's count",
+                    "proportional": "budgets in proportion to each stratum's count"}
 
 
 def check_allocation(allocation: str | None) -> None:
@@ -191,14 +198,26 @@ def allocate_budget_sqrt(counts: Sequence[int], n: int) -> np.ndarray:
     ``sum(counts) >= n``.
     """
     counts = np.asarray(counts, dtype=np.int64)
+    return _water_filled(counts, n, np.sqrt(counts.astype(np.float64)), "square-root")
+
+
+def allocate_budget_proportional(counts: Sequence[int], n: int) -> np.ndarray:
+    """Split a budget of ``n`` over strata in proportion to their counts (``n * count / sum(counts)``, never above
+    the count), rounded as ``allocate_budget_sqrt`` rounds: each budget within one sample of its real share, exactly
+    ``n`` in all whenever ``sum(counts) >= n``."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return _water_filled(counts, n, counts.astype(np.float64), "proportional")
+
+
+def _water_filled(counts: np.ndarray, n: int, weight_of: np.ndarray, name: str) -> np.ndarray:
+    """Budgets ``min(count, t * weight)`` summing to ``n``, rounded by largest remainder (ties: the lower index)."""
     if n < 0:
         raise DealrecError(f"budget must be non-negative, got {n}")
     if n > counts.sum():
         raise DealrecError(f"budget {n} exceeds the {int(counts.sum())} samples in the strata")
-    root = np.sqrt(counts.astype(np.float64))
     full = counts == 0
     while True:
-        weight = np.where(full, 0.0, root)
+        weight = np.where(full, 0.0, weight_of)
         free = n - int(counts[full].sum())
         share = free * weight / weight.sum() if weight.sum() > 0 else np.zeros(len(counts))
         over = ~full & (share >= counts)
@@ -211,15 +230,18 @@ def allocate_budget_sqrt(counts: Sequence[int], n: int) -> np.ndarray:
     fraction = np.where(budgets < counts, ideal - budgets, -np.inf)
     budgets[np.argsort(-fraction, kind="stable")[:left]] += 1
     if budgets.sum() != n or np.any(budgets > counts):
-        raise AssertionError(f"square-root allocation of {n} over {counts.tolist()} gave {budgets.tolist()}")
+        raise AssertionError(f"{name} allocation of {n} over {counts.tolist()} gave {budgets.tolist()}")
     return budgets
+
+
+ALLOCATORS = {"equal": allocate_budget, "sqrt": allocate_budget_sqrt, "proportional": allocate_budget_proportional}
 
 
 def stratified_select(sample_id: Sequence[int], score: Sequence[float], n: int, k: int = DEFAULT_K,
                       hard_prune: float = PAPER_HARD_PRUNE, seed: int = 0,
                       return_strata: bool = False, allocation: str = "equal"):
     """Coverage-enhanced selection of ``n`` samples; ``allocation`` splits the budget over the strata
-    (``ALLOCATIONS``: the paper's equal shares, or by the square root of their counts).
+    (``ALLOCATIONS``: the paper's equal shares, or by the square root of their counts, or in proportion to them).
 
     Returns ``(selected sample_ids sorted ascending, stratum per input row)``; with
     ``return_strata=True`` the second item is the full :class:`Strata` (edges, counts, budgets).
@@ -231,7 +253,7 @@ def stratified_select(sample_id: Sequence[int], score: Sequence[float], n: int, 
     available = len(sample_id) - strata.n_pruned
     _check_budget(n, available, f"{len(sample_id)} samples" + (f" less {strata.n_pruned} hard-pruned (hard prune "
                                                                f"{hard_prune})" if strata.n_pruned else ""))
-    strata.budgets = (allocate_budget if allocation == "equal" else allocate_budget_sqrt)(strata.counts, n)
+    strata.budgets = ALLOCATORS[allocation](strata.counts, n)
     chosen = []
     order = _random_order(sample_id, seed)  # one global random order, then filtered per stratum
     ordered_stratum = strata.stratum[order]

@@ -1,5 +1,6 @@
 """How a stratified method splits its budget over the strata: the paper's equal shares, shares by the square root
-of each stratum's count, and "auto" (equal unless the check puts that coreset below random draws', then sqrt)."""
+of each stratum's count, shares in proportion to it, and "auto" (equal unless the check puts that coreset below
+random draws', then its fallback)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from dealrec.cli import main
 from dealrec.composition import popularity_check
 from dealrec.coreset import SelectionConfig, select_coreset
-from dealrec.strata import allocate_budget, allocate_budget_sqrt, stratified_select
+from dealrec.strata import allocate_budget, allocate_budget_proportional, allocate_budget_sqrt, stratified_select
 from dealrec_core.data import PreparedData, samples_table
 from dealrec_core.errors import DealrecError
 from test_composition import _log
@@ -62,6 +63,29 @@ def test_sqrt_budgets_lie_between_the_paper_s_equal_shares_and_a_uniform_draw_s(
         allocate_budget_sqrt(counts, -1)
 
 
+@pytest.mark.parametrize("case", range(40))
+def test_proportional_budgets_spend_exactly_n_and_round_n_times_the_stratum_s_share(case):
+    rng = np.random.default_rng(100 + case)
+    counts = rng.integers(0, [3, 30, 3000][case % 3], rng.integers(1, 60)).astype(np.int64)
+    counts[rng.integers(len(counts))] += 1
+    n = int(rng.integers(1, counts.sum() + 1))
+    budgets = allocate_budget_proportional(counts, n)
+    assert budgets.sum() == n and np.all(budgets >= 0) and np.all(budgets <= counts)
+    assert np.all(np.abs(budgets - n * counts / counts.sum()) < 1.0 + 1e-6), (counts, n, budgets)
+    more = counts[:, None] > counts[None, :]
+    assert not np.any(more & (budgets[:, None] < budgets[None, :]))
+
+
+def test_proportional_budgets_worked_example():
+    counts = np.array([900, 100, 9, 4, 1, 1], dtype=np.int64)
+    # 100 * counts / 1015 = 88.67, 9.85, 0.89, 0.39, 0.10, 0.10: floors 88, 9, 0, 0, 0, 0 and the 3 left to the
+    # largest fractions (0.89, 0.85, 0.67)
+    assert list(allocate_budget_proportional(counts, 100)) == [89, 10, 1, 0, 0, 0]
+    assert np.array_equal(allocate_budget_proportional(counts, int(counts.sum())), counts)
+    with pytest.raises(DealrecError, match="exceeds"):
+        allocate_budget_proportional(counts, int(counts.sum()) + 1)
+
+
 def test_stratified_select_fills_the_sqrt_budgets_and_refuses_an_unknown_allocation():
     rng = np.random.default_rng(0)
     sid = rng.permutation(5000).astype(np.int64)
@@ -72,6 +96,11 @@ def test_stratified_select_fills_the_sqrt_budgets_and_refuses_an_unknown_allocat
     assert np.array_equal(taken, strata.budgets)
     equal, _ = stratified_select(sid, score, 300, 20, 0.0, seed=1)
     assert not np.array_equal(equal, chosen)
+    prop, prop_strata = stratified_select(sid, score, 300, 20, 0.0, seed=1, return_strata=True,
+                                          allocation="proportional")
+    assert np.array_equal(prop_strata.budgets, allocate_budget_proportional(prop_strata.counts, 300))
+    assert np.array_equal(np.bincount(prop_strata.stratum[np.isin(sid, prop)], minlength=20), prop_strata.budgets)
+    assert len({tuple(equal), tuple(chosen), tuple(prop)}) == 3
     # the rows' order does not matter, as for the paper's budgets
     perm = rng.permutation(len(sid))
     again, _ = stratified_select(sid[perm], score[perm], 300, 20, 0.0, seed=1, allocation="sqrt")
