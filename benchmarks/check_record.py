@@ -34,21 +34,22 @@ def read_record(path: Path) -> list[dict]:
 
 def plot(rows: list[dict], out: Path) -> None:
     logs = list(dict.fromkeys(r["log"] for r in rows))
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, ax = plt.subplots(figsize=(10.5, 5.5))
     ax.axvline(1, color="grey", lw=0.8)
     ax.axhline(1, color="grey", lw=0.8)
     for i, log in enumerate(logs):
         mine = [r for r in rows if r["log"] == log]
         before = mine[0]["called_before_tiger"] == "yes"
         ax.scatter([r["check_ratio"] for r in mine], [r["tiger_ratio"] for r in mine], s=46,
-                   marker="*" if before else "o", color=plt.cm.tab10(i % 10),
+                   marker="*" if before else "o", color=plt.cm.tab20(i % 20),
                    label=log + (" (called before TIGER)" if before else ""))
     right = sum(r["right"] for r in rows)
+    called = [r for r in rows if r["called_before_tiger"] == "yes"]
     ax.set_xlabel("check: coreset's targets' popularity R@10 / random draws' (below 1: a note)")
     ax.set_ylabel("TIGER valid R@10 / random's mean")
-    ax.set_title(f"the check against TIGER, the paper's equal-budget coresets: {right} of {len(rows)} on the same side",
-                 fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"the check against TIGER, the paper's equal-budget coresets: {right} of {len(rows)} on the same side\n"
+                 f"({sum(r['right'] for r in called)} of {len(called)} called before TIGER)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -62,7 +63,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = read_record(args.csv)
     plot(rows, args.out)
-    print(f"{sum(r['right'] for r in rows)} of {len(rows)} on the same side of random; wrote {args.out}")
+    called = [r for r in rows if r["called_before_tiger"] == "yes"]
+    print(f"{sum(r['right'] for r in rows)} of {len(rows)} on the same side of random "
+          f"({sum(r['right'] for r in called)} of {len(called)} called before TIGER); wrote {args.out}")
 
 
 if __name__ == "__main__":
