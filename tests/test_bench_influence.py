@@ -7,10 +7,8 @@ import sys
 
 import pytest
 
-from surrogates.base import save_surrogate
-from surrogates.registry import build_surrogate
 from benchmark_module import load_benchmark
-from tiny_surrogate import tiny_samples, write_tiny_prepared
+from tiny_surrogate import save_tiny_sasrec, tiny_samples, write_tiny_prepared
 
 N_ITEMS, MAX_LEN = 30, 6
 
@@ -21,14 +19,8 @@ bench = load_benchmark("bench_influence")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench_influence")
     data = write_tiny_prepared(root / "data", tiny_samples(40, N_ITEMS, seed=5), N_ITEMS, shard_size=16)
-    surrogates = {}
-    for loss in ("ce", "bce"):
-        sur = root / f"sur-{loss}"
-        sur.mkdir()
-        save_surrogate(build_surrogate("sasrec", n_items=N_ITEMS, hidden=8, n_blocks=1, n_heads=2, ffn_hidden=16,
-                                       max_len=MAX_LEN, dropout=0.0, init_std=0.3, seed=2, loss=loss), sur)
-        surrogates[loss] = sur
-    return data, surrogates
+    return data, {loss: save_tiny_sasrec(root / f"sur-{loss}", N_ITEMS, MAX_LEN, seed=2, loss=loss)
+                  for loss in ("ce", "bce")}
 
 
 def run(monkeypatch, capsys, *argv):

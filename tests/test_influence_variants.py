@@ -17,10 +17,8 @@ from dealrec.score import ScoreConfig, run_score
 from dealrec.strata import minmax, stratify
 from dealrec_core.data import PreparedData
 from dealrec_core.errors import DealrecError
-from surrogates.base import save_surrogate
-from surrogates.registry import build_surrogate
 from benchmark_module import load_benchmark
-from tiny_surrogate import tiny_samples, write_tiny_prepared
+from tiny_surrogate import save_tiny_sasrec, tiny_samples, write_tiny_prepared
 
 N_ITEMS, MAX_LEN = 30, 6
 
@@ -32,10 +30,7 @@ iv = load_benchmark("influence_variants")
 def scored(tmp_path_factory):
     root = tmp_path_factory.mktemp("variants")
     data = write_tiny_prepared(root / "data", tiny_samples(60, N_ITEMS, seed=3), N_ITEMS, shard_size=16)
-    sur = root / "sur"
-    sur.mkdir()
-    save_surrogate(build_surrogate("sasrec", n_items=N_ITEMS, hidden=8, n_blocks=1, n_heads=2, ffn_hidden=16,
-                                   max_len=MAX_LEN, dropout=0.0, init_std=0.3, seed=1), sur)
+    sur = save_tiny_sasrec(root / "sur", N_ITEMS, MAX_LEN, seed=1)
     config = ScoreConfig(hvp=HvpConfig(solver="cg", damping=0.1, scale=10.0, hessian_samples=32, hvp_batch=8),
                          target="none", batch_size=8, shard_size=16, workers=0)
     run = root / "run"

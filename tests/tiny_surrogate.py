@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from dealrec_core.data import Samples, samples_table, write_samples
+from surrogates.base import save_surrogate
+from surrogates.registry import build_surrogate
 
 
 class TinySurrogate(nn.Module):
@@ -102,3 +104,12 @@ def write_tiny_prepared(root: Path, samples: Samples, n_items: int, shard_size: 
                       "title": [f"Item number {i}" for i in range(1, n_items + 1)]})
     pq.write_table(items, root / "items.parquet")
     return root
+
+
+def save_tiny_sasrec(folder: Path, n_items: int, max_len: int, seed: int = 1, **options) -> Path:
+    """A tiny untrained SASRec (hidden 8, one block of two heads, no dropout) saved as a surrogate folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = dict(hidden=8, n_blocks=1, n_heads=2, ffn_hidden=16, max_len=max_len, dropout=0.0, init_std=0.3,
+                  seed=seed)
+    save_surrogate(build_surrogate("sasrec", n_items=n_items, **{**config, **options}), folder)
+    return folder
