@@ -47,8 +47,8 @@ def plot(rows: list[dict], out: Path) -> None:
     called = [r for r in rows if r["called_before_tiger"] == "yes"]
     ax.set_xlabel("check: coreset's targets' popularity R@10 / random draws' (below 1: a note)")
     ax.set_ylabel("TIGER valid R@10 / random's mean")
-    ax.set_title(f"the check against TIGER, the paper's equal-budget coresets: {right} of {len(rows)} on the same side\n"
-                 f"({sum(r['right'] for r in called)} of {len(called)} called before TIGER)", fontsize=10)
+    ax.set_title(f"the check against TIGER, the paper's equal-budget coresets: {right} of {len(rows)} on the same "
+                 f"side\n({sum(r['right'] for r in called)} of {len(called)} called before TIGER)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -58,8 +58,8 @@ from dealrec.composition import composition, item_popularity, target_popularity_
 from dealrec.methods import BASELINES, METHODS, REGISTRY, allocation_help, hard_prune_help
 from dealrec.runconfig import with_config
 from dealrec.select import CORESET_FILE, run_select
-from dealrec.strata import (ALLOCATION_WORDS, ALLOCATIONS, AUTO_ALLOCATION, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PAPER_LAMBDA,
-                            check_allocation, n_hard_pruned)
+from dealrec.strata import (ALLOCATION_WORDS, ALLOCATIONS, AUTO_ALLOCATION, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N,
+                            PAPER_LAMBDA, check_allocation, n_hard_pruned)
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
 

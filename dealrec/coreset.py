@@ -19,8 +19,8 @@ import pyarrow as pa
 
 from dealrec_core.errors import DealrecError, InputError
 from dealrec.methods import METHODS, REGISTRY
-from dealrec.strata import (AUTO_ALLOCATION, AUTO_FALLBACK, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, Strata, check_allocation,
-                            random_select, stratified_select, top_n_select)
+from dealrec.strata import (AUTO_ALLOCATION, AUTO_FALLBACK, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, Strata,
+                            check_allocation, random_select, stratified_select, top_n_select)
 
 # the check's figure that "auto" records for each coreset it builds (dealrec.composition.popularity_check)
 CHECK_FIGURE = "targets_popularity_recall@10"
@@ -183,8 +183,8 @@ def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: 
 def _auto_allocation(select, judge):
     """"auto": the paper's equal shares, unless the check puts their coreset below random draws'; then
     ``AUTO_FALLBACK``'s shares (their check is computed for the record, not compared: the check has told the side of
-    random a coreset falls on, not how far). Returns (selected, strata, the taken coreset's check, the manifest's record:
-    which allocation was used and each computed coreset's check figure)."""
+    random a coreset falls on, not how far). Returns (selected, strata, the taken coreset's check, the manifest's
+    record: which allocation was used and each computed coreset's check figure)."""
     selected, strata = select("equal")
     if judge is None:
         return selected, strata, None, {"allocation_used": "equal",

@@ -46,7 +46,8 @@ PAPER_HARD_PRUNE = 0.1
 # paper's unless the check puts its coreset below random draws', then the square-root shares (docs/selection.md,
 # "Square-root budgets where the check predicts a loss").
 # "proportional" (``allocate_budget_proportional``) gives each stratum a share in proportion to its count: with no hard
-# prune, a random sample stratified by score (the same law as a uniform draw, every stratum's coverage fixed).
+# prune, a random sample stratified by score (each sample's chance about n / N, as in a uniform draw, and every
+# stratum's share fixed).
 ALLOCATIONS = ("equal", "sqrt", "proportional")
 AUTO_ALLOCATION = "auto"
 AUTO_FALLBACK = "sqrt"   # what "auto" takes when the check puts the paper's coreset below random draws'
