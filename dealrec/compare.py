@@ -678,13 +678,15 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                    "allocation": allocations,
                    "train_options": train_options, "score_config": config.to_dict(), "phases": phases,
                    "plan": plan, "executor": executor, "t_all": t_all}
-        from dealrec_core.evaluate import stopping_split   # torch: not on the --help path
+        from dealrec_core.evaluate import stopping_split, users_with_truth   # torch: not on the --help path
 
         popularity = item_popularity(prepared)
         stop_users = train_options.get("valid_users", 0) if target == "tiger" else 0
         # the users every figure of the report is counted on: validation less the runs' early-stopping users
-        context["eval_users"] = {"valid": stopping_split(prepared.eval_split("valid"), stop_users)[1],
-                                 "test": prepared.eval_split("test")}
+        stopping, reported = stopping_split(prepared.eval_split("valid"), stop_users)
+        context["eval_users"] = {"valid": reported, "test": prepared.eval_split("test")}
+        context["user_counts"] = {"valid_stop": 0 if stopping is reported else len(stopping),
+                                  "valid": len(reported), "test": len(users_with_truth(prepared.eval_split("test")))}
         context["composition_cache"] = {}
         references = most_popular_metrics(prepared, context["eval_users"])
         context["all_samples"] = _composition_of(prepared.samples_dir, context, popularity)
@@ -827,6 +829,7 @@ def build_report(context: dict, results: dict, popularity: np.ndarray, reference
                       "allocation_used": {name: r["selection"]["allocation_used"] for name, r in sorted(results.items())
                                           if (r.get("selection") or {}).get("allocation_used")}},
         "finetune_options": context["train_options"], "score_options": context["score_config"],
+        "users": context["user_counts"],
         "rows": rows,
         "composition": {"all_samples": context["all_samples"], "coresets": compositions,
                         "popularity": "interactions of the item over all samples' sequences (history and target)"},
@@ -918,6 +921,22 @@ def _allocation_text(selection: dict) -> str:
     return f", allocation {text}"
 
 
+# Below this many users a split's Recall@10 moves by a point or more with one user's hit (a user with one target
+# counts 1/N of the mean): on the cuts of docs/selection.md with fewer, single seeds swung by several points.
+FEW_USERS = 100
+
+
+def few_users_warning(users: dict | None) -> list[str]:
+    """The report's lines on splits too small to tell methods apart (none when both have ``FEW_USERS`` or more)."""
+    small = [f"{split} {users[split]}" for split in ("valid", "test") if users and users[split] < FEW_USERS]
+    if not small:
+        return []
+    fewest = min(users[s] for s in ("valid", "test"))
+    return [f"**Few users to count on** ({', '.join(small)}): one user's hit moves a mean Recall@10 by up to "
+            f"{1 / max(fewest, 1):.3f}, so differences between methods of that size are noise; more seeds do not "
+            f"fix it (they share the users), more data does.", ""]
+
+
 def report_markdown(report: dict) -> str:
     lines = [f"# dealrec compare: {report['target']} on {report['n']}-sample coresets",
              "",
@@ -929,12 +948,16 @@ def report_markdown(report: dict) -> str:
              f"(sd over seeds) and every seed's value in seed order. Choose on valid, report on test.",
              ""]
     stop_users = report["finetune_options"].get("valid_users") if report["target"] == "tiger" else None
+    users = report.get("users")   # reports before the counts were kept hold none
     if stop_users:
-        lines += [f"Validation is counted on the validation users that did not early-stop the runs ({stop_users} "
-                  f"users, at most half, stop every run; the same users for every method and seed).", ""]
+        counted = (f"{users['valid']} users; {users['valid_stop']} others stop every run" if users else
+                   f"{stop_users} users, at most half, stop every run")
+        lines += [f"Validation is counted on the validation users that did not early-stop the runs ({counted}; the "
+                  f"same users for every method and seed).", ""]
     elif stop_users == 0:
         lines += ["Validation is counted on the users that also early-stopped the runs (`--valid-users 0`): "
                   "optimistic.", ""]
+    lines += few_users_warning(users)
     if report["missing"]:
         lines += [f"**Not finished:** {', '.join(report['missing'])}.", ""]
     for split in reversed(SPLITS):   # test first: it is what a comparison reports

@@ -143,6 +143,13 @@ def test_report_has_every_method_seed_and_reference(compared):
         assert heading in md
     for label in METHODS + ["all data (reference)", "most popular (reference)"]:
         assert f"| {label} |" in md
+    # the users each split's figures are counted on, and the tiny log's warning
+    from dealrec_core.evaluate import users_with_truth
+
+    assert report["users"] == {"valid_stop": len(users_with_truth(data.eval_split("valid"))) - len(report_users),
+                               "valid": len(report_users), "test": len(users_with_truth(data.eval_split("test")))}
+    assert f"({report['users']['valid']} users; {report['users']['valid_stop']} others stop every run;" in md
+    assert "**Few users to count on** (valid " in md
     for png in ("metrics.png", "composition.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # one progress line per finished run on stderr
@@ -348,6 +355,16 @@ def test_bigrec_target_scores_effort_with_the_llm_and_trains_with_run_bigrec(wor
         metrics = json.loads((out / "runs" / name / "bigrec" / "metrics.json").read_text())
         assert metrics["eval_users"] == {"valid": 10, "test": 10}
         assert json.loads((out / "runs" / name / "result.json").read_text())["test"] == metrics["test"]
+
+
+def test_the_report_warns_of_splits_too_small_to_tell_methods_apart():
+    from dealrec.compare import FEW_USERS, few_users_warning
+
+    assert few_users_warning(None) == [] and few_users_warning({"valid": FEW_USERS, "test": 500}) == []
+    (line, blank) = few_users_warning({"valid": 16, "test": FEW_USERS + 1})
+    assert line.startswith("**Few users to count on** (valid 16):") and "by up to 0.062," in line and blank == ""
+    (line, _) = few_users_warning({"valid": 40, "test": 25})
+    assert "(valid 40, test 25)" in line and "by up to 0.040," in line
 
 
 def test_the_report_says_where_the_influence_was_taken():
