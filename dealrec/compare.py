@@ -58,8 +58,8 @@ from dealrec.composition import composition, item_popularity, target_popularity_
 from dealrec.methods import BASELINES, METHODS, REGISTRY, allocation_help, hard_prune_help
 from dealrec.runconfig import with_config
 from dealrec.select import CORESET_FILE, run_select
-from dealrec.strata import (ALLOCATION_WORDS, ALLOCATIONS, AUTO_ALLOCATION, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N,
-                            PAPER_LAMBDA, check_allocation, n_hard_pruned)
+from dealrec.strata import (ALLOCATION_WORDS, ALLOCATIONS, AUTO_ALLOCATION, AUTO_FALLBACK, DEFAULT_K, DEFAULT_LAMBDA,
+                            DEFAULT_N, FIRST_AUTO_FALLBACK, PAPER_LAMBDA, check_allocation, n_hard_pruned)
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
 
@@ -606,6 +606,8 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                     inputs.update(k=k, hard_prune=shares[method])
                     if allocations[method] != "equal":   # the only allocation before it was an option: old keys hold
                         inputs["allocation"] = allocations[method]
+                    if allocations[method] == AUTO_ALLOCATION and AUTO_FALLBACK != FIRST_AUTO_FALLBACK:
+                        inputs["auto_fallback"] = AUTO_FALLBACK   # another "auto" than the one earlier runs recorded
                 inputs["scores"] = columns_digest(base / "scores.parquet", REGISTRY[method].columns)
             if target == "bigrec":
                 inputs["llm"] = _llm_fingerprint(llm)

@@ -51,6 +51,7 @@ PAPER_HARD_PRUNE = 0.1
 ALLOCATIONS = ("equal", "sqrt", "proportional")
 AUTO_ALLOCATION = "auto"
 AUTO_FALLBACK = "sqrt"   # what "auto" takes when the check puts the paper's coreset below random draws'
+FIRST_AUTO_FALLBACK = "sqrt"   # what it took when "auto" came (session 19): runs recorded then name no fallback
 # each allocation but the paper's in words (notes, reports and help)
 ALLOCATION_WORDS = {"sqrt": "budgets by the square root of each stratum's count",
                     "proportional": "budgets in proportion to each stratum's count"}

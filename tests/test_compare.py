@@ -266,6 +266,28 @@ def test_another_allocation_selects_again_the_stratified_methods_only(compared, 
     assert "allocation sqrt;" in (out / "report.md").read_text()
 
 
+def test_runs_recorded_with_auto_select_again_when_auto_s_fallback_changes(compared, workdir, tmp_path, monkeypatch):
+    """A finished "auto" run is reused only while "auto" means what it meant when the run was recorded."""
+    import dealrec.compare as compare_module
+    import dealrec.coreset as coreset_module
+
+    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
+    out = tmp_path / "rep"
+    shutil.copytree(compared["out"], out)
+    run = out / "runs" / "dealrec-seed0"
+    before = json.loads((run / "result.json").read_text())
+    assert "auto_fallback" not in before["inputs"]          # sqrt, the fallback "auto" came with
+    stamp = (run / "result.json").stat().st_mtime_ns
+    _compare(workdir, out, ["dealrec"], [0])
+    assert (run / "result.json").stat().st_mtime_ns == stamp   # the same "auto": reused as it is
+    for module in (compare_module, coreset_module):
+        monkeypatch.setattr(module, "AUTO_FALLBACK", "proportional")
+    _compare(workdir, out, ["dealrec"], [0])
+    again = json.loads((run / "result.json").read_text())
+    assert again["inputs"] == {**before["inputs"], "auto_fallback": "proportional"}
+    assert again["selection"]["allocation_used"] in ("equal", "proportional")
+
+
 def test_a_dealrec_run_from_before_the_allocation_option_selects_again_and_keeps_its_training(
         compared, workdir, tmp_path, monkeypatch):
     monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
