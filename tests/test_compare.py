@@ -56,6 +56,14 @@ def compared(workdir, tmp_path_factory):
     mp.undo()
 
 
+def _copy_of(compared, workdir, tmp_path, monkeypatch) -> Path:
+    """A copy of the finished comparison to run again (with the same item-embedding cache)."""
+    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
+    out = tmp_path / "rep"
+    shutil.copytree(compared["out"], out)
+    return out
+
+
 def _results(out: Path) -> dict:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/result.json"))}
 
@@ -169,9 +177,7 @@ def test_scores_and_baseline_columns_are_computed_once(compared):
 
 
 def test_rerun_skips_finished_runs_and_redoes_the_rest(compared, workdir, tmp_path, monkeypatch):
-    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
-    out = tmp_path / "rep"
-    shutil.copytree(compared["out"], out)
+    out = _copy_of(compared, workdir, tmp_path, monkeypatch)
     before = _results(out)
     stamps = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
     shutil.rmtree(out / "runs" / "random-seed1")                 # a run whose folder was deleted
@@ -198,9 +204,7 @@ def test_rerun_skips_finished_runs_and_redoes_the_rest(compared, workdir, tmp_pa
 def test_runs_with_the_same_samples_share_one_training(compared, workdir, tmp_path, monkeypatch):
     from dealrec.compare import training_set_digest
 
-    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
-    out = tmp_path / "rep"
-    shutil.copytree(compared["out"], out)
+    out = _copy_of(compared, workdir, tmp_path, monkeypatch)
     run = out / "runs" / "dealrec-seed0"
     before = json.loads((run / "result.json").read_text())
     model_stamp = (run / "tiger" / "model.safetensors").stat().st_mtime_ns
@@ -232,9 +236,7 @@ def test_a_folder_that_selects_again_its_own_samples_shares_its_training_with_th
         compared, workdir, tmp_path, monkeypatch):
     """dealrec-seed0 comes first in the plan and influence-seed0 holds the training for the same samples in its
     own folder: nothing is trained, however the runs are ordered."""
-    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
-    out = tmp_path / "rep"
-    shutil.copytree(compared["out"], out)
+    out = _copy_of(compared, workdir, tmp_path, monkeypatch)
     _compare(workdir, out, ["dealrec", "influence"], [0], "--lambda", "0.7")   # dealrec-seed0: other samples
     runs = out / "runs"
     held = json.loads((runs / "influence-seed0" / "result.json").read_text())
@@ -251,9 +253,7 @@ def test_a_folder_that_selects_again_its_own_samples_shares_its_training_with_th
 
 
 def test_another_allocation_selects_again_the_stratified_methods_only(compared, workdir, tmp_path, monkeypatch):
-    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
-    out = tmp_path / "rep"
-    shutil.copytree(compared["out"], out)
+    out = _copy_of(compared, workdir, tmp_path, monkeypatch)
     stamps = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*-seed0/result.json")}
     _, report = _compare(workdir, out, ["dealrec", "random", "el2n"], [0], "--allocation", "sqrt")
     after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*-seed0/result.json")}
@@ -271,9 +271,7 @@ def test_runs_recorded_with_auto_select_again_when_auto_s_fallback_changes(compa
     import dealrec.compare as compare_module
     import dealrec.coreset as coreset_module
 
-    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
-    out = tmp_path / "rep"
-    shutil.copytree(compared["out"], out)
+    out = _copy_of(compared, workdir, tmp_path, monkeypatch)
     run = out / "runs" / "dealrec-seed0"
     before = json.loads((run / "result.json").read_text())
     assert "auto_fallback" not in before["inputs"]          # sqrt, the fallback "auto" came with
@@ -290,9 +288,7 @@ def test_runs_recorded_with_auto_select_again_when_auto_s_fallback_changes(compa
 
 def test_a_dealrec_run_from_before_the_allocation_option_selects_again_and_keeps_its_training(
         compared, workdir, tmp_path, monkeypatch):
-    monkeypatch.setenv("DEALREC_CACHE", str(workdir["root"] / "cache"))
-    out = tmp_path / "rep"
-    shutil.copytree(compared["out"], out)
+    out = _copy_of(compared, workdir, tmp_path, monkeypatch)
     run = out / "runs" / "dealrec-seed0"
     before = json.loads((run / "result.json").read_text())
     assert before["inputs"]["allocation"] == REGISTRY["dealrec"].allocation == "auto"
