@@ -113,17 +113,19 @@ def item_popularity(prepared: PreparedData) -> np.ndarray:
 
 
 def popularity_check(targets: np.ndarray, all_targets: np.ndarray, n_items: int, valid: EvalSplit,
-                     seed: int = 0, draws: int = CHECK_DRAWS) -> dict | None:
+                     seed: int = 0, draws: int = CHECK_DRAWS, random_draws: list[float] | None = None) -> dict | None:
     """The coreset's targets' popularity Recall@10 on ``valid`` against random draws of as many of
     ``all_targets`` (every sample's target; seeded by ``seed`` and the draw, without replacement).
-    None when there is nothing to check (an empty coreset or validation split)."""
+    None when there is nothing to check (an empty coreset or validation split). ``random_draws``: the draws'
+    figures of an earlier check with the same ``all_targets``, ``valid``, ``seed``, ``draws`` and coreset size
+    (they depend on nothing else), so that a second coreset of that size is not drawn against again."""
     targets = np.asarray(targets, dtype=np.int64)
     all_targets = np.asarray(all_targets, dtype=np.int64)
     if len(targets) == 0 or len(valid.user) == 0 or len(targets) > len(all_targets):
         return None
     users = {"valid": valid}
     mine = target_popularity_recall(targets, n_items, users)["valid"]
-    drawn = [target_popularity_recall(
+    drawn = random_draws if random_draws is not None else [target_popularity_recall(
         all_targets[np.random.default_rng([seed, d]).choice(len(all_targets), size=len(targets), replace=False)],
         n_items, users)["valid"] for d in range(draws)]
     mean = float(np.mean(drawn))

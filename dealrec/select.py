@@ -136,10 +136,15 @@ def _check_judge(samples, prepared, seed: int):
     targets = samples.column("target").to_numpy()
     order = np.argsort(ids)
     valid = prepared.eval_split("valid")
+    drawn: dict[int, list[float]] = {}   # coreset size -> the random draws' figures ("auto" checks two of one size)
 
     def judge(selected) -> dict | None:
         rows = order[np.searchsorted(ids[order], np.asarray(selected, dtype=np.int64))]
-        return popularity_check(targets[rows], targets, prepared.n_items, valid, seed=seed)
+        check = popularity_check(targets[rows], targets, prepared.n_items, valid, seed=seed,
+                                 random_draws=drawn.get(len(rows)))
+        if check is not None:
+            drawn[len(rows)] = check["random_draws"]
+        return check
 
     return judge
 

@@ -159,7 +159,13 @@ def test_an_allocation_is_refused_where_it_means_nothing_or_is_unknown():
     assert SelectionConfig("ccs", 10).allocation == "equal"   # a baseline keeps its paper's budgets
 
 
-def test_select_auto_takes_sqrt_budgets_on_a_coreset_of_rare_targets_and_says_so(tmp_path):
+def test_select_auto_takes_sqrt_budgets_on_a_coreset_of_rare_targets_and_says_so(tmp_path, monkeypatch):
+    import dealrec.composition as composition
+
+    rankings = []   # every targets' popularity ranking the checks compute
+    ranking = composition.target_popularity_recall
+    monkeypatch.setattr(composition, "target_popularity_recall",
+                        lambda *args, **kwargs: rankings.append(1) or ranking(*args, **kwargs))
     rng = np.random.default_rng(3)
     data = tmp_path / "data"
     sid, targets = _log(data, rng)
@@ -176,14 +182,17 @@ def test_select_auto_takes_sqrt_budgets_on_a_coreset_of_rare_targets_and_says_so
             run.mkdir()
             pq.write_table(pa.table({"sample_id": sid, "influence": score}), run / "scores.parquet")
             (run / "manifest.json").write_text(json.dumps({"data": str(data)}))
+            rankings.clear()
             res = cli.invoke(main, ["select", str(run), "--method", "influence", "--n", "40", "--k", "10",
                                     "--allocation", how, "--no-plot"])
             assert res.exit_code == 0, res.output
             if how == "auto":
-                output = res.output
+                output, auto_rankings = res.output, len(rankings)
         selection = json.loads((runs["auto"] / "manifest.json").read_text())["selection"]
         used = selection["allocation_used"]
         assert used == ("sqrt" if name == "rare" else "equal"), selection["allocation_checks"]
+        # the random draws are ranked once (5), each coreset built once more: one check, or two sharing the draws
+        assert auto_rankings == (5 + 2 if used == "sqrt" else 5 + 1)
         coreset = pq.read_table(runs["auto"] / "coreset.parquet")
         assert coreset.equals(pq.read_table(runs[used] / "coreset.parquet"))
         # the manifest's check is the check of the coreset taken
