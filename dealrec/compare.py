@@ -58,8 +58,9 @@ from dealrec.composition import composition, item_popularity, target_popularity_
 from dealrec.methods import BASELINES, METHODS, REGISTRY, allocation_help, hard_prune_help
 from dealrec.runconfig import with_config
 from dealrec.select import CORESET_FILE, run_select
-from dealrec.strata import (ALLOCATION_WORDS, ALLOCATIONS, AUTO_ALLOCATION, AUTO_FALLBACK, DEFAULT_K, DEFAULT_LAMBDA,
-                            DEFAULT_N, FIRST_AUTO_FALLBACK, PAPER_LAMBDA, check_allocation, n_hard_pruned)
+from dealrec.strata import (ALLOCATION_CHOICES, ALLOCATION_WORDS, AUTO_ALLOCATION, AUTO_FALLBACK, DEFAULT_K,
+                            DEFAULT_LAMBDA, DEFAULT_N, FIRST_AUTO_FALLBACK, PAPER_LAMBDA, check_allocation,
+                            n_hard_pruned)
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
 
@@ -686,9 +687,10 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
         stop_users = train_options.get("valid_users", 0) if target == "tiger" else 0
         # the users every figure of the report is counted on: validation less the runs' early-stopping users
         stopping, reported = stopping_split(prepared.eval_split("valid"), stop_users)
-        context["eval_users"] = {"valid": reported, "test": prepared.eval_split("test")}
+        test = prepared.eval_split("test")
+        context["eval_users"] = {"valid": reported, "test": test}
         context["user_counts"] = {"valid_stop": 0 if stopping is reported else len(stopping),
-                                  "valid": len(reported), "test": len(users_with_truth(prepared.eval_split("test")))}
+                                  "valid": len(reported), "test": len(users_with_truth(test))}
         context["composition_cache"] = {}
         references = most_popular_metrics(prepared, context["eval_users"])
         context["all_samples"] = _composition_of(prepared.samples_dir, context, popularity)
@@ -1153,7 +1155,7 @@ def _make_command():
     @click.option("--k", "k", type=int, default=DEFAULT_K, show_default=True, help="Strata (stratified methods).")
     @click.option("--hard-prune", type=float, default=None,
                   help=f"Share of top scores dropped (stratified methods) [each method's: {hard_prune_help()}].")
-    @click.option("--allocation", type=click.Choice(ALLOCATIONS + (AUTO_ALLOCATION,)), default=None,
+    @click.option("--allocation", type=click.Choice(ALLOCATION_CHOICES), default=None,
                   help=f"How a budget is split over the strata (stratified methods) [each method's: "
                        f"{allocation_help()}]; see 'dealrec select --help'.")
     @click.option("--score-args", default="",

@@ -113,7 +113,7 @@ def select_coreset(scores_table: pa.Table, samples, method: str = "dealrec", n: 
 
     ``allocation`` (stratified methods; None: the method's default) splits the budget over the strata.
     "auto" takes the paper's equal shares unless ``judge`` (selected sample_ids -> the check of
-    ``dealrec.composition.popularity_check``) puts that coreset below random draws'; then the square-root
+    ``dealrec.composition.popularity_check``) puts that coreset below random draws'; then ``AUTO_FALLBACK``'s
     shares; without a judge (no validation split) it is "equal".
     """
     cfg = SelectionConfig(method, int(n), float(lam), int(k), None if hard_prune is None else float(hard_prune),

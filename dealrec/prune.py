@@ -41,7 +41,7 @@ from dealrec.score import RUN_WRITES, ScoreConfig, _score_options, config_from_o
 from dealrec.coreset import SelectionConfig
 from dealrec.methods import REGISTRY
 from dealrec.select import CORESET_FILE, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N, PLOT_FILE, run_select
-from dealrec.strata import ALLOCATIONS, AUTO_ALLOCATION, PAPER_HARD_PRUNE, PAPER_LAMBDA
+from dealrec.strata import ALLOCATION_CHOICES, PAPER_HARD_PRUNE, PAPER_LAMBDA
 from surrogates.config import DEFAULT_MODEL as SURROGATE_MODEL, DEFAULT_THREADS as SURROGATE_THREADS, \
     TrainConfig as SurrogateTrainConfig
 from surrogates.base import read_surrogate_config
@@ -295,7 +295,7 @@ def _make_command():
     @click.option("--hard-prune", type=float, default=None,
                   help=f"Share of top scores dropped [{REGISTRY['dealrec'].hard_prune:g}: the highest scores of the "
                        f"stationary influence are its easiest samples; the paper's is {PAPER_HARD_PRUNE}].")
-    @click.option("--allocation", type=click.Choice(ALLOCATIONS + (AUTO_ALLOCATION,)), default=None,
+    @click.option("--allocation", type=click.Choice(ALLOCATION_CHOICES), default=None,
                   help=f"How the budget is split over the strata [{REGISTRY['dealrec'].allocation}]: equal (the "
                        f"paper's), sqrt, proportional, or auto; see 'dealrec select --help'.")
     @_score_options

@@ -20,7 +20,7 @@ from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
 from dealrec.coreset import SelectionConfig, select_coreset
 from dealrec.methods import METHODS, REGISTRY, allocation_help, hard_prune_help, method_help, method_list
 from dealrec.runconfig import with_config
-from dealrec.strata import (ALLOCATIONS, AUTO_ALLOCATION, AUTO_FALLBACK, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N,
+from dealrec.strata import (ALLOCATION_CHOICES, AUTO_FALLBACK, DEFAULT_K, DEFAULT_LAMBDA, DEFAULT_N,
                             PAPER_HARD_PRUNE, PAPER_LAMBDA)
 # the algorithm's names that tests and scripts import from here
 from dealrec.strata import (PRUNED, allocate_budget, combine_scores, minmax, n_hard_pruned,  # noqa: F401
@@ -162,7 +162,7 @@ def _select_command():
     @click.option("--hard-prune", type=float, default=None,
                   help=f"Share of the highest scores dropped before stratifying [the method's: {hard_prune_help()}; "
                        f"the paper's is {PAPER_HARD_PRUNE}].")
-    @click.option("--allocation", type=click.Choice(ALLOCATIONS + (AUTO_ALLOCATION,)), default=None,
+    @click.option("--allocation", type=click.Choice(ALLOCATION_CHOICES), default=None,
                   help=f"How the budget is split over the strata (stratified methods) [the method's: "
                        f"{allocation_help()}]: equal (the paper's), sqrt (by the square root of each stratum's "
                        f"count), proportional (in proportion to each stratum's count: with no hard prune, a random "

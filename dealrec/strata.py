@@ -42,13 +42,11 @@ DEFAULT_K = 50
 PAPER_HARD_PRUNE = 0.1
 # How a budget is split over the strata: the paper's equal shares ("equal", ``allocate_budget``), or shares in
 # proportion to the square root of each stratum's count ("sqrt", ``allocate_budget_sqrt``): between the paper's
-# coverage of the sparse strata and a uniform draw's proportional shares. "auto" (dealrec.coreset) takes the
-# paper's unless the check puts its coreset below random draws', then the square-root shares (docs/selection.md,
-# "Square-root budgets where the check predicts a loss").
-# "proportional" (``allocate_budget_proportional``) gives each stratum a share in proportion to its count: with no hard
-# prune, a random sample stratified by score (each sample's chance about n / N, as in a uniform draw, and every
-# stratum's share fixed).
-ALLOCATIONS = ("equal", "sqrt", "proportional")
+# coverage of the sparse strata and a uniform draw's proportional shares; or in proportion to each stratum's count
+# ("proportional", ``allocate_budget_proportional``): with no hard prune, a random sample stratified by score (each
+# sample's chance about n / N, as in a uniform draw, and every stratum's share fixed). ``ALLOCATORS`` below names
+# them (``ALLOCATIONS``). "auto" (dealrec.coreset) takes the paper's unless the check puts its coreset below random
+# draws', then ``AUTO_FALLBACK``'s (docs/selection.md, "Square-root budgets where the check predicts a loss").
 AUTO_ALLOCATION = "auto"
 AUTO_FALLBACK = "sqrt"   # what "auto" takes when the check puts the paper's coreset below random draws'
 FIRST_AUTO_FALLBACK = "sqrt"   # what it took when "auto" came (session 19): runs recorded then name no fallback
@@ -59,9 +57,8 @@ ALLOCATION_WORDS = {"sqrt": "budgets by the square root of each stratum's count"
 
 def check_allocation(allocation: str | None) -> None:
     """Refuse an ``--allocation`` that is not one (None: the method's default)."""
-    if allocation is not None and allocation not in ALLOCATIONS + (AUTO_ALLOCATION,):
-        raise DealrecError(f"unknown --allocation {allocation!r} (choose from "
-                           f"{', '.join(ALLOCATIONS + (AUTO_ALLOCATION,))})")
+    if allocation is not None and allocation not in ALLOCATION_CHOICES:
+        raise DealrecError(f"unknown --allocation {allocation!r} (choose from {', '.join(ALLOCATION_CHOICES)})")
 
 
 # ----------------------------------------------------------------------------- scores
@@ -237,6 +234,8 @@ def _water_filled(counts: np.ndarray, n: int, weight_of: np.ndarray, name: str) 
 
 
 ALLOCATORS = {"equal": allocate_budget, "sqrt": allocate_budget_sqrt, "proportional": allocate_budget_proportional}
+ALLOCATIONS = tuple(ALLOCATORS)
+ALLOCATION_CHOICES = ALLOCATIONS + (AUTO_ALLOCATION,)   # what --allocation takes
 
 
 def stratified_select(sample_id: Sequence[int], score: Sequence[float], n: int, k: int = DEFAULT_K,
