@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import click
 
 from dealrec.manifest import MANIFEST_FILE, RunManifest, update_manifest
+from dealrec.strata import AUTO_ALLOCATION, AUTO_FALLBACK
 from dealrec_core import storage
 from dealrec_core.errors import DealrecError, InputError
 
@@ -287,8 +288,15 @@ def config_from_run(run: str | Path, command: str | None = None) -> str:
         used = manifest.section("selection")
         for flag, value in options.items():
             field = RESOLVED_BY_SELECTION.get(name, {}).get(flag)
-            if value is None and field is not None and used.get(field) is not None:
-                lines.append(f"{flag} = {toml_value(used[field])}   # not set: the default then, as the "
+            resolved = value is None and field is not None and used.get(field) is not None
+            if resolved:
+                value = used[field]
+            taken = _auto_taken_then(flag, value, used) if field is not None else None
+            if taken is not None:
+                lines.append(f"{flag} = {toml_value(taken)}   # {value} took {taken} then, a fallback "
+                             f"today's {value} does not take ({AUTO_FALLBACK}): the same coreset")
+            elif resolved:
+                lines.append(f"{flag} = {toml_value(value)}   # not set: the default then, as the "
                              f"selection used it")
             else:
                 lines.append(f"# {flag}: not set" if value is None else f"{flag} = {toml_value(value)}")
@@ -296,6 +304,17 @@ def config_from_run(run: str | Path, command: str | None = None) -> str:
             if flag not in options:
                 lines.append(f"{flag} = {toml_value(value)}   # recorded before the option existed: the value then")
     return "\n".join(lines) + "\n"
+
+
+def _auto_taken_then(flag: str, value, used: Mapping[str, Any]) -> str | None:
+    """For an ``auto`` allocation whose run fell back to budgets that today's ``auto`` would not fall back to
+    (``strata.AUTO_FALLBACK`` changed since): the budgets it took, which select that run's coreset again (auto's
+    fallback is the same selection as asking for those budgets). None otherwise: ``auto`` that kept the paper's
+    shares, or took today's fallback, decides the same way again."""
+    if flag != "allocation" or value != AUTO_ALLOCATION:
+        return None
+    taken = used.get("allocation_used")
+    return taken if taken not in (None, "equal", AUTO_FALLBACK) else None
 
 
 @click.command("config-from-run")

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from dealrec.cli import main
 from dealrec.manifest import RunManifest
 from dealrec.methods import REGISTRY
+from dealrec import runconfig
 from dealrec.runconfig import CONFIG_COMMANDS, config_from_run, option_flags, read_config, toml_value
 from dealrec_core.errors import DealrecError
 from test_prune import write_release
@@ -248,3 +249,28 @@ def test_a_selection_that_left_the_allocation_to_its_method_records_the_one_it_w
     doc = tomllib.loads(config_from_run(run))
     assert doc["select"] == {"method": "dealrec", "n": 10, "allocation": "auto"}
     assert doc["prune"]["allocation"] == "auto"
+
+
+@pytest.mark.parametrize("fallback_now,written", [("sqrt", "auto"), ("proportional", "sqrt")])
+def test_an_auto_run_that_fell_back_replays_its_coreset_when_the_fallback_has_changed(tmp_path, monkeypatch,
+                                                                                   fallback_now, written):
+    """auto's fallback is the same selection as asking for those budgets: when today's auto would fall back to
+    others (strata.AUTO_FALLBACK changed since), the config gives the budgets the run took, so the replay selects
+    the run's coreset; while the fallback is the same, auto is kept and decides again the same way."""
+    monkeypatch.setattr(runconfig, "AUTO_FALLBACK", fallback_now)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({
+        "options": {"select": {"method": "dealrec", "n": 10, "allocation": "auto"},
+                    "prune": {"n": 10, "allocation": None}},
+        "selection": {"method": "dealrec", "k": 50, "hard_prune": 0.0, "allocation": "auto",
+                      "allocation_used": "sqrt"}}))
+    text = config_from_run(run)
+    doc = tomllib.loads(text)
+    assert doc["select"]["allocation"] == written and doc["prune"]["allocation"] == written
+    assert (f"today's auto does not take ({fallback_now})" in text) == (written != "auto")
+    # an auto run that kept the paper's budgets replays as auto whatever the fallback
+    (run / "manifest.json").write_text(json.dumps({
+        "options": {"select": {"method": "dealrec", "n": 10, "allocation": "auto"}},
+        "selection": {"method": "dealrec", "allocation": "auto", "allocation_used": "equal"}}))
+    assert tomllib.loads(config_from_run(run))["select"]["allocation"] == "auto"
