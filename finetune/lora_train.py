@@ -36,6 +36,7 @@ from transformers.trainer_callback import EarlyStoppingCallback, PrinterCallback
 
 from dealrec_core.batching import IGNORE_INDEX, pad_batch
 from dealrec_core.errors import DealrecError
+from dealrec_core.optim import adam
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # transformers 5 renamed TrainingArguments.gradient_checkpointing (the old name still works, with a warning)
@@ -195,7 +196,7 @@ def build_trainer(model, train_examples: Sequence[dict], valid_examples: Sequenc
     warmup = min(cfg.warmup_steps, planned // 10)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if optimizer is None:
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+        optimizer = adam(trainable, decoupled=True, lr=cfg.lr, weight_decay=0.0)
     # lr of step s (0-based): cfg.lr * min(1, (s + 1) / (warmup + 1)) during the warm-up, then cfg.lr
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from dealrec_core.data import atomic_file, write_text_atomic
 from dealrec_core.errors import DealrecError
+from dealrec_core.optim import adam
 from dealrec_core.threads import fixed_threads
 
 
@@ -197,7 +198,7 @@ def _train_rqvae(embeddings: np.ndarray, config: RQVAEConfig, progress: bool) ->
     gen = torch.Generator().manual_seed(config.seed)
     model = RQVAE(x.shape[1], config)
     model.init_codebooks(x, gen)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = adam(model.parameters(), lr=config.lr)
     reseed_epochs = int(config.epochs * config.reseed_dead_until)
     bar = tqdm(range(config.epochs), desc="rq-vae", disable=not progress, unit="epoch")
     for epoch in bar:

@@ -36,6 +36,7 @@ from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
 from dealrec_core.evaluate import DEFAULT_KS, ranking_metrics, stopping_split, users_with_truth
 from dealrec_core.paths import check_output
+from dealrec_core.optim import adam
 from dealrec_core.training import train_with_early_stopping
 from finetune.rqvae import RQVAEConfig
 from finetune.tiger import TigerConfig, TigerModel, build_tiger, load_tiger, save_tiger
@@ -118,8 +119,8 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
     torch.manual_seed(config.seed)
     decay = [p for n, p in model.t5.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.t5.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    opt = adam([{"params": decay, "weight_decay": config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}], decoupled=True, lr=config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(config.warmup_steps, 1)))
     steps_per_epoch = math.ceil(len(targets) / config.batch_size)
     eval_every_epochs = max(1, math.ceil(config.eval_every_steps / steps_per_epoch))

@@ -25,6 +25,7 @@ from dealrec_core.threads import fixed_threads
 from dealrec_core.data import PreparedData, Samples, atomic_output_dir, check_item_range, write_json_atomic
 from dealrec_core.errors import DealrecError
 from dealrec_core.paths import check_output
+from dealrec_core.optim import adam
 from dealrec_core.training import MAX_EPOCHS, PATIENCE, TIME_BUDGET, train_with_early_stopping
 from dealrec_core.evaluate import evaluate_scorer, format_metrics
 from surrogates.base import CHECKPOINTS_DIR, Surrogate, checkpoint_name, save_surrogate
@@ -141,7 +142,7 @@ def _train_loop(model: Surrogate, samples: Samples, data: PreparedData, cfg: Tra
     torch.manual_seed(cfg.seed)  # dropout masks
     shuffle_rng = np.random.default_rng(cfg.seed)
     valid_split = data.eval_split("valid")
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = EpochPlan(model, samples, cfg.batch_size, cfg.batching, cfg.weighting)
     n_batches = plan.n_batches
 
