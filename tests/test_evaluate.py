@@ -125,3 +125,58 @@ def test_stopping_split_holds_out_the_reported_users():
     assert stop is report and len(stop) == 40
     with pytest.raises(ValueError):
         stopping_split(split, -1)
+
+
+def _dense_reference(scores: torch.Tensor, split: EvalSplit, ks=(10, 20, 50)) -> dict[str, float]:
+    """The evaluator before 2026-11-28 (session 21), as it was: [users, catalogue] masks of the histories and the
+    targets, the same float64 sums per batch of users."""
+    n_cols = scores.shape[1]
+
+    def mask(rows):
+        m = torch.zeros(len(rows), n_cols, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            m[i, torch.as_tensor(np.asarray(r, dtype=np.int64))] = True
+        m[:, 0] = False
+        return m
+
+    s = scores.clone()
+    s[mask(split.history)] = -torch.inf
+    s[:, 0] = -torch.inf
+    ranked = torch.topk(s, max(ks), dim=1).indices
+    ranked[torch.gather(s, 1, ranked) == -torch.inf] = 0
+    truth = mask(split.targets)
+    hits = torch.gather(truth, 1, ranked.clamp(min=0)).double()
+    hits[ranked <= 0] = 0.0
+    n_truth = truth.sum(1).double()
+    discounts = 1.0 / torch.log2(torch.arange(2, max(ks) + 2, dtype=torch.float64))
+    ideal_cum = torch.cumsum(discounts, 0)
+    out = {}
+    for k in ks:
+        h = hits[:, :k]
+        out[f"recall@{k}"] = float((h.sum(1) / n_truth).sum()) / len(split)
+        out[f"ndcg@{k}"] = float(((h * discounts[:k]).sum(1) / ideal_cum[(torch.clamp(n_truth, max=k) - 1).long()])
+                                 .sum()) / len(split)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_sparse_truth_gives_the_dense_masks_metrics_to_the_last_bit(seed):
+    """The evaluator no longer builds [users, catalogue] masks; every figure is the same float (early stopping
+    compares them strictly, so a surrogate's best epoch cannot move): several targets, repeated targets and
+    history items, empty histories, targets inside the history, a catalogue barely larger than K."""
+    rng = np.random.default_rng(seed)
+    n_items = int(rng.choice([60, 400]))
+    n_users = int(rng.integers(20, 200))
+    history = [rng.integers(1, n_items + 1, int(rng.integers(0, 12))).astype(np.int32) for _ in range(n_users)]
+    targets = [rng.integers(1, n_items + 1, int(rng.integers(1, 4))).astype(np.int32) for _ in range(n_users)]
+    targets[0] = np.array([5, 5], np.int32)                       # a repeated target counts once
+    if len(history[1]):
+        targets[1] = history[1][:1].copy()                        # a target the history hides
+    order = np.argsort([len(h) for h in history], kind="stable")   # the evaluator's order: one batch, as given
+    history, targets = [history[i] for i in order], [targets[i] for i in order]
+    split = EvalSplit(np.arange(n_users), history, targets)
+    scores = torch.from_numpy(rng.standard_normal((n_users, n_items + 1)).astype(np.float32))
+    scores[:, 1:9] = 0.5                                          # ties
+    expected = _dense_reference(scores, split)
+    got = evaluate_scorer(lambda hist: scores if len(hist) == n_users else None, split, n_items, batch_size=n_users)
+    assert got == expected
