@@ -51,6 +51,32 @@ def _weighted_grads(h, table, y, chunk, weights):
     return hh, tt, (chunked_cross_entropy(hh, tt, y, chunk) * weights).sum()
 
 
+def _table_gradient_block_by_block(grad_table, h, lse, grad, slabs, maxima, chunk, skip):
+    """The kept-exponential table gradient as it was until session 21: a product per block."""
+    for k, lo in enumerate(range(skip, grad_table.shape[0], chunk)):
+        e = slabs[k, :, :min(chunk, grad_table.shape[0] - lo)]
+        grad_table[lo:lo + chunk] = e.T @ (h * (torch.exp(maxima[k] - lse) * grad)[:, None])
+
+
+@pytest.mark.parametrize("items,chunk", [(2001, 256), (2049, 256), (100, 256), (700, 64)])
+def test_the_batched_table_gradient_is_the_block_by_block_one_bit_for_bit(items, chunk, monkeypatch):
+    """float32, as training runs: the full blocks' batched product gives the gradient of a product per block to
+    the last bit (so a surrogate trained before keeps its bytes), with and without a narrower last block."""
+    gen = torch.Generator().manual_seed(items)
+    table = torch.randn(items, 24, generator=gen) * 0.3
+    h = torch.randn(300, 24, generator=gen)
+    y = torch.randint(1, items, (300,), generator=gen)
+    weights = torch.rand(300, generator=gen)
+    grads = []
+    for gradient in (softmax_module._table_gradient_from_kept, _table_gradient_block_by_block):
+        monkeypatch.setattr(softmax_module, "_table_gradient_from_kept", gradient)
+        hh, tt, loss = _weighted_grads(h, table, y, chunk, weights)
+        loss.backward()
+        grads.append((hh.grad, tt.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    assert grads[0][1][1:].abs().sum() > 0
+
+
 def test_kept_exponentials_are_never_overwritten_while_their_graph_lives():
     """Three graphs alive at once (the pool lends two buffers; the third forward gets its own memory), their
     backwards run in reverse order: each gradient is still autograd's. A later forward reuses a buffer only once
