@@ -421,19 +421,36 @@ def build_tiger(data: PreparedData, seed: int = 0, config: TigerConfig | None = 
 def save_tiger(model: TigerModel, folder: str | Path) -> None:
     """Write ``config.json``, ``model.safetensors`` and the semantic IDs (+ RQ-VAE) into ``folder``.
 
-    Files are written under temporary names and renamed, so a crash never leaves half a file.
+    Files are written under temporary names and renamed, so a crash never leaves half a file. The same weights
+    give the same bytes: the tied tensors (T5's shared embedding) are written once and no header metadata is
+    (``safetensors.torch.save_model`` names the dropped ties in a metadata map whose order its writer varies from
+    process to process; ``load_model`` does not read it).
     """
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_file(folder / "model.safetensors") as tmp:
-        save_model(model.t5, str(tmp))
+        save_file(_untied_state(model.t5), str(tmp))
     save_semantic_ids(model.semantic_ids, model.rqvae, folder)
     meta = {"format": CHECKPOINT_FORMAT, "tiger": asdict(model.config), "seed": model.seed,
             "n_items": model.n_items, "vocab_size": model.vocab_size,
             "level_offsets": model.level_offsets, "level_sizes": model.level_sizes}
     write_text_atomic(folder / "config.json", json.dumps(meta, indent=2) + "\n")
+
+
+def _untied_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state with each group of tensors that share memory (tied weights) kept once, under the group's
+    first name in sorted order: what ``safetensors.torch.load_model`` restores every tie from."""
+    kept: dict[str, torch.Tensor] = {}
+    seen: dict[tuple, str] = {}
+    for name, tensor in sorted(module.state_dict().items()):
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+               tuple(tensor.stride()), tensor.dtype)
+        if key not in seen:
+            seen[key] = name
+            kept[name] = tensor.detach().contiguous()
+    return kept
 
 
 def load_tiger(folder: str | Path, device: str | torch.device = "cpu") -> TigerModel:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -106,6 +107,42 @@ def test_checkpoint_round_trip_gives_identical_rankings(tmp_path):
     assert np.array_equal(model.rank(hist, k=10), loaded.rank(hist, k=10))
     batch = model.encode(hist, [4, 5, 6])
     assert torch.equal(model.sample_losses(batch), loaded.sample_losses(batch))
+
+
+def test_a_checkpoint_is_the_same_bytes_from_any_process_and_keeps_its_ties(tmp_path):
+    """The same weights, saved by two processes (Python's string hashing differs between them), give the same
+    model.safetensors; the tied embedding is stored once and is tied again after loading; a checkpoint written by
+    safetensors' save_model (dealrec before session 21, with its ties in header metadata) still loads."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_model
+
+    model = tiny_model().eval()
+    with torch.no_grad():
+        for p in model.t5.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    save_tiger(model, tmp_path / "ckpt")
+    code = ("import sys; sys.path[:0] = sys.argv[3:]; from finetune.tiger import load_tiger, save_tiger; "
+            "save_tiger(load_tiger(sys.argv[1]), sys.argv[2])")
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"again-{seed}"
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "ckpt"), str(out), *sys.path], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+        outs.append((out / "model.safetensors").read_bytes())
+    assert outs[0] == outs[1] == (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    loaded = load_tiger(tmp_path / "ckpt")
+    shared = loaded.t5.shared.weight
+    assert loaded.t5.encoder.embed_tokens.weight is shared and loaded.t5.decoder.embed_tokens.weight is shared
+    assert torch.equal(shared, model.t5.shared.weight)
+    (tmp_path / "old").mkdir()
+    save_model(model.t5, str(tmp_path / "old" / "model.safetensors"))   # the old writer, metadata and all
+    for name in ("config.json", "semantic_ids.json", "semantic_ids.safetensors"):
+        (tmp_path / "old" / name).write_bytes((tmp_path / "ckpt" / name).read_bytes())
+    old = load_tiger(tmp_path / "old")
+    hist = [[1, 2, 3], [], [10, 11]]
+    assert np.array_equal(old.rank(hist, k=10), loaded.rank(hist, k=10))
 
 
 def test_training_pairs_expand_prefixes():
