@@ -157,11 +157,10 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             grad_h = grad[:, None] * (expect - table[y])
         if ctx.needs_input_grad[1]:
             grad_table = torch.zeros_like(table)
-            starts = range(ctx.skip, table.shape[0], ctx.chunk)
             if kept:   # p = kept exponentials * exp(that block's maximum - lse): the factor goes onto h
                 _table_gradient_from_kept(grad_table, h, lse, grad, *kept, ctx.chunk, ctx.skip)
             else:
-                for lo in starts:
+                for lo in range(ctx.skip, table.shape[0], ctx.chunk):
                     p = torch.exp(h @ table[lo:lo + ctx.chunk].T - lse[:, None]) * grad[:, None]
                     grad_table[lo:lo + ctx.chunk] = p.T @ h
             grad_table.index_add_(0, y, -grad[:, None] * h)
