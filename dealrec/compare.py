@@ -680,7 +680,7 @@ def run_compare(data, out, n: int = DEFAULT_N, methods: str | Sequence[str] = DE
                    "target": target, "full": full, "lam": lam, "k": k, "hard_prune": shares,
                    "allocation": allocations,
                    "train_options": train_options, "score_config": config.to_dict(), "phases": phases,
-                   "plan": plan, "executor": executor, "t_all": t_all}
+                   "plan": plan, "executor": executor, "t_all": t_all, "say": say, "progress": progress}
         from dealrec_core.evaluate import stopping_split, users_with_truth   # torch: not on the --help path
 
         popularity = item_popularity(prepared)
@@ -778,7 +778,63 @@ def _versus_random(row: dict, random_row: dict) -> dict:
     return out
 
 
-def build_report(context: dict, results: dict, popularity: np.ndarray, references: dict, failed: dict) -> dict:
+def _per_user_of(context: dict, result: dict, backfill: bool) -> dict | None:
+    """A run's per-user results (split -> ``PerUser``): its model folder's ``per_user.parquet``; for a TIGER run
+    made before runs wrote one, with ``backfill``, its checkpoint ranks the users again and the file is written
+    (once). None when there is none to be had."""
+    from dealrec_core.evaluate import PER_USER_FILE, per_user_table, read_per_user
+
+    folder = context["out"] / "runs" / _trained_by(result) / context["target"]
+    path = folder / PER_USER_FILE
+    if path.exists():
+        return read_per_user(path)
+    if not (backfill and context["target"] == "tiger" and (folder / "model.safetensors").exists()):
+        return None
+    from finetune.tiger_train import tiger_per_user
+
+    context["say"](f"compare: {_trained_by(result)} has no per-user results (made by an older dealrec): ranking its "
+                   f"users again from its checkpoint")
+    per_user = tiger_per_user(folder, context["prepared"].root, progress=context.get("progress", False))
+    write_parquet_atomic(per_user_table(per_user), path)
+    return per_user
+
+
+def paired_comparisons(context: dict, results: dict, backfill: bool = False) -> dict:
+    """Every method (and all data) against random, and every other method against dealrec (the default), paired
+    user by user over the seeds both have (``dealrec.paired``): per split and metric the difference, its 95%
+    interval over users and seeds, and the verdict. Methods whose runs lack per-user results are listed apart."""
+    from dealrec.paired import BOOTSTRAP_SEED, LEVEL, REPLICATES, paired_difference
+
+    names = list(context["methods"]) + ([ALL] if context["full"] else [])
+    runs, lacking = {}, []
+    for method in names:
+        by_seed = {s: results[f"{method}-seed{s}"] for s in context["seeds"] if f"{method}-seed{s}" in results}
+        if not by_seed:
+            continue
+        got = {s: _per_user_of(context, r, backfill) for s, r in by_seed.items()}
+        if any(v is None for v in got.values()):
+            lacking.append(method)
+            continue
+        runs[method] = got
+
+    def versus(a: str, b: str) -> dict:
+        seeds = sorted(set(runs[a]) & set(runs[b]))
+        # paired by seed too where both have it (the same seed: the same model initialisation)
+        return {split: {m: paired_difference({s: runs[a][s][split] for s in seeds},
+                                             {s: runs[b][s][split] for s in seeds}, m)
+                        for m in METRICS} for split in SPLITS} if seeds else {}
+
+    against_random = {m: versus(m, "random") for m in runs if m != "random"} if "random" in runs else {}
+    default_against = {m: versus("dealrec", m) for m in runs if m not in ("dealrec", ALL)} if "dealrec" in runs else {}
+    return {"method": f"paired bootstrap over users and seeds, {REPLICATES} replicates, {LEVEL:.0%} percentile "
+                      f"interval, generator seed {BOOTSTRAP_SEED} (dealrec/paired.py)",
+            "against_random": {m: v for m, v in against_random.items() if v},
+            "dealrec_against": {m: v for m, v in default_against.items() if v},
+            "without_per_user": lacking}
+
+
+def build_report(context: dict, results: dict, popularity: np.ndarray, references: dict, failed: dict,
+                 backfill: bool = False) -> dict:
     import torch
 
     prepared = context["prepared"]
@@ -835,6 +891,7 @@ def build_report(context: dict, results: dict, popularity: np.ndarray, reference
         "finetune_options": context["train_options"], "score_options": context["score_config"],
         "users": context["user_counts"],
         "rows": rows,
+        "paired": paired_comparisons(context, results, backfill),
         "composition": {"all_samples": context["all_samples"], "coresets": compositions,
                         "popularity": "interactions of the item over all samples' sequences (history and target)"},
         "runs": runs, "planned": [f"{m}-seed{s}" for m, s in context["plan"]],
@@ -852,13 +909,14 @@ def build_report(context: dict, results: dict, popularity: np.ndarray, reference
 def write_report(context: dict, results: dict, popularity: np.ndarray, references: dict, failed: dict,
                  plots: bool = True) -> dict:
     """report.json and report.md (and the two plots), each written to a temporary name and renamed."""
-    report = build_report(context, results, popularity, references, failed)
+    report = build_report(context, results, popularity, references, failed, backfill=plots)
     out = context["out"]
     write_json_atomic(out / "report.json", report)
     _write_text_atomic(out / "report.md", report_markdown(report))
     if plots:
         plot_metrics(report, out / "metrics.png")
         plot_composition(report, out / "composition.png")
+        plot_paired(report, out / "paired.png")
     return report
 
 
@@ -941,6 +999,44 @@ def few_users_warning(users: dict | None) -> list[str]:
             f"fix it (they share the users), more data does.", ""]
 
 
+PAIRED_SHOWN = ("recall@10", "ndcg@10")
+
+
+def _comparisons(paired: dict) -> list[tuple[str, dict]]:
+    """(label, split -> metric -> interval) of every paired comparison of a report, against random first."""
+    out = [(f"{'all data' if m == ALL else m} - random", v) for m, v in paired.get("against_random", {}).items()]
+    out += [(f"dealrec - {m}", v) for m, v in paired.get("dealrec_against", {}).items() if m != "random"]
+    return out
+
+
+def paired_markdown(paired: dict | None) -> list[str]:
+    """The report's section on which differences the users and seeds decide (reports before it: none)."""
+    if not paired:
+        return []
+    from dealrec.paired import interval_text
+
+    comparisons = _comparisons(paired)
+    lines = ["## Decided or not: paired over users and seeds", "",
+             f"Each cell: the difference of the means, its 95% interval, and the verdict (better or worse only when "
+             f"the whole interval is on one side of zero). {paired['method'].capitalize()}: the users are resampled "
+             f"(the same ones for both sides) and so are each side's seeds, so the interval holds both the split's "
+             f"sampling of users and the spread of the trainings. \"not decided\" means these users cannot tell "
+             f"the two apart: a larger evaluation split would; more seeds narrow only the training part.", ""]
+    if comparisons:
+        head = [f"{split} {m}" for split in reversed(SPLITS) for m in PAIRED_SHOWN]
+        lines += ["| comparison | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
+        for label, by_split in comparisons:
+            cells = [interval_text(by_split[split][m]) for split in reversed(SPLITS) for m in PAIRED_SHOWN]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        any_cell = comparisons[0][1]
+        lines += ["", f"Users counted: valid {any_cell['valid'][PAIRED_SHOWN[0]]['users']}, test "
+                      f"{any_cell['test'][PAIRED_SHOWN[0]]['users']}. report.json holds {', '.join(METRICS)}.", ""]
+    if paired.get("without_per_user"):
+        lines += [f"No per-user results for {', '.join(paired['without_per_user'])} (runs made by an older dealrec "
+                  f"whose checkpoints could not be ranked again): left out of this section.", ""]
+    return lines
+
+
 def report_markdown(report: dict) -> str:
     lines = [f"# dealrec compare: {report['target']} on {report['n']}-sample coresets",
              "",
@@ -997,6 +1093,7 @@ def report_markdown(report: dict) -> str:
                         cells.append(ratio_text)
                 lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
             lines.append("")
+    lines += paired_markdown(report.get("paired"))
     comp = report["composition"]
     lines += ["## Composition of the coresets", "",
               f"Popularity of an item: {comp['popularity']}. Coreset rows: mean over seeds [per seed].", "",
@@ -1114,6 +1211,40 @@ def plot_composition(report: dict, path: Path) -> None:
         if j == 0:
             ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"composition of the {report['n']}-sample coresets against all samples", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_paired(report: dict, path: Path) -> None:
+    """Each paired comparison's difference and 95% interval (a row each), per split and metric; green where the
+    interval is above zero, red below, grey where it holds zero. Nothing is drawn without comparisons."""
+    comparisons = _comparisons(report.get("paired") or {})
+    if not comparisons:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"better": "#238b45", "worse": "#cb181d", "not decided": "#737373"}
+    panels = [(split, m) for split in reversed(SPLITS) for m in PAIRED_SHOWN]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 0.45 * len(comparisons) + 1.6),
+                             squeeze=False, sharey=True)
+    for j, (split, m) in enumerate(panels):
+        ax = axes[0, j]
+        for y, (_, by_split) in enumerate(comparisons):
+            r = by_split[split][m]
+            ax.plot([r["low"], r["high"]], [y, y], color=colours[r["verdict"]], linewidth=2.2)
+            ax.scatter([r["diff"]], [y], color=colours[r["verdict"]], s=22, zorder=3)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(f"{split} {m}", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[0, 0].set_yticks(range(len(comparisons)))
+    axes[0, 0].set_yticklabels([label for label, _ in comparisons], fontsize=8)
+    axes[0, 0].invert_yaxis()
+    fig.suptitle(f"{report['target']}, {report['n']} samples: difference and 95% interval over users and seeds "
+                 f"(green: decided better, red: decided worse, grey: not decided)", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from dealrec_core.data import EvalSplit
@@ -64,8 +66,9 @@ class _Truth:
         return found & (ranked > 0)
 
 
-def _metric_sums(ranked: torch.Tensor, truth: _Truth, ks: Sequence[int]) -> dict[str, float]:
-    """Sums over users of recall@k and ndcg@k; ``ranked`` [B, >=max(ks)] item ids, ``truth`` the B users' targets."""
+def _per_user_values(ranked: torch.Tensor, truth: _Truth, ks: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Each user's recall@k and ndcg@k (float64 [B]); ``ranked`` [B, >=max(ks)] item ids, ``truth`` the B users'
+    targets. The metrics of a split are these values' means."""
     hits = truth.hits(ranked).double()
     n_truth = truth.counts.double()
     max_k = max(ks)
@@ -74,11 +77,16 @@ def _metric_sums(ranked: torch.Tensor, truth: _Truth, ks: Sequence[int]) -> dict
     out = {}
     for k in ks:
         h = hits[:, :k]
-        out[f"recall@{k}"] = float((h.sum(1) / n_truth).sum())
+        out[f"recall@{k}"] = h.sum(1) / n_truth
         dcg = (h * discounts[:h.shape[1]]).sum(1)
         idcg = ideal_cum[(torch.clamp(n_truth, max=k) - 1).long()]
-        out[f"ndcg@{k}"] = float((dcg / idcg).sum())
+        out[f"ndcg@{k}"] = dcg / idcg
     return out
+
+
+def _metric_sums(ranked: torch.Tensor, truth: _Truth, ks: Sequence[int]) -> dict[str, float]:
+    """Sums over users of recall@k and ndcg@k; ``ranked`` [B, >=max(ks)] item ids, ``truth`` the B users' targets."""
+    return {key: float(v.sum()) for key, v in _per_user_values(ranked, truth, ks).items()}
 
 
 def truth_rows(split: EvalSplit) -> np.ndarray:
@@ -128,12 +136,10 @@ def _ordered(sums: dict[str, float], n_users: int, ks: Sequence[int]) -> dict[st
     return out
 
 
-def ranking_metrics(ranked: np.ndarray | torch.Tensor, split: EvalSplit,
-                    ks: Sequence[int] = DEFAULT_KS, n_items: int | None = None) -> dict[str, float]:
-    """Metrics from ranked lists (row i ranks for ``split`` user i; 0 pads a short list).
-
-    History items in a list are dropped before cutting at K, as in full ranking.
-    """
+def _ranked_lists(ranked: np.ndarray | torch.Tensor, split: EvalSplit, ks: Sequence[int],
+                  n_items: int | None) -> tuple[torch.Tensor, EvalSplit]:
+    """``ranked`` cut to the users with a ground truth, history items dropped (stable compaction) and padded to
+    ``max(ks)``; with that split."""
     ranked = torch.as_tensor(np.asarray(ranked), dtype=torch.long)
     if ranked.shape[0] != len(split):
         raise ValueError(f"{ranked.shape[0]} ranked lists for {len(split)} users")
@@ -153,22 +159,82 @@ def ranking_metrics(ranked: np.ndarray | torch.Tensor, split: EvalSplit,
     max_k = max(ks)
     if ranked.shape[1] < max_k:
         ranked = torch.cat([ranked, torch.zeros(ranked.shape[0], max_k - ranked.shape[1], dtype=torch.long)], 1)
-    sums = _metric_sums(ranked[:, :max_k], _Truth(split.targets), ks)
-    return _ordered(sums, len(split), ks)
+    return ranked[:, :max_k], split
 
 
-@torch.no_grad()
-def evaluate_scorer(score_fn: Callable[[list], torch.Tensor], split: EvalSplit, n_items: int,
-                    ks: Sequence[int] = DEFAULT_KS, batch_size: int = 1024) -> dict[str, float]:
-    """Full-ranking metrics of a model that scores all items for a batch of histories.
+def ranking_metrics(ranked: np.ndarray | torch.Tensor, split: EvalSplit,
+                    ks: Sequence[int] = DEFAULT_KS, n_items: int | None = None) -> dict[str, float]:
+    """Metrics from ranked lists (row i ranks for ``split`` user i; 0 pads a short list).
 
-    Users are scored in batches of similar history length (shortest first), so that a sequence model pads
-    little (Games' validation by a SASRec: 1.9x faster than in user order, the same metrics): the metrics are
-    sums over users, and a model's scores for a user do not depend on who shares the batch (the surrogate
-    contract's batch invariance)."""
-    split = users_with_truth(split)
+    History items in a list are dropped before cutting at K, as in full ranking.
+    """
+    ranked, split = _ranked_lists(ranked, split, ks, n_items)
+    return _ordered(_metric_sums(ranked, _Truth(split.targets), ks), len(split), ks)
+
+
+def ranking_per_user(ranked: np.ndarray | torch.Tensor, split: EvalSplit,
+                     ks: Sequence[int] = DEFAULT_KS, n_items: int | None = None) -> "PerUser":
+    """``ranking_metrics`` user by user: the users with a ground truth, in split order, and each one's metrics
+    (their means are ``ranking_metrics``' figures)."""
+    ranked, split = _ranked_lists(ranked, split, ks, n_items)
+    values = _per_user_values(ranked, _Truth(split.targets), ks)
+    return PerUser(np.asarray(split.user, dtype=np.int64), {k: v.numpy() for k, v in values.items()})
+
+
+class PerUser:
+    """One split's metrics per user: ``users`` (int64 [U], ids) and ``values`` (metric -> float64 [U], in the
+    order of ``users``). What a paired comparison of two models on the same users reads (``per_user.parquet``)."""
+
+    def __init__(self, users: np.ndarray, values: dict[str, np.ndarray]):
+        self.users = np.asarray(users, dtype=np.int64)
+        self.values = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
+        for k, v in self.values.items():
+            if v.shape != self.users.shape:
+                raise ValueError(f"{k}: {v.shape[0]} values for {len(self.users)} users")
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def means(self) -> dict[str, float]:
+        return {k: float(v.mean()) if len(v) else 0.0 for k, v in self.values.items()}
+
+
+PER_USER_FILE = "per_user.parquet"
+
+
+def per_user_table(splits: dict[str, PerUser]) -> pa.Table:
+    """The per-user results of a run as one table: ``split``, ``user`` and a column per metric."""
+    names = list(dict.fromkeys(k for p in splits.values() for k in p.values))
+    columns = {"split": pa.array([s for s, p in splits.items() for _ in range(len(p))], type=pa.string()),
+               "user": pa.array(np.concatenate([p.users for p in splits.values()]) if splits else
+                                np.zeros(0, np.int64), type=pa.int64())}
+    for name in names:
+        columns[name] = pa.array(np.concatenate([p.values[name] for p in splits.values()]), type=pa.float64())
+    return pa.table(columns)
+
+
+def read_per_user(path) -> dict[str, PerUser]:
+    """``per_user.parquet`` back as split -> ``PerUser``; a missing column or a duplicate user names the file."""
+    table = pq.read_table(path)
+    for column in ("split", "user"):
+        if column not in table.column_names:
+            raise ValueError(f"{path}: no column {column!r}")
+    names = [c for c in table.column_names if c not in ("split", "user")]
+    split_col = np.asarray(table.column("split").to_pylist(), dtype=object)
+    users = table.column("user").to_numpy()
+    out = {}
+    for split in dict.fromkeys(split_col):
+        rows = np.flatnonzero(split_col == split)
+        if len(np.unique(users[rows])) != len(rows):
+            raise ValueError(f"{path}: split {split!r} lists a user twice")
+        out[split] = PerUser(users[rows], {n: table.column(n).to_numpy()[rows] for n in names})
+    return out
+
+
+def _scored_batches(score_fn: Callable[[list], torch.Tensor], split: EvalSplit, n_items: int,
+                    ks: Sequence[int], batch_size: int):
+    """``(rows, per-user values)`` of each batch of ``split`` (users with a ground truth), in the evaluator's order."""
     max_k = max(ks)
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
     order = np.argsort([len(h) for h in split.history], kind="stable")
     for start in range(0, len(split), batch_size):
         rows = order[start:start + batch_size]
@@ -183,9 +249,36 @@ def evaluate_scorer(score_fn: Callable[[list], torch.Tensor], split: EvalSplit, 
         ranked[torch.gather(scores, 1, ranked) == -torch.inf] = 0  # fewer rankable items than K
         if ranked.shape[1] < max_k:  # a catalogue smaller than K: the list is simply shorter
             ranked = torch.cat([ranked, torch.zeros(len(hist), max_k - ranked.shape[1], dtype=torch.long)], 1)
-        for key, v in _metric_sums(ranked, truth, ks).items():
-            sums[key] += v
+        yield rows, _per_user_values(ranked, truth, ks)
+
+
+@torch.no_grad()
+def evaluate_scorer(score_fn: Callable[[list], torch.Tensor], split: EvalSplit, n_items: int,
+                    ks: Sequence[int] = DEFAULT_KS, batch_size: int = 1024) -> dict[str, float]:
+    """Full-ranking metrics of a model that scores all items for a batch of histories.
+
+    Users are scored in batches of similar history length (shortest first), so that a sequence model pads
+    little (Games' validation by a SASRec: 1.9x faster than in user order, the same metrics): the metrics are
+    sums over users, and a model's scores for a user do not depend on who shares the batch (the surrogate
+    contract's batch invariance)."""
+    split = users_with_truth(split)
+    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    for _, values in _scored_batches(score_fn, split, n_items, ks, batch_size):
+        for key, v in values.items():
+            sums[key] += float(v.sum())
     return _ordered(sums, len(split), ks)
+
+
+@torch.no_grad()
+def evaluate_scorer_per_user(score_fn: Callable[[list], torch.Tensor], split: EvalSplit, n_items: int,
+                             ks: Sequence[int] = DEFAULT_KS, batch_size: int = 1024) -> PerUser:
+    """``evaluate_scorer`` user by user, in split order (the users with a ground truth)."""
+    split = users_with_truth(split)
+    values = {f"{m}@{k}": np.zeros(len(split)) for k in ks for m in ("recall", "ndcg")}
+    for rows, batch in _scored_batches(score_fn, split, n_items, ks, batch_size):
+        for key, v in batch.items():
+            values[key][rows] = v.numpy()
+    return PerUser(np.asarray(split.user, dtype=np.int64), values)
 
 
 def popularity_scorer(train_sequences: Sequence[np.ndarray], n_items: int) -> Callable[[list], torch.Tensor]:

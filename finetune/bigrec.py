@@ -17,6 +17,7 @@ Output folder (written atomically)::
     OUT/adapter/adapter_model.safetensors, adapter_config.json   the LoRA adapter (peft)
     OUT/manifest.json                                            parameters, inputs, losses, timings
     OUT/metrics.json                                             valid/test metrics, steps, seconds
+    OUT/per_user.parquet                                         split, user, each user's metrics
     OUT/generations/{valid,test}.parquet                         user, generated text
 """
 from __future__ import annotations
@@ -40,11 +41,12 @@ from tqdm import tqdm
 from dealrec_core import __version__
 from dealrec_core.batching import pad_batch
 from dealrec_core.data import EvalSplit, PreparedData, atomic_output_dir, check_item_range, load_samples, \
-    sha256_file, shard_paths, write_json_atomic
+    sha256_file, shard_paths, write_json_atomic, write_parquet_atomic
 from dealrec_core.devices import DEVICE_HELP, DTYPE_CHOICES, dtype_name
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
-from dealrec_core.evaluate import DEFAULT_KS, evaluate_scorer, format_metrics, truth_rows
+from dealrec_core.evaluate import (DEFAULT_KS, PER_USER_FILE, PerUser, evaluate_scorer_per_user, format_metrics,
+                                   per_user_table, truth_rows)
 from dealrec_core.paths import check_output
 from finetune.llm import attach_lora, load_causal_lm, pick_device, pick_dtype, quantization
 from finetune.lora_train import MIXED_PRECISION, check_batching, check_mixed_precision, train_lora
@@ -184,10 +186,10 @@ def nonempty_users(split: EvalSplit, max_users: int | None, seed: int) -> EvalSp
     return split.subset(keep)
 
 
-def grounded_metrics(catalogue: Catalogue, generated_embeddings: torch.Tensor, split: EvalSplit,
-                     n_items: int, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """The evaluator over grounded scores; ``split`` holds only users with a ground truth, and row i of
-    ``generated_embeddings`` is user i's. The evaluator takes users in its own order (by history length), so
+def grounded_per_user(catalogue: Catalogue, generated_embeddings: torch.Tensor, split: EvalSplit,
+                      n_items: int, ks: Sequence[int] = DEFAULT_KS) -> PerUser:
+    """The evaluator over grounded scores, user by user; ``split`` holds only users with a ground truth, and row i
+    of ``generated_embeddings`` is user i's. The evaluator takes users in its own order (by history length), so
     each batch's rows are found by the identity of the history arrays it passes; every user is scored once."""
     row_of = {id(h): i for i, h in enumerate(split.history)}
     scored = np.zeros(len(split), dtype=bool)
@@ -199,10 +201,16 @@ def grounded_metrics(catalogue: Catalogue, generated_embeddings: torch.Tensor, s
         scored[rows] = True
         return catalogue.scores(generated_embeddings[rows])
 
-    metrics = evaluate_scorer(score_fn, split, n_items, ks=ks)
+    per_user = evaluate_scorer_per_user(score_fn, split, n_items, ks=ks)
     if not scored.all():
         raise RuntimeError(f"evaluator scored {int(scored.sum())} of {len(split)} users")
-    return metrics
+    return per_user
+
+
+def grounded_metrics(catalogue: Catalogue, generated_embeddings: torch.Tensor, split: EvalSplit,
+                     n_items: int, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """``grounded_per_user``'s means: the split's metrics."""
+    return grounded_per_user(catalogue, generated_embeddings, split, n_items, ks).means()
 
 
 # ----------------------------------------------------------------------------- the run
@@ -332,6 +340,7 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
         f"best validation loss {result.best_valid_loss:.4f}")
 
     metrics: dict = {}
+    per_user: dict[str, PerUser] = {}
     generations: dict[str, list[str]] = {}
     for name, split in splits.items():
         t = time.perf_counter()
@@ -343,7 +352,8 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
         t = time.perf_counter()
         gen_emb = embed_texts(model, tokenizer, generations[name], cfg.embed_batch_size, device,
                               desc=f"embed {name}")
-        metrics[name] = grounded_metrics(catalogue, gen_emb, split, prepared.n_items)
+        per_user[name] = grounded_per_user(catalogue, gen_emb, split, prepared.n_items)
+        metrics[name] = per_user[name].means()
         timings[f"ground_{name}"] = time.perf_counter() - t
         log(f"{name} ({len(split)} users): {format_metrics(metrics[name])}")
 
@@ -374,6 +384,7 @@ def _run_bigrec(llm: Path, data: Path, train: Path, out: Path, cfg: BigrecConfig
             pq.write_table(pa.table({"user": pa.array(split.user, pa.int64()),
                                      "generated": pa.array(generations[name], pa.string())}),
                            tmp / "generations" / f"{name}.parquet")
+        write_parquet_atomic(per_user_table(per_user), tmp / PER_USER_FILE)
         write_json_atomic(tmp / "manifest.json", manifest)
         write_json_atomic(tmp / "metrics.json", metrics)
     shutil.rmtree(work_dir, ignore_errors=True)   # the results are in place: the checkpoints are spent

@@ -12,6 +12,8 @@ draw: ``dealrec_core.evaluate.stopping_split``); the final numbers are the best 
 the *other* validation users and of every test user, scored by ``dealrec_core.evaluate.ranking_metrics``
 (the project's one evaluator), so that validation is not judged on the users that chose the epoch.
 ``valid_users`` 0 is the old protocol: every validation user stops and is reported (optimistic).
+Beside ``metrics.json`` a run writes ``per_user.parquet``: each reported user's metrics (split, user, recall@k,
+ndcg@k; their means are metrics.json's), what ``dealrec compare`` pairs runs on user by user.
 
 A training sample is one pair (its full history -> its target) unless ``expand_prefixes`` is set:
 then every sample is expanded into its prefixes (each item of the sequence predicted from the items
@@ -20,6 +22,7 @@ sequences becomes a few thousand training pairs; the sample itself is always one
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -30,11 +33,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dealrec_core.data import EvalSplit, PreparedData, Samples, atomic_output_dir, load_samples, write_json_atomic
+from dealrec_core.data import (EvalSplit, PreparedData, Samples, atomic_output_dir, load_samples, write_json_atomic,
+                               write_parquet_atomic)
 from dealrec_core.devices import DEVICE_HELP, pick_device, reproducible_on
 from dealrec_core.errors import DealrecError
 from dealrec_core.options import SEED
-from dealrec_core.evaluate import DEFAULT_KS, ranking_metrics, stopping_split, users_with_truth
+from dealrec_core.evaluate import (DEFAULT_KS, PER_USER_FILE, PerUser, per_user_table, ranking_metrics, ranking_per_user,
+                                   stopping_split, users_with_truth)
 from dealrec_core.paths import check_output
 from dealrec_core.optim import adam
 from dealrec_core.training import train_with_early_stopping
@@ -83,11 +88,43 @@ def training_pairs(samples: Samples, expand_prefixes: bool) -> tuple[list, np.nd
     return histories, np.asarray(targets, dtype=np.int64)
 
 
-def evaluate_tiger(model: TigerModel, split: EvalSplit, config: TigerTrainConfig, desc: str = "") -> dict:
+def _ranked(model: TigerModel, split: EvalSplit, config: TigerTrainConfig, desc: str) -> tuple[np.ndarray, EvalSplit]:
     split = users_with_truth(split)
-    ranked = model.rank(split.history, k=max(DEFAULT_KS), beam_size=config.beam_size,
-                        batch_size=config.eval_batch_size, progress=config.progress and bool(desc))
+    return model.rank(split.history, k=max(DEFAULT_KS), beam_size=config.beam_size,
+                      batch_size=config.eval_batch_size, progress=config.progress and bool(desc)), split
+
+
+def evaluate_tiger(model: TigerModel, split: EvalSplit, config: TigerTrainConfig, desc: str = "") -> dict:
+    ranked, split = _ranked(model, split, config, desc)
     return ranking_metrics(ranked, split, n_items=model.n_items)
+
+
+def evaluate_tiger_per_user(model: TigerModel, split: EvalSplit, config: TigerTrainConfig,
+                            desc: str = "") -> tuple[dict, PerUser]:
+    """``evaluate_tiger``'s metrics and the same ranking's metrics user by user (one beam search)."""
+    ranked, split = _ranked(model, split, config, desc)
+    return (ranking_metrics(ranked, split, n_items=model.n_items),
+            ranking_per_user(ranked, split, n_items=model.n_items))
+
+
+def report_splits(data: PreparedData, valid_users: int) -> dict[str, EvalSplit]:
+    """The users a run's metrics are reported on: the validation users that did not stop it, and every test user."""
+    return {"valid": stopping_split(data.eval_split("valid"), valid_users)[1], "test": data.eval_split("test")}
+
+
+def tiger_per_user(model_dir, data_dir, valid_users: int | None = None, progress: bool = False) -> dict[str, PerUser]:
+    """The per-user results of a TIGER run made before runs saved them: its checkpoint ranks the users its
+    metrics were reported on again (the run's ``valid_users`` and beam size, from its metrics.json), the same
+    ranking as the run's own evaluation for the same code."""
+    model_dir = Path(model_dir)
+    metrics = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
+    trained = metrics.get("train_config") or {}
+    if valid_users is None:
+        valid_users = trained.get("valid_users", TigerTrainConfig.valid_users)
+    config = TigerTrainConfig(beam_size=trained.get("beam_size", TigerTrainConfig.beam_size), progress=progress)
+    model = load_tiger(model_dir)
+    return {split: evaluate_tiger_per_user(model, users, config, desc=split)[1]
+            for split, users in report_splits(PreparedData(data_dir), valid_users).items()}
 
 
 @torch.no_grad()
@@ -173,12 +210,15 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
     bar.close()
     model.eval()
     train_seconds = time.time() - t_start
+    (valid_metrics, valid_per_user), (test_metrics, test_per_user) = (
+        evaluate_tiger_per_user(model, valid_report, config, desc="valid"),
+        evaluate_tiger_per_user(model, data.eval_split("test"), config, desc="test"))
     result = {
-        "valid": evaluate_tiger(model, valid_report, config, desc="valid"),
+        "valid": valid_metrics,
         # the users behind "valid": the ones that did not choose the stopping epoch, unless valid_users is 0
         "valid_users": {"stop": len(valid_stop), "report": len(valid_report),
                         "held_out": valid_stop is not valid_report},
-        "test": evaluate_tiger(model, data.eval_split("test"), config, desc="test"),
+        "test": test_metrics,
         "epochs": stop.epochs,
         "best_epoch": stop.best_epoch,
         "seconds": time.time() - t_start,
@@ -187,6 +227,8 @@ def train_tiger(model: TigerModel, train: Samples, data: PreparedData, config: T
         "train_pairs": int(len(targets)),
         "steps": step,
         "validation_history": history,
+        # each user's metrics (not JSON: run_tiger writes them to PER_USER_FILE)
+        "per_user": {"valid": valid_per_user, "test": test_per_user},
     }
     return result
 
@@ -271,8 +313,10 @@ def _run_tiger(data_dir, train_path, out, init_ckpt, encoder_dir, seed, max_epoc
     result["init"] = str(init_ckpt) if init_ckpt else None
     result["threads"] = torch.get_num_threads()
     result["device"] = str(device)
+    per_user = result.pop("per_user")
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         save_tiger(model, tmp)
+        write_parquet_atomic(per_user_table(per_user), tmp / PER_USER_FILE)
         write_json_atomic(tmp / "metrics.json", result)
     return result
 

@@ -164,6 +164,49 @@ def test_report_has_every_method_seed_and_reference(compared):
     assert sum("compare: [" in line for line in compared["stderr"].splitlines()) == len(results)
 
 
+def test_the_report_pairs_every_method_with_random_and_the_default_user_by_user(compared):
+    """The decided-or-not section: each method (and all data) against random, each other method against dealrec,
+    from the runs' per-user files; the same figures as dealrec.paired on those files."""
+    from dealrec.paired import paired_difference
+    from dealrec_core.evaluate import read_per_user
+
+    out, report = compared["out"], compared["report"]
+    paired = report["paired"]
+    assert set(paired["against_random"]) == {"dealrec", "el2n", "ccs", "all"}
+    assert set(paired["dealrec_against"]) == {"random", "el2n", "ccs"} and not paired["without_per_user"]
+
+    def runs(method):
+        return {s: read_per_user(out / "runs" / f"{method}-seed{s}" / "tiger" / "per_user.parquet") for s in SEEDS}
+
+    for split in SPLITS:
+        for m in METRICS:
+            expected = paired_difference({s: r[split] for s, r in runs("ccs").items()},
+                                         {s: r[split] for s, r in runs("random").items()}, m)
+            assert paired["against_random"]["ccs"][split][m] == expected
+            # the point difference is the difference of the rows' means
+            row = {r["method"]: r for r in report["rows"] if "method" in r}
+            assert expected["diff"] == pytest.approx(row["ccs"]["mean"][split][m] - row["random"]["mean"][split][m],
+                                                     abs=1e-12)
+            assert expected["users"] == report["users"][split]
+    md = (out / "report.md").read_text()
+    assert "## Decided or not: paired over users and seeds" in md
+    for label in ("dealrec - random", "all data - random", "dealrec - el2n", "dealrec - ccs"):
+        assert f"| {label} | " in md
+    assert (out / "paired.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_made_before_per_user_results_are_ranked_again_from_their_checkpoints(compared, workdir, tmp_path,
+                                                                                 monkeypatch):
+    out = _copy_of(compared, workdir, tmp_path, monkeypatch)
+    for path in (out / "runs").glob("*/tiger/per_user.parquet"):
+        path.unlink()
+    result, report = _compare(workdir, out, METHODS, SEEDS, "--full")
+    assert report["phases"]["runs"]["ran"] == 0
+    assert "has no per-user results (made by an older dealrec)" in result.stderr
+    assert report["paired"] == compared["report"]["paired"]
+    assert len(list((out / "runs").glob("*/tiger/per_user.parquet"))) == len(_results(out))
+
+
 def test_scores_and_baseline_columns_are_computed_once(compared):
     out, report = compared["out"], compared["report"]
     el2n = report["phases"]["baselines"]["el2n"]

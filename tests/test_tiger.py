@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from dealrec.cli import main
 from dealrec_core.data import EvalSplit, PreparedData, samples_table, write_parquet_atomic, write_samples
-from dealrec_core.evaluate import ranking_metrics, stopping_split
+from dealrec_core.evaluate import PER_USER_FILE, ranking_metrics, read_per_user, stopping_split
 from finetune.rqvae import semantic_ids_from_codes
 from finetune.tiger import TigerConfig, TigerModel, load_tiger, save_tiger
-from finetune.tiger_train import TigerTrainConfig, train_tiger, training_pairs
+from finetune.tiger_train import TigerTrainConfig, tiger_per_user, train_tiger, training_pairs
 
 TINY = TigerConfig(d_model=16, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=8,
                    dropout=0.0, max_history_items=5)
@@ -215,6 +215,17 @@ def test_command_trains_on_a_hand_written_coreset_and_reloads(tmp_path, tiny_enc
         pytest.approx(metrics["valid"])
     assert ranking_metrics(model.rank(stop.history, k=50), stop, n_items=data.n_items) != \
         pytest.approx(metrics["valid"])
+    # each reported user's metrics beside them: the same users, means equal to metrics.json's; the checkpoint
+    # ranks them again to the same values (what compare does for a run made before the file)
+    per_user = read_per_user(out / PER_USER_FILE)
+    assert list(per_user) == ["valid", "test"]
+    assert sorted(per_user["valid"].users) == sorted(report.user) and len(per_user["test"]) == len(test)
+    for split in ("valid", "test"):
+        assert per_user[split].means() == pytest.approx(metrics[split], abs=1e-12)
+    again = tiger_per_user(out, data_dir)
+    for split in ("valid", "test"):
+        assert np.array_equal(again[split].users, per_user[split].users)
+        assert all(np.array_equal(again[split].values[k], per_user[split].values[k]) for k in per_user[split].values)
     assert len(set(map(tuple, model.semantic_ids.codes[1:].tolist()))) == data.n_items
     # --init continues from the checkpoint (same semantic IDs, no encoder needed)
     res = CliRunner().invoke(main, ["finetune", "tiger", "--data", str(data_dir), "--train", str(data_dir / "samples"),
