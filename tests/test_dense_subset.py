@@ -97,3 +97,37 @@ def test_command_line_refusal_is_one_line(prepared, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         ds.main(["--data", str(prepared), "--out", str(tmp_path / "cut"), "--category", "Q"])
     assert str(exc.value).startswith("dense_subset: ") and "\n" not in str(exc.value)
+
+
+pool = load_benchmark("pool_cuts")
+
+
+def test_a_pool_keeps_each_folder_apart_with_its_own_item_and_user_ids(prepared, tmp_path):
+    """Two cuts of the same log pooled: every sequence and evaluation row is its folder's, shifted past the folders
+    before it; the same user in both is two users; items are listed once per folder, in order."""
+    ds.cut(prepared, tmp_path / "p", items=100, samples=100, category="P")
+    ds.cut(prepared, tmp_path / "g", items=100, samples=100, category="G")
+    counts = pool.pool([tmp_path / "p", tmp_path / "g"], tmp_path / "pool")
+    a, b, out = PreparedData(tmp_path / "p"), PreparedData(tmp_path / "g"), PreparedData(tmp_path / "pool")
+    assert out.n_items == a.n_items + b.n_items == counts["items"]
+    assert out.items.column("item").to_pylist() == list(range(1, out.n_items + 1))
+    assert out.items.column("title").to_pylist() == a.items.column("title").to_pylist() + \
+        b.items.column("title").to_pylist()
+    pooled = out.samples()
+    expected = [list(s) for s in a.samples().sequences()] + \
+        [[int(i) + a.n_items for i in s] for s in b.samples().sequences()]
+    assert [[int(i) for i in s] for s in pooled.sequences()] == expected
+    assert len(set(pooled.sample_id.tolist())) == len(pooled) == counts["samples"]
+    n_a = len(a.samples())
+    assert not set(pooled.user[:n_a].tolist()) & set(pooled.user[n_a:].tolist())   # user 10 is in both cuts
+    for split in ("valid", "test"):
+        e, ea, eb = out.eval_split(split), a.eval_split(split), b.eval_split(split)
+        assert [list(t) for t in e.targets] == [list(t) for t in ea.targets] + \
+            [[int(i) + a.n_items for i in t] for t in eb.targets]
+        # each evaluation user is the pooled user of the same folder's samples
+        users_a = dict(zip(a.samples().user.tolist(), pooled.user[:n_a].tolist()))
+        assert e.user[:len(ea)].tolist() == [users_a[u] for u in ea.user.tolist()]
+    with pytest.raises(DealrecError, match="already exists"):
+        pool.pool([tmp_path / "p", tmp_path / "g"], tmp_path / "pool")
+    with pytest.raises(DealrecError, match="at least two"):
+        pool.pool([tmp_path / "p"], tmp_path / "pool2")
