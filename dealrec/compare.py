@@ -803,7 +803,7 @@ def paired_comparisons(context: dict, results: dict, backfill: bool = False) -> 
     """Every method (and all data) against random, and every other method against dealrec (the default), paired
     user by user over the seeds both have (``dealrec.paired``): per split and metric the difference, its 95%
     interval over users and seeds, and the verdict. Methods whose runs lack per-user results are listed apart."""
-    from dealrec.paired import BOOTSTRAP_SEED, LEVEL, REPLICATES, paired_difference
+    from dealrec.paired import BOOTSTRAP_SEED, LEVEL, REPLICATES, paired_differences
 
     names = list(context["methods"]) + ([ALL] if context["full"] else [])
     runs, lacking = {}, []
@@ -820,9 +820,9 @@ def paired_comparisons(context: dict, results: dict, backfill: bool = False) -> 
     def versus(a: str, b: str) -> dict:
         seeds = sorted(set(runs[a]) & set(runs[b]))
         # paired by seed too where both have it (the same seed: the same model initialisation)
-        return {split: {m: paired_difference({s: runs[a][s][split] for s in seeds},
-                                             {s: runs[b][s][split] for s in seeds}, m)
-                        for m in METRICS} for split in SPLITS} if seeds else {}
+        return {split: paired_differences({s: runs[a][s][split] for s in seeds},
+                                          {s: runs[b][s][split] for s in seeds}, METRICS)
+                for split in SPLITS} if seeds else {}
 
     against_random = {m: versus(m, "random") for m in runs if m != "random"} if "random" in runs else {}
     default_against = {m: versus("dealrec", m) for m in runs if m not in ("dealrec", ALL)} if "dealrec" in runs else {}
@@ -834,7 +834,7 @@ def paired_comparisons(context: dict, results: dict, backfill: bool = False) -> 
 
 
 def build_report(context: dict, results: dict, popularity: np.ndarray, references: dict, failed: dict,
-                 backfill: bool = False) -> dict:
+                 final: bool = False) -> dict:
     import torch
 
     prepared = context["prepared"]
@@ -891,7 +891,8 @@ def build_report(context: dict, results: dict, popularity: np.ndarray, reference
         "finetune_options": context["train_options"], "score_options": context["score_config"],
         "users": context["user_counts"],
         "rows": rows,
-        "paired": paired_comparisons(context, results, backfill),
+        # the final report only: the intervals take seconds a comparison, too many to redo after every run
+        "paired": paired_comparisons(context, results, backfill=True) if final else None,
         "composition": {"all_samples": context["all_samples"], "coresets": compositions,
                         "popularity": "interactions of the item over all samples' sequences (history and target)"},
         "runs": runs, "planned": [f"{m}-seed{s}" for m, s in context["plan"]],
@@ -908,8 +909,9 @@ def build_report(context: dict, results: dict, popularity: np.ndarray, reference
 
 def write_report(context: dict, results: dict, popularity: np.ndarray, references: dict, failed: dict,
                  plots: bool = True) -> dict:
-    """report.json and report.md (and the two plots), each written to a temporary name and renamed."""
-    report = build_report(context, results, popularity, references, failed, backfill=plots)
+    """report.json and report.md (and the plots), each written to a temporary name and renamed. ``plots``: the
+    final report, which also holds the paired intervals (a report written after each run has ``paired`` None)."""
+    report = build_report(context, results, popularity, references, failed, final=plots)
     out = context["out"]
     write_json_atomic(out / "report.json", report)
     _write_text_atomic(out / "report.md", report_markdown(report))

@@ -16,7 +16,7 @@ The draws come from a fixed generator (``BOOTSTRAP_SEED``): the same runs give t
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -36,47 +36,65 @@ def _matrix(runs: Mapping, users: np.ndarray, metric: str, side: str) -> np.ndar
     for seed, per_user in runs.items():
         if metric not in per_user.values:
             raise ValueError(f"{side}, seed {seed}: no per-user {metric}")
-        position = {int(u): i for i, u in enumerate(per_user.users)}
-        rows.append(per_user.values[metric][[position[int(u)] for u in users]])
+        rows.append(per_user.values[metric][_positions(per_user.users, users)])
     return np.stack(rows)
+
+
+def _positions(held: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """Where each of ``users`` (all of them in ``held``) sits in ``held``."""
+    order = np.argsort(held, kind="stable")
+    return order[np.searchsorted(held, users, sorter=order)]
 
 
 def common_users(*sides: Mapping) -> np.ndarray:
     """The users every run of every side was evaluated on (sorted); runs of one comparison share them all."""
-    sets = [set(p.users.tolist()) for side in sides for p in side.values()]
-    if not sets:
-        return np.zeros(0, np.int64)
-    return np.array(sorted(set.intersection(*sets)), dtype=np.int64)
+    users = None
+    for side in sides:
+        for per_user in side.values():
+            users = per_user.users if users is None else np.intersect1d(users, per_user.users)
+    return np.zeros(0, np.int64) if users is None else np.unique(users)
 
 
-def paired_difference(a: Mapping[object, PerUser], b: Mapping[object, PerUser], metric: str,
-                      replicates: int = REPLICATES, seed: int = BOOTSTRAP_SEED) -> dict:
-    """``a`` minus ``b`` in ``metric`` (each: seed -> one run's per-user results on one split), paired by user:
-    the point difference (means over seeds of the means over users), its 95% bootstrap interval over users and
-    seeds, the share of replicates above zero, and the verdict. Only the users that every run holds count."""
+def paired_differences(a: Mapping[object, PerUser], b: Mapping[object, PerUser], metrics: Sequence[str],
+                       replicates: int = REPLICATES, seed: int = BOOTSTRAP_SEED) -> dict[str, dict]:
+    """``a`` minus ``b`` in each of ``metrics`` (each side: seed -> one run's per-user results on one split),
+    paired by user: the point difference (means over seeds of the means over users), its 95% bootstrap interval
+    over users and seeds, the share of replicates above zero, and the verdict. Only the users that every run
+    holds count. Every metric is read off the same replicates (the draws do not depend on the metrics asked)."""
     if not a or not b:
         raise ValueError("each side needs at least one run")
     users = common_users(a, b)
     if len(users) == 0:
         raise ValueError("the runs share no user")
-    A, B = _matrix(a, users, metric, "a"), _matrix(b, users, metric, "b")
-    point = float(A.mean(1).mean() - B.mean(1).mean())
+    mats = {m: (_matrix(a, users, m, "a"), _matrix(b, users, m, "b")) for m in metrics}
+    n_a, n_b, n = len(a), len(b), len(users)
     rng = np.random.default_rng(seed)
-    n = len(users)
-    diffs = np.empty(replicates)
+    diffs = {m: np.empty(replicates) for m in metrics}
     for start in range(0, replicates, _CHUNK):
         c = min(_CHUNK, replicates - start)
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=c).T / n          # [users, c]: a resample of users
-        means_a, means_b = A @ weights, B @ weights                               # [seeds, c]
-        pick_a = rng.integers(0, len(A), size=(len(A), c))                        # a resample of each side's seeds
-        pick_b = rng.integers(0, len(B), size=(len(B), c))
-        diffs[start:start + c] = (np.take_along_axis(means_a, pick_a, 0).mean(0)
-                                  - np.take_along_axis(means_b, pick_b, 0).mean(0))
+        # a resample of the users per replicate, as counts: [users, c], each column summing to n
+        drawn = rng.integers(0, n, size=(c, n)) + (np.arange(c) * n)[:, None]
+        weights = np.bincount(drawn.ravel(), minlength=c * n).reshape(c, n).T / n
+        pick_a = rng.integers(0, n_a, size=(n_a, c))           # a resample of each side's seeds
+        pick_b = rng.integers(0, n_b, size=(n_b, c))
+        for m, (A, B) in mats.items():
+            diffs[m][start:start + c] = (np.take_along_axis(A @ weights, pick_a, 0).mean(0)
+                                         - np.take_along_axis(B @ weights, pick_b, 0).mean(0))
     tail = (1 - LEVEL) / 2
-    low, high = (float(x) for x in np.quantile(diffs, [tail, 1 - tail]))
-    verdict = "better" if low > 0 else "worse" if high < 0 else "not decided"
-    return {"diff": point, "low": low, "high": high, "share_above_zero": float((diffs > 0).mean()),
-            "verdict": verdict, "users": int(n), "seeds": [len(A), len(B)], "replicates": int(replicates)}
+    out = {}
+    for m, (A, B) in mats.items():
+        low, high = (float(x) for x in np.quantile(diffs[m], [tail, 1 - tail]))
+        out[m] = {"diff": float(A.mean(1).mean() - B.mean(1).mean()), "low": low, "high": high,
+                  "share_above_zero": float((diffs[m] > 0).mean()),
+                  "verdict": "better" if low > 0 else "worse" if high < 0 else "not decided",
+                  "users": int(n), "seeds": [n_a, n_b], "replicates": int(replicates)}
+    return out
+
+
+def paired_difference(a: Mapping[object, PerUser], b: Mapping[object, PerUser], metric: str,
+                      replicates: int = REPLICATES, seed: int = BOOTSTRAP_SEED) -> dict:
+    """``paired_differences`` for one metric (the same figures as when it is asked with others)."""
+    return paired_differences(a, b, [metric], replicates, seed)[metric]
 
 
 def interval_text(result: dict, digits: int = 4) -> str:
