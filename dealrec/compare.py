@@ -998,7 +998,8 @@ def few_users_warning(users: dict | None) -> list[str]:
     fewest = min(users[s] for s in ("valid", "test"))
     return [f"**Few users to count on** ({', '.join(small)}): one user's hit moves a mean Recall@10 by up to "
             f"{1 / max(fewest, 1):.3f}, so differences between methods of that size are noise; more seeds do not "
-            f"fix it (they share the users), more data does.", ""]
+            f"fix it (they share the users), more data does. \"Decided or not\" below says which differences these "
+            f"users and seeds decide.", ""]
 
 
 PAIRED_SHOWN = ("recall@10", "ndcg@10")
