@@ -148,3 +148,30 @@ def test_per_user_file_round_trips_and_a_bad_one_names_itself(tmp_path):
         read_per_user(path)
     with pytest.raises(ValueError, match="2 values for 3 users"):
         PerUser(np.array([1, 2, 3]), {"recall@10": np.array([1.0, 0.0])})
+
+
+def test_a_comparison_lists_the_methods_whose_runs_have_no_per_user_results(tmp_path):
+    """A run without per_user.parquet and without a checkpoint to rank again is left out of the intervals, and the
+    report says so; the others are still paired."""
+    from dealrec.compare import paired_comparisons, paired_markdown
+
+    rng = np.random.default_rng(8)
+    results = {}
+    for method in ("dealrec", "random", "ccs"):
+        for seed in (0, 1):
+            name = f"{method}-seed{seed}"
+            results[name] = {"name": name}
+            folder = tmp_path / "runs" / name / "tiger"
+            folder.mkdir(parents=True)
+            if method != "ccs":
+                split = PerUser(np.arange(40), {"recall@10": rng.random(40), "ndcg@10": rng.random(40),
+                                                "recall@20": rng.random(40), "ndcg@20": rng.random(40)})
+                write_parquet_atomic(per_user_table({"valid": split, "test": split}), folder / "per_user.parquet")
+    context = {"out": tmp_path, "target": "tiger", "methods": ["dealrec", "random", "ccs"], "full": False,
+               "seeds": [0, 1], "say": lambda line: None}
+    paired = paired_comparisons(context, results, backfill=True)
+    assert paired["without_per_user"] == ["ccs"]
+    assert set(paired["against_random"]) == {"dealrec"} and set(paired["dealrec_against"]) == {"random"}
+    assert paired["against_random"]["dealrec"]["test"]["recall@10"]["users"] == 40
+    text = "\n".join(paired_markdown(paired))
+    assert "| dealrec - random | " in text and "No per-user results for ccs" in text
