@@ -819,7 +819,7 @@ def paired_comparisons(context: dict, results: dict, backfill: bool = False) -> 
 
     def versus(a: str, b: str) -> dict:
         seeds = sorted(set(runs[a]) & set(runs[b]))
-        # paired by seed too where both have it (the same seed: the same model initialisation)
+        # the seeds both sides ran (paired.py resamples each side's on its own)
         return {split: paired_differences({s: runs[a][s][split] for s in seeds},
                                           {s: runs[b][s][split] for s in seeds}, METRICS)
                 for split in SPLITS} if seeds else {}
@@ -1023,8 +1023,8 @@ def paired_markdown(paired: dict | None) -> list[str]:
              f"Each cell: the difference of the means, its 95% interval, and the verdict (better or worse only when "
              f"the whole interval is on one side of zero). {paired['method'].capitalize()}: the users are resampled "
              f"(the same ones for both sides) and so are each side's seeds, so the interval holds both the split's "
-             f"sampling of users and the spread of the trainings. \"not decided\" means these users cannot tell "
-             f"the two apart: a larger evaluation split would; more seeds narrow only the training part.", ""]
+             f"sampling of users and the spread of the trainings. \"not decided\" means these users and runs "
+             f"cannot tell the two apart: more users narrow the users' part, more seeds the trainings'.", ""]
     if comparisons:
         head = [f"{split} {m}" for split in reversed(SPLITS) for m in PAIRED_SHOWN]
         lines += ["| comparison | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]

@@ -114,8 +114,8 @@ def report_splits(data: PreparedData, valid_users: int) -> dict[str, EvalSplit]:
 
 def tiger_per_user(model_dir, data_dir, valid_users: int | None = None, progress: bool = False) -> dict[str, PerUser]:
     """The per-user results of a TIGER run made before runs saved them: its checkpoint ranks the users its
-    metrics were reported on again (the run's ``valid_users`` and beam size, from its metrics.json), the same
-    ranking as the run's own evaluation for the same code."""
+    metrics were reported on again (the run's ``valid_users`` and beam size, from its metrics.json) on the CPU: the
+    same ranking as the run's own evaluation for the same code on the same kind of device."""
     model_dir = Path(model_dir)
     metrics = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
     trained = metrics.get("train_config") or {}
