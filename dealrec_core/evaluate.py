@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from dealrec_core.data import EvalSplit
+from dealrec_core.errors import InputError
 
 DEFAULT_KS = (10, 20, 50)
 
@@ -214,11 +215,16 @@ def per_user_table(splits: dict[str, PerUser]) -> pa.Table:
 
 
 def read_per_user(path) -> dict[str, PerUser]:
-    """``per_user.parquet`` back as split -> ``PerUser``; a missing column or a duplicate user names the file."""
-    table = pq.read_table(path)
+    """``per_user.parquet`` back as split -> ``PerUser``. A file that is not Parquet, lacks a column or lists a user
+    twice in a split is an ``InputError`` naming the file (and the field)."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(path, f"not a readable per-user results file ({e}); delete it and the run's checkpoint ranks "
+                               f"its users again") from None
     for column in ("split", "user"):
         if column not in table.column_names:
-            raise ValueError(f"{path}: no column {column!r}")
+            raise InputError(path, "missing column", field=column)
     names = [c for c in table.column_names if c not in ("split", "user")]
     split_col = np.asarray(table.column("split").to_pylist(), dtype=object)
     users = table.column("user").to_numpy()
@@ -226,7 +232,7 @@ def read_per_user(path) -> dict[str, PerUser]:
     for split in dict.fromkeys(split_col):
         rows = np.flatnonzero(split_col == split)
         if len(np.unique(users[rows])) != len(rows):
-            raise ValueError(f"{path}: split {split!r} lists a user twice")
+            raise InputError(path, f"split {split!r} lists a user twice")
         out[split] = PerUser(users[rows], {n: table.column(n).to_numpy()[rows] for n in names})
     return out
 

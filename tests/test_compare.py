@@ -205,6 +205,14 @@ def test_runs_made_before_per_user_results_are_ranked_again_from_their_checkpoin
     assert "has no per-user results (made by an older dealrec)" in result.stderr
     assert report["paired"] == compared["report"]["paired"]
     assert len(list((out / "runs").glob("*/tiger/per_user.parquet"))) == len(_results(out))
+    # a damaged file is one line naming it, and the report on disk is left as it was
+    before = (out / "report.json").read_bytes()
+    (out / "runs" / "ccs-seed1" / "tiger" / "per_user.parquet").write_bytes(b"damaged")
+    result = CliRunner().invoke(main, _args(workdir, out, METHODS, SEEDS, "--full"))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "ccs-seed1/tiger/per_user.parquet: not a readable per-user results file" in errors[0]
+    assert (out / "report.json").read_bytes() == before
 
 
 def test_scores_and_baseline_columns_are_computed_once(compared):

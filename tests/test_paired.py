@@ -7,6 +7,7 @@ import torch
 
 from dealrec.paired import paired_difference
 from dealrec_core.data import EvalSplit, write_parquet_atomic
+from dealrec_core.errors import DealrecError
 from dealrec_core.evaluate import (PerUser, evaluate_scorer, evaluate_scorer_per_user, per_user_table,
                                    ranking_metrics, ranking_per_user, read_per_user)
 
@@ -144,7 +145,13 @@ def test_per_user_file_round_trips_and_a_bad_one_names_itself(tmp_path):
     assert back["test"].means() == {"recall@10": 0.25, "ndcg@10": 0.1}
     twice = PerUser(np.array([3, 3]), {"recall@10": np.array([1.0, 0.0])})
     write_parquet_atomic(per_user_table({"valid": twice}), path)
-    with pytest.raises(ValueError, match=r"per_user\.parquet: split 'valid' lists a user twice"):
+    with pytest.raises(DealrecError, match=r"per_user\.parquet: split 'valid' lists a user twice"):
+        read_per_user(path)
+    path.write_bytes(b"not parquet")
+    with pytest.raises(DealrecError, match=r"per_user\.parquet: not a readable per-user results file"):
+        read_per_user(path)
+    write_parquet_atomic(per_user_table({"valid": a}).drop_columns(["user"]), path)
+    with pytest.raises(DealrecError, match=r"per_user\.parquet, field 'user': missing column"):
         read_per_user(path)
     with pytest.raises(ValueError, match="2 values for 3 users"):
         PerUser(np.array([1, 2, 3]), {"recall@10": np.array([1.0, 0.0])})
