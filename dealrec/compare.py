@@ -778,13 +778,12 @@ def _versus_random(row: dict, random_row: dict) -> dict:
     return out
 
 
-def _per_user_of(context: dict, result: dict, backfill: bool) -> dict | None:
-    """A run's per-user results (split -> ``PerUser``): its model folder's ``per_user.parquet``; for a TIGER run
-    made before runs wrote one, with ``backfill``, its checkpoint ranks the users again and the file is written
-    (once). None when there is none to be had."""
+def _per_user_of(context: dict, folder: Path, backfill: bool) -> dict | None:
+    """The per-user results (split -> ``PerUser``) of the model in ``folder``: its ``per_user.parquet``; for a
+    TIGER run made before runs wrote one, with ``backfill``, its checkpoint ranks the users again and the file is
+    written (once). None when there is none to be had."""
     from dealrec_core.evaluate import PER_USER_FILE, per_user_table, read_per_user
 
-    folder = context["out"] / "runs" / _trained_by(result) / context["target"]
     path = folder / PER_USER_FILE
     if path.exists():
         return read_per_user(path)
@@ -792,7 +791,7 @@ def _per_user_of(context: dict, result: dict, backfill: bool) -> dict | None:
         return None
     from finetune.tiger_train import tiger_per_user
 
-    context["say"](f"compare: {_trained_by(result)} has no per-user results (made by an older dealrec): ranking its "
+    context["say"](f"compare: {folder.parent.name} has no per-user results (made by an older dealrec): ranking its "
                    f"users again from its checkpoint")
     per_user = tiger_per_user(folder, context["prepared"].root, progress=context.get("progress", False))
     write_parquet_atomic(per_user_table(per_user), path)
@@ -806,12 +805,19 @@ def paired_comparisons(context: dict, results: dict, backfill: bool = False) -> 
     from dealrec.paired import BOOTSTRAP_SEED, LEVEL, REPLICATES, paired_differences
 
     names = list(context["methods"]) + ([ALL] if context["full"] else [])
-    runs, lacking = {}, []
+    runs, lacking, read = {}, [], {}
+
+    def per_user(result: dict) -> dict | None:   # runs that share a training (dealrec and influence) read it once
+        folder = context["out"] / "runs" / _trained_by(result) / context["target"]
+        if folder not in read:
+            read[folder] = _per_user_of(context, folder, backfill)
+        return read[folder]
+
     for method in names:
         by_seed = {s: results[f"{method}-seed{s}"] for s in context["seeds"] if f"{method}-seed{s}" in results}
         if not by_seed:
             continue
-        got = {s: _per_user_of(context, r, backfill) for s, r in by_seed.items()}
+        got = {s: per_user(r) for s, r in by_seed.items()}
         if any(v is None for v in got.values()):
             lacking.append(method)
             continue

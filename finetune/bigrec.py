@@ -207,12 +207,6 @@ def grounded_per_user(catalogue: Catalogue, generated_embeddings: torch.Tensor, 
     return per_user
 
 
-def grounded_metrics(catalogue: Catalogue, generated_embeddings: torch.Tensor, split: EvalSplit,
-                     n_items: int, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """``grounded_per_user``'s means: the split's metrics."""
-    return grounded_per_user(catalogue, generated_embeddings, split, n_items, ks).means()
-
-
 # ----------------------------------------------------------------------------- the run
 
 def default_max_new_tokens(tokenizer, titles: Sequence[str], template: PromptTemplate) -> int:

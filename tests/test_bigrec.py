@@ -16,7 +16,7 @@ from dealrec.cli import main
 from dealrec_core.errors import DealrecError
 from dealrec_core.data import EvalSplit, samples_table, write_samples
 from dealrec_core.evaluate import evaluate_scorer
-from finetune.bigrec import BigrecConfig, Catalogue, embed_texts, grounded_metrics
+from finetune.bigrec import BigrecConfig, Catalogue, embed_texts, grounded_per_user
 from finetune.lora_train import build_trainer, n_loss_tokens, token_loss_sum, train_lora
 from finetune.llm import attach_lora, load_causal_lm
 from finetune.prompts import PromptTemplate, encode_example
@@ -306,7 +306,7 @@ def test_gradient_checkpointing_gives_the_same_step_and_fp16_needs_a_gpu(tiny_mo
                       tok.pad_token_id, "cpu", tmp_path / "ga")
 
 
-def test_grounded_metrics_give_each_user_its_own_generation_whatever_order_the_evaluator_takes():
+def test_grounded_results_give_each_user_its_own_generation_whatever_order_the_evaluator_takes():
     """Row i of the generations is user i's; the evaluator takes users by history length, not in split order."""
     rng = np.random.default_rng(0)
     n, n_items, dim = 40, 12, 3
@@ -321,5 +321,5 @@ def test_grounded_metrics_give_each_user_its_own_generation_whatever_order_the_e
     def direct(histories):
         return catalogue.scores(torch.stack([by_user[id(h)] for h in histories]))
 
-    assert grounded_metrics(catalogue, generated, split, n_items, ks=(1, 5)) == \
+    assert grounded_per_user(catalogue, generated, split, n_items, ks=(1, 5)).means() == \
         pytest.approx(evaluate_scorer(direct, split, n_items, ks=(1, 5)), abs=1e-12)
