@@ -14,7 +14,7 @@ batch's shape (Games: about 760 real positions a bucketed batch of 128, 17,333 i
 - the forward's two products alone, by the same blocks, with nothing between them;
 - the same two products as one product each over every item (the CPU's matrix product at its best shape).
 
-Each is run ``--repeats`` times in turn, 10 calls each, and the median is printed with the GFLOP/s of the products
+Each is run ``--repeats`` times in turn, ``--calls`` calls each (10 by default), and the median is printed with the GFLOP/s of the products
 it contains (the forward's two, the backward's third): the share of the work that is not a product is what an
 exact kernel could still remove. Behind docs/engine.md, "What is left of the prune on a CPU".
 """
